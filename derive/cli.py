@@ -1,0 +1,203 @@
+"""Stage 9 — the command line: `derive …` subcommands, thin over the stages.
+
+Exit codes: 0 success; 1 a check or verification that ran and failed; 2 bad input
+(one line on stderr, no traceback). `--json` prints one JSON document on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+
+from .errors import UserError
+
+EPILOG = """\
+CELL is a shipped cell name (see `derive cells`) or a path to a .toml cell spec.
+Exit codes: 0 success, 1 a check or verification failed, 2 bad input."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # usage errors: exit 2 with one line, like UserError
+        self.print_usage(sys.stderr)
+        raise UserError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = _Parser(
+        prog="derive", formatter_class=fmt, epilog=EPILOG,
+        description=textwrap.dedent("""\
+            Derive the back-propagation equations of recurrent cells with SymPy, write them
+            as LaTeX and Markdown, and compile them into checked Cython kernels.
+
+            With no command: derive the default cell (lstm), write its documents and kernel
+            into generated/, build the kernel, gradient-check it and print a summary."""))
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("cells", help="list the shipped cells", formatter_class=fmt,
+                       description="List the shipped cells with their titles.")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("equations", help="print the derived backward equations of a cell",
+                       formatter_class=fmt, epilog=EPILOG, description=textwrap.dedent("""\
+            Print the derived backward pass of CELL: for every kept node its structured
+            equation (in terms of the consumers' deltas, as the paper writes it), the
+            parameter gradients and the initial-state gradients.
+            --expanded prints the expanded forms (forward values and incoming gradients
+            only) and the flows.
+
+            example: derive equations lstm --format latex"""))
+    p.add_argument("cell", metavar="CELL")
+    p.add_argument("--format", choices=["text", "latex", "markdown", "json"], default="text",
+                   help="output format (default: text, the notation `derive verify` reads)")
+    p.add_argument("--expanded", action="store_true",
+                   help="also print the expanded forms and the flows")
+
+    p = sub.add_parser("generate", help="write documents and kernels into generated/",
+                       formatter_class=fmt, epilog=EPILOG, description=textwrap.dedent("""\
+            Regenerate generated/<cell>/ (equations.tex, equations.md, kernel sources) and
+            generated/README.md for the given cells (default: every shipped cell).
+            Output is deterministic. With --check nothing is written: exit 1 if the
+            files on disk differ from what would be generated (stale)."""))
+    p.add_argument("cells", nargs="*", metavar="CELL")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="output folder (default: generated/ of this checkout)")
+    p.add_argument("--check", action="store_true",
+                   help="write nothing; exit 1 when the output folder is stale")
+
+    p = sub.add_parser("build", help="compile the kernel of a cell (cached)",
+                       formatter_class=fmt, epilog=EPILOG,
+                       description="Compile CELL's Cython kernel into the cache (or confirm "
+                                   "the cached build) and print where it is.")
+    p.add_argument("cell", metavar="CELL")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float64")
+    p.add_argument("--force", action="store_true", help="rebuild even when cached")
+
+    p = sub.add_parser("check", help="finite-difference check of the compiled kernel",
+                       formatter_class=fmt, epilog=EPILOG, description=textwrap.dedent("""\
+            Check every gradient of CELL's kernel against float64 central differences of
+            its forward pass (random output projection as the loss, T >= 3, batch >= 2,
+            M != N, non-zero initial state). Prints the maximum relative error per
+            gradient; exit 1 when any is over the tolerance."""))
+    p.add_argument("cell", metavar="CELL")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float64",
+                   help="kernel dtype to check (float32 is compared with the float64 "
+                        "kernel within float32 rounding)")
+    p.add_argument("--backend", choices=["cython", "numpy"], default="cython")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("verify", help="check hand-derived equations against the derivation",
+                       formatter_class=fmt, epilog=EPILOG, description=textwrap.dedent("""\
+            Verify hand derivations of CELL, written in the text notation:
+
+              dc[t] = dy[t]*o[t]*dtanh(c[t]) + p_o*do_bar[t] + p_i*di_bar[t+1] + ...
+              dy[t] = Delta[t] + R_z.T @ dz_bar[t+1] + ...
+              dp_f[t] = c[t-1]*df_bar[t]
+
+            Each is brought to a canonical form, decided symbolically and confirmed
+            numerically. A wrong equation gets the terms that differ, by flow, and a
+            numeric counterexample. Exit 1 when any equation differs."""))
+    p.add_argument("cell", metavar="CELL")
+    p.add_argument("equations", nargs="*", metavar="EQUATION")
+    p.add_argument("--file", metavar="F", help="read equations from F, one a line "
+                                               "(# starts a comment)")
+    p.add_argument("--latex", action="store_true",
+                   help="equations are LaTeX, as `derive equations --format latex` prints")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("bench", help="benchmark kernels against NumPy and PyTorch",
+                       formatter_class=fmt, epilog=EPILOG,
+                       description="Time forward and forward+backward of the kernels of the "
+                                   "given cells (default: lstm_np and lstm) side by side with "
+                                   "the NumPy reference, PyTorch (when installed) and the "
+                                   "GEMMs alone; medians over repeated runs.")
+    p.add_argument("cells", nargs="*", metavar="CELL")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--quick", action="store_true", help="fewer repeats and shapes")
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+    return f"derive {__version__}"
+
+
+# --- commands --------------------------------------------------------------------------
+
+def cmd_cells(args) -> int:
+    from .spec import load_cell, shipped_cells
+    cells = [load_cell(n) for n in shipped_cells()]
+    if args.json:
+        print(json.dumps([{"name": c.name, "title": c.title, "states": list(c.states),
+                           "parameters": list(c.parameters)} for c in cells], indent=2))
+    else:
+        width = max(len(c.name) for c in cells)
+        for c in cells:
+            print(f"{c.name:<{width}}  {c.title}")
+    return 0
+
+
+def cmd_equations(args) -> int:
+    from .derivation import derive
+    from .printing import equations
+    sys.stdout.write(equations(derive(args.cell), args.format, expanded=args.expanded))
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from .render import generate
+    return generate(args.cells or None, out=args.out, check=args.check)
+
+
+def cmd_build(args) -> int:
+    from .build import build
+    path = build(args.cell, force=args.force)
+    print(path)
+    return 0
+
+
+def cmd_check(args) -> int:
+    from .check import run_check
+    return run_check(args.cell, dtype=args.dtype, backend=args.backend, as_json=args.json)
+
+
+def cmd_verify(args) -> int:
+    from .verify import run_verify
+    return run_verify(args.cell, args.equations, file=args.file, latex=args.latex,
+                      as_json=args.json)
+
+
+def cmd_bench(args) -> int:
+    from .bench import run_bench
+    return run_bench(args.cells or None, as_json=args.json, quick=args.quick)
+
+
+def cmd_main(args) -> int:
+    from .mainjob import main_job
+    return main_job()
+
+
+COMMANDS = {"cells": cmd_cells, "equations": cmd_equations, "generate": cmd_generate,
+            "build": cmd_build, "check": cmd_check, "verify": cmd_verify, "bench": cmd_bench,
+            None: cmd_main}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except UserError as exc:
+        print(f"derive: error: {exc}".replace("\n", " "), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("derive: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

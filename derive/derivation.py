@@ -1,0 +1,257 @@
+"""Stage 2 — derivation: reverse mode over a cell's graph, across time steps.
+
+For every named node v of step t,
+
+    δvᵗ = Σ over its consumers u   δuᵗ · ∂uᵗ/∂vᵗ         (u reads vᵗ in step t)
+        + Σ over its consumers u   δuᵗ⁺¹ · ∂uᵗ⁺¹/∂vᵗ     (u reads v[t-1]: v is a state)
+        + Δᵗ                                            (v is an output)
+
+where a matrix product `A @ v` contributes the adjoint Aᵀ δu. The partial derivatives
+are taken by SymPy on the element-wise part of each node and rewritten in terms of the
+stored outputs (σ'(īᵗ) = iᵗ(1 − iᵗ), tanh'(z̄ᵗ) = 1 − zᵗ²).
+
+Three forms are kept for every node:
+
+* **flows** — one `Flow` per path from v to a consumer whose delta is kept, with the
+  term it contributes (the "flows of variables");
+* **structured** — the sum of the flows, in terms of the consumers' deltas, as the paper
+  writes it (δcᵗ = δyᵗ⊙oᵗ⊙h'(cᵗ) + p_o⊙δōᵗ + p_i⊙δīᵗ⁺¹ + p_f⊙δf̄ᵗ⁺¹ + δcᵗ⁺¹⊙fᵗ⁺¹);
+* **expanded** — every delta of step t substituted away, leaving forward values, Δᵗ
+  and the deltas of step t+1 that enter through the state.
+
+Deltas are *kept* for nodes that carry parameters (the projections: their deltas give
+the parameter gradients), states, outputs, inputs and operands of matrix products. The
+other nodes (activations like zᵗ = g(z̄ᵗ), iᵗ = σ(īᵗ)) are *folded*: their deltas are
+substituted into their producers', so δz̄ᵗ = δcᵗ ⊙ iᵗ ⊙ (1 − zᵗ²) as in the paper. Their
+own deltas are still derived (`Derivation.raw`) for checking hand derivations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import sympy as sp
+
+from . import symbols as S
+from .spec import Cell, load_cell
+
+
+@dataclass(frozen=True)
+class Flow:
+    """One path from a node to a kept consumer and the term it contributes.
+
+    `consumer` is the kept node whose delta the term multiplies (or the output's name
+    for the external gradient Δ); `shift` is 0 (same step) or +1 (the next step, through
+    the state); `path` lists the folded nodes passed through; `matrix` is set when the
+    last edge is a matrix product (the term is then `MatTVec(matrix, δconsumer)` times
+    folded factors — in practice exactly the adjoint).
+    """
+
+    consumer: str
+    shift: int
+    path: tuple[str, ...]
+    term: sp.Expr
+    matrix: str | None = None
+    external: bool = False
+
+    @property
+    def label(self) -> str:
+        """'c[t] -> o_bar[t]'-style description of the path (without the start)."""
+        hops = [f"{n}[t]" for n in self.path]
+        if self.external:
+            return "outside the recurrence (Delta)"
+        hops.append(f"{self.consumer}[{S.time_label(self.shift)}]")
+        via = f" through {self.matrix}" if self.matrix else ""
+        return " -> ".join(hops) + via
+
+
+@dataclass
+class NodeDelta:
+    """The backward equation of one node: δnameᵗ in three forms."""
+
+    name: str
+    kept: bool
+    flows: list[Flow]
+    structured: sp.Expr
+    expanded: sp.Expr = sp.S.Zero
+
+    @property
+    def is_input(self) -> bool:
+        return False
+
+
+@dataclass
+class ParamGrad:
+    """The gradient of one parameter: δP = Σ_t Σ_batch `step`.
+
+    For a matrix used as `P @ vᵗ⁺ᵏ` in node u the step term is ⟨δuᵗ, vᵗ⁺ᵏ⟩ (`Outer`);
+    for an element-wise parameter it is δuᵗ ⊙ ∂uᵗ/∂P (e.g. cᵗ⁻¹ ⊙ δīᵗ for p_i, δīᵗ for
+    b_i). Terms reading a state at t-1 use the initial state at t = 0.
+    """
+
+    name: str
+    shape: tuple[str, ...]
+    contributions: list[tuple[str, sp.Expr]]  # (node, step term)
+
+    @property
+    def step(self) -> sp.Expr:
+        return sp.Add(*[term for _, term in self.contributions])
+
+    @property
+    def is_matrix(self) -> bool:
+        return len(self.shape) == 2
+
+
+@dataclass
+class Derivation:
+    """Everything derived for a cell; see the module docstring for the forms."""
+
+    cell: Cell
+    deltas: dict[str, NodeDelta]          # kept nodes and inputs, in backward order
+    raw: dict[str, NodeDelta]             # every node, flows through direct consumers
+    params: dict[str, ParamGrad]
+    initial: dict[str, sp.Expr]           # δ(state at t = -1), written at step t = 0
+    activations: dict[sp.Expr, sp.Symbol] = field(repr=False, default_factory=dict)
+
+    @property
+    def kept(self) -> list[str]:
+        return [n for n, d in self.deltas.items() if d.kept]
+
+    def structured(self, name: str) -> sp.Expr:
+        return (self.deltas.get(name) or self.raw[name]).structured
+
+    def expanded(self, name: str) -> sp.Expr:
+        return (self.deltas.get(name) or self.raw[name]).expanded
+
+    def canonical(self, expr: sp.Expr) -> sp.Expr:
+        """A normal form for comparing spellings of the same expression.
+
+        Activations of pre-activations become stored outputs (σ(f̄ᵗ) → fᵗ, so
+        dsigmoid(f̄ᵗ) → fᵗ(1 − fᵗ)), matrix products are distributed over sums, and the
+        result is expanded.
+        """
+        return sp.expand(S.distribute_linear(sp.expand(expr.xreplace(self.activations))))
+
+    @cached_property
+    def step_deltas(self) -> dict[sp.Symbol, sp.Expr]:
+        """δvᵗ → its structured form, for every node (kept and folded) and input."""
+        out = {S.delta(n): d.structured for n, d in self.raw.items()}
+        out.update({S.delta(n): d.structured for n, d in self.deltas.items()})
+        return out
+
+
+def derive(cell) -> Derivation:
+    """Derive the backward pass of `cell` (a Cell, shipped name or spec path)."""
+    return _Deriver(load_cell(cell)).run()
+
+
+class _Deriver:
+    def __init__(self, cell: Cell):
+        self.cell = cell
+        # f(arg) -> stored output, at the shifts that appear (σ(f̄ᵗ⁺¹) -> fᵗ⁺¹ ...)
+        self.activations: dict[sp.Expr, sp.Symbol] = {}
+        for node in cell.nodes.values():
+            e = node.elementwise
+            if not node.projections and isinstance(e, sp.Function) and len(e.args) == 1:
+                for k in (-1, 0, 1):
+                    self.activations[S.shift_time(e, k)] = S.value(node.name, k)
+        kept = set(cell.states) | set(cell.outputs)
+        for node in cell.nodes.values():
+            if node.parameters():
+                kept.add(node.name)
+            kept.update(p.operand for p in node.projections if p.operand in cell.nodes)
+        self.kept = kept
+
+    def stored(self, expr: sp.Expr) -> sp.Expr:
+        """Rewrite activations of pre-activations as their stored outputs."""
+        return expr.xreplace(self.activations)
+
+    def partial(self, node, name: str, shift: int) -> sp.Expr:
+        """∂(element-wise part of node)/∂name^(t+shift), in stored outputs."""
+        return self.stored(sp.diff(node.elementwise, S.value(name, shift)))
+
+    def direct_flows(self, name: str) -> list[Flow]:
+        """Flows of δnameᵗ through its direct consumers (no folding)."""
+        cell = self.cell
+        flows = []
+        if name in cell.outputs:
+            flows.append(Flow(name, 0, (), S.incoming(name, 0, single=len(cell.outputs) == 1),
+                              external=True))
+        for shift in (0, -1):  # consumers in step t, then in step t+1 through the state
+            for node in cell.nodes.values():
+                later = -shift
+                for proj in node.projections:
+                    if proj.operand == name and proj.shift == shift:
+                        flows.append(Flow(node.name, later, (), S.MatTVec(
+                            S.param(proj.matrix), S.delta(node.name, later)), matrix=proj.matrix))
+                d = self.partial(node, name, shift)
+                if d != 0:
+                    flows.append(Flow(node.name, later, (),
+                                      S.delta(node.name, later) * S.shift_time(d, later)))
+        return flows
+
+    def folded_flows(self, name: str, raw: dict[str, NodeDelta]) -> list[Flow]:
+        """Flows of δnameᵗ with folded consumers substituted by their own flows."""
+        out = []
+        for flow in raw[name].flows:
+            if flow.external or flow.consumer in self.kept or flow.matrix:
+                out.append(flow)
+                continue
+            factor = flow.term / S.delta(flow.consumer, flow.shift)
+            for inner in self.folded_flows(flow.consumer, raw):
+                out.append(Flow(inner.consumer, inner.shift, (flow.consumer,) + inner.path,
+                                inner.term * factor, inner.matrix, inner.external))
+        return out
+
+    def run(self) -> Derivation:
+        cell = self.cell
+        names = list(cell.inputs) + list(cell.nodes)
+        raw = {}
+        for n in names:
+            flows = self.direct_flows(n)
+            raw[n] = NodeDelta(n, n in self.kept or n in cell.inputs, flows,
+                               sp.Add(*[f.term for f in flows]))
+        # kept nodes, in backward order (reverse topological), inputs last
+        order = [n for n in reversed(cell.nodes) if n in self.kept] + list(cell.inputs)
+        deltas = {}
+        for n in order:
+            flows = self.folded_flows(n, raw)
+            deltas[n] = NodeDelta(n, True, flows, sp.Add(*[f.term for f in flows]))
+        # expanded: substitute every delta of step t, latest consumers first
+        for_step = {}
+        for n in order:
+            d = deltas[n]
+            d.expanded = d.structured.xreplace(for_step)
+            for_step[S.delta(n)] = d.expanded
+        for n in cell.nodes:
+            if n not in deltas:
+                raw[n].expanded = raw[n].structured.xreplace(for_step)
+        for n in cell.inputs:
+            raw[n].expanded = deltas[n].expanded
+        return Derivation(cell, deltas, raw, self.param_grads(), self.initial(deltas),
+                          dict(self.activations))
+
+    def param_grads(self) -> dict[str, ParamGrad]:
+        out = {}
+        for pname, p in self.cell.parameters.items():
+            contributions = []
+            for node in self.cell.nodes.values():
+                du = S.delta(node.name)
+                for proj in node.projections:
+                    if proj.matrix == pname:
+                        contributions.append((node.name, S.Outer(du, S.value(proj.operand,
+                                                                              proj.shift))))
+                d = self.stored(sp.diff(node.elementwise, S.param(pname)))
+                if d != 0:
+                    contributions.append((node.name, du * d))
+            out[pname] = ParamGrad(pname, p.shape, contributions)
+        return out
+
+    def initial(self, deltas: dict[str, NodeDelta]) -> dict[str, sp.Expr]:
+        """δ of each state at t = -1: its flows into step 0, written at step t (= 0)."""
+        out = {}
+        for s in self.cell.states:
+            carried = [f.term for f in deltas[s].flows if f.shift == 1 and not f.external]
+            out[s] = S.shift_time(sp.Add(*carried), -1)
+        return out
