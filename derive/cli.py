@@ -142,8 +142,9 @@ def cmd_cells(args) -> int:
 
 def cmd_equations(args) -> int:
     from .derivation import derive
+    d = derive(args.cell)
     from .printing import equations
-    sys.stdout.write(equations(derive(args.cell), args.format, expanded=args.expanded))
+    sys.stdout.write(equations(d, args.format, expanded=args.expanded))
     return 0
 
 
