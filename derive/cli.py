@@ -166,7 +166,7 @@ def cmd_check(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from .verify import run_verify
+    from .verification import run_verify
     return run_verify(args.cell, args.equations, file=args.file, latex=args.latex,
                       as_json=args.json)
 
