@@ -1,20 +1,41 @@
 """The text notation of hand derivations (design.md), parsed into the derivation's symbols.
 
-    dc[t] = dy[t]*o[t]*dtanh(c[t]) + p_o*do_bar[t] + p_i*di_bar[t+1] + ...
-    dy[t] = Delta[t] + R_z.T @ dz_bar[t+1] + ...
-    dp_f[t] = c[t-1]*df_bar[t]          dR_f[t] = outer(df_bar[t+1], y[t])
+One equation a line, ``#`` starts a comment. The left side says what is derived:
 
-`name[t+k]` is a forward value, `dname[t+k]` its delta, `Delta[t]` the external
-gradient, parameters carry no index. Parsing never evaluates anything (see
-`derive.expr`).
+    dc[t]   = dy[t]*o[t]*dtanh(c[t]) + p_o*do_bar[t] + p_i*di_bar[t+1] + ...   node delta δcᵗ
+    dy[t]   = Delta[t] + R_z.T @ dz_bar[t+1] + ...                             (any node or input)
+    dp_f[t] = c[t-1]*df_bar[t]                  per-step term of a parameter gradient
+    dR_f[t] = outer(df_bar[t+1], y[t])          (δR_f = Σ_t Σ_batch of the term: equal up to
+    db_o[t] = do_bar[t]                          a uniform time shift; `dR_f` works as well)
+    dc0     = p_i*di_bar[t] + p_f*df_bar[t] + dc[t]*f[t]
+                                                gradient of the initial state c⁻¹, right side
+                                                written at step t = 0 (c[t-1] is the initial state)
+
+Right side:
+
+* ``name[t]``, ``name[t+1]``, ``name[t-1]``: the forward value of a node or input at that
+  step; ``dname[...]`` its delta δ = ∂J/∂name; ``Delta[t]`` the gradient reaching the
+  output from outside the recurrence (``Delta_<output>[t]`` when a cell has several);
+* parameters without index (``W_z``, ``R_i``, ``p_f``, ``b_o``);
+* ``* / + - **`` element-wise (exponents are numbers, at most 16 in size), ``@`` the matrix
+  product, ``.T`` the transpose (``R_z.T @ dz_bar[t+1]``); ``outer(a, b)`` = a bᵀ summed
+  over the batch;
+* functions ``sigmoid tanh exp log`` and the derivatives ``dsigmoid dtanh`` of the
+  pre-activation argument: ``dsigmoid(f_bar[t])`` = ``f[t]*(1-f[t])``,
+  ``dtanh(c[t])`` = ``1-tanh(c[t])**2``.
+
+Parsing never evaluates anything (see `derive.expr`): the text is parsed against this
+grammar and anything else is an `ExpressionError` naming the column.
 """
 
 from __future__ import annotations
 
+import ast
 import re
 from dataclasses import dataclass
 
 import sympy as sp
+from sympy.printing.str import StrPrinter
 
 from . import symbols as S
 from .errors import ExpressionError, suggest
@@ -22,16 +43,41 @@ from .expr import Matrix, parse
 from .spec import Cell
 
 FUNCTIONS = {**S.ACTIVATIONS, "dsigmoid": S.dsigmoid, "dtanh": S.dtanh, "outer": S.Outer}
+MAX_SHIFT = 8          # |k| in name[t+k]
+MAX_EXPONENT = 16      # |n| in a ** n
+MAX_TERMS = 20_000     # terms a right side may expand into
 _LHS = re.compile(r"^\s*(d[A-Za-z][A-Za-z0-9_]*)\s*(\[\s*t\s*(?:([+-])\s*(\d+))?\s*\])?\s*$")
+
+GRAMMAR = """\
+notation (one equation a line, # starts a comment):
+  dc[t]   = <expression>    delta of a node or input at step t (dc[t+1] = ... shifts it)
+  dW_z[t] = <expression>    per-step term of a parameter gradient, e.g.
+                            dp_f[t] = c[t-1]*df_bar[t], dR_f[t] = outer(df_bar[t+1], y[t]);
+                            equal up to a uniform time shift (the gradient sums over t)
+  dc0     = <expression>    gradient of the initial state c, right side written at t = 0
+  name[t], name[t+1], name[t-1]: forward values; dname[t]: deltas; Delta[t]: the external
+  gradient; parameters without index; * / + - ** element-wise; @ matrix product; .T
+  transpose; outer(a, b); sigmoid tanh exp log dsigmoid dtanh."""
 
 
 @dataclass(frozen=True)
 class Target:
-    """The left-hand side of an equation: a node's delta or a parameter's gradient."""
+    """The left-hand side of an equation.
 
-    name: str          # node, input or parameter name (without the d)
-    kind: str          # 'node' or 'param'
+    kind 'node': δnameᵗ⁺ˢʰⁱᶠᵗ of a node or input; 'param': a per-step term of δname;
+    'initial': the gradient of the initial state `name` (at t = −1), right side at t = 0.
+    """
+
+    name: str          # node, input, parameter or state name (without the d)
+    kind: str          # 'node', 'param' or 'initial'
     shift: int = 0
+
+    @property
+    def label(self) -> str:
+        """How the target is written: 'dc[t]', 'dp_f[t]', 'dc0'."""
+        if self.kind == "initial":
+            return f"d{self.name}0"
+        return f"d{self.name}[{S.time_label(self.shift)}]"
 
 
 class NotationScope:
@@ -67,6 +113,9 @@ class NotationScope:
             return S.value(name, self._index(name, shift, column))
         if name.startswith("d") and name[1:] in self.vectors:
             return S.delta(name[1:], self._index(name, shift, column))
+        if name.startswith("d") and name[1:-1] in cell.states and name.endswith("0"):
+            raise ExpressionError(f"{name} (an initial-state gradient) can only be a left side; "
+                                  f"on the right write the deltas of step t = 0", column=column)
         raise ExpressionError(f"unknown name {name!r}{suggest(name, self.known())}",
                               column=column)
 
@@ -75,35 +124,315 @@ class NotationScope:
         if shift is None:
             raise ExpressionError(f"{name} needs a time index, like {name}[t] or {name}[t+1]",
                                   column=column)
+        if abs(shift) > MAX_SHIFT:
+            raise ExpressionError(f"{name}[t{shift:+d}]: time shifts are limited to "
+                                  f"±{MAX_SHIFT}", column=column)
         return shift
 
 
+def _prescan(text: str) -> None:
+    """Reject what would make SymPy itself slow before `parse` builds anything:
+    exponents that are not small numbers (``2**99999999``)."""
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except (SyntaxError, RecursionError, MemoryError, ValueError):
+        return  # parse() reports it with the column
+    for node in ast.walk(tree):
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
+            ex = node.right
+            if isinstance(ex, ast.UnaryOp) and isinstance(ex.op, (ast.USub, ast.UAdd)):
+                ex = ex.operand
+            if not (isinstance(ex, ast.Constant) and isinstance(ex.value, (int, float))
+                    and not isinstance(ex.value, bool) and abs(ex.value) <= MAX_EXPONENT):
+                raise ExpressionError(f"exponents must be numbers of size at most "
+                                      f"{MAX_EXPONENT}", text=text.strip(),
+                                      column=node.right.col_offset + 1)
+
+
+def expansion_size(expr: sp.Expr) -> int:
+    """An upper bound of the number of terms `expr` expands into (guards sp.expand)."""
+    memo: dict = {}
+
+    def size(e) -> int:
+        if e in memo:
+            return memo[e]
+        if isinstance(e, sp.Add):
+            n = sum(size(a) for a in e.args)
+        elif isinstance(e, sp.Mul):
+            n = 1
+            for a in e.args:
+                n = min(n * size(a), 10 ** 12)
+        elif isinstance(e, sp.Pow) and e.exp.is_Integer and e.exp > 0:
+            n = min(size(e.base) ** int(e.exp), 10 ** 12)
+        elif isinstance(e, (S.MatVec, S.MatTVec, S.Outer)):
+            n = 1
+            for a in e.args:
+                n = min(n * size(a), 10 ** 12)
+        else:
+            n = max([1] + [size(a) for a in e.args])
+        memo[e] = n
+        return n
+
+    return size(expr)
+
+
 def parse_expression(cell: Cell, text: str) -> sp.Expr:
-    """Parse an expression of the text notation for `cell`."""
-    return parse(text, NotationScope(cell))
+    """Parse an expression of the text notation for `cell` (never evaluated)."""
+    _prescan(text)
+    expr = parse(text, NotationScope(cell))
+    if expansion_size(expr) > MAX_TERMS:
+        raise ExpressionError(f"the expression expands into more than {MAX_TERMS} terms")
+    return expr
 
 
 def parse_target(cell: Cell, text: str) -> Target:
-    """Parse the left-hand side `dname[t]` (node delta) or `dP[t]`/`dP` (parameter)."""
+    """Parse the left side: `dname[t+k]` (node), `dP[t]`/`dP` (parameter), `ds0` (state)."""
     m = _LHS.match(text)
     if not m:
-        raise ExpressionError(f"the left side must be a delta like dc[t] or dW_z[t], "
+        raise ExpressionError(f"the left side must be a delta like dc[t], dW_z[t] or dc0, "
                               f"not {text.strip()!r}")
     name = m.group(1)[1:]
     shift = int(m.group(4)) * (1 if m.group(3) == "+" else -1) if m.group(4) else 0
+    if abs(shift) > MAX_SHIFT:
+        raise ExpressionError(f"time shifts are limited to ±{MAX_SHIFT}")
     if name in cell.parameters:
         return Target(name, "param", shift)
     if name in cell.nodes or name in cell.inputs:
         if not m.group(2):
             raise ExpressionError(f"d{name} needs a time index, like d{name}[t]")
         return Target(name, "node", shift)
-    known = ["d" + n for n in list(cell.nodes) + list(cell.inputs) + list(cell.parameters)]
+    for state in cell.states:
+        if name in (f"{state}0", f"{state}_0"):
+            if m.group(2):
+                raise ExpressionError(f"d{name} (the initial state's gradient) takes no time "
+                                      f"index: write d{state}0 = ... at step t = 0")
+            return Target(state, "initial")
+    known = (["d" + n for n in list(cell.nodes) + list(cell.inputs) + list(cell.parameters)]
+             + [f"d{s}0" for s in cell.states])
     raise ExpressionError(f"unknown left side {m.group(1)!r}{suggest(m.group(1), known)}")
+
+
+def split_equation(text: str) -> tuple[str, str]:
+    """`lhs = rhs` → (lhs, rhs); exactly one '='."""
+    if text.count("=") != 1 or "==" in text:
+        raise ExpressionError("an equation has exactly one '=', like dc[t] = ...")
+    lhs, rhs = text.split("=")
+    return lhs, rhs
 
 
 def parse_equation(cell: Cell, text: str) -> tuple[Target, sp.Expr]:
     """Split `lhs = rhs` and parse both sides."""
-    if text.count("=") != 1 or "==" in text:
-        raise ExpressionError("an equation has exactly one '=', like dc[t] = ...")
-    lhs, rhs = text.split("=")
+    lhs, rhs = split_equation(text)
     return parse_target(cell, lhs), parse_expression(cell, rhs)
+
+
+def top_level_terms(text: str) -> list[tuple[int, str]]:
+    """The top-level summands of an expression as typed: [(sign, source text)].
+
+    `a + b*(c - d) - e` → [(1, 'a'), (1, 'b*(c - d)'), (-1, 'e')]. Used to quote a user's
+    own spelling of a wrong term. The text must already parse.
+    """
+    src = text.strip()
+    tree = ast.parse(src, mode="eval").body
+    out: list[tuple[int, str]] = []
+
+    def walk(node, sign):
+        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub)):
+            walk(node.left, sign)
+            walk(node.right, sign if isinstance(node.op, ast.Add) else -sign)
+        elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            walk(node.operand, -sign)
+        else:
+            out.append((sign, ast.get_source_segment(src, node) or ""))
+
+    walk(tree, 1)
+    return out
+
+
+# --- printing in the text notation ------------------------------------------------------
+
+_SHOW_DSIGMOID = sp.Function("dsigmoid")
+_SHOW_DTANH = sp.Function("dtanh")
+
+
+def _factor_key(f: sp.Expr):
+    """Order of factors in a product: number, parameters, Δ and deltas, values, the rest."""
+    r = S.ref(f) if isinstance(f, sp.Symbol) else None
+    if r is not None:
+        rank = {"param": 1, "incoming": 2, "delta": 2, "value": 3}[r.kind]
+        return (rank, r.name, r.shift or 0)
+    base = f.base if isinstance(f, sp.Pow) else f
+    rb = S.ref(base) if isinstance(base, sp.Symbol) else None
+    if rb is not None:
+        return (3, rb.name, rb.shift or 0, str(f))
+    if isinstance(f, (_SHOW_DSIGMOID, _SHOW_DTANH)):
+        return (5, "", 0, str(f))
+    return (4 if not isinstance(f, sp.Add) else 6, "", 0, str(f))
+
+
+class TextPrinter(StrPrinter):
+    """Prints the vocabulary in the text notation, so every printed line parses back."""
+
+    def __init__(self, cell: Cell | None = None):
+        super().__init__()
+        self._in_product = False
+        names = (list(cell.inputs) + list(cell.nodes)) if cell is not None else []
+        self._order = {n: i for i, n in enumerate(names)}
+
+    def _linear(self, text: str) -> str:
+        return f"({text})" if self._in_product else text
+
+    def _arg(self, e) -> str:
+        saved, self._in_product = self._in_product, False
+        try:
+            s = self._print(e)
+        finally:
+            self._in_product = saved
+        return s if isinstance(e, (sp.Symbol, sp.Function)) or e.is_Number and e >= 0 \
+            else f"({s})"
+
+    def _print_MatVec(self, e):
+        return self._linear(f"{e.args[0]} @ {self._arg(e.args[1])}")
+
+    def _print_MatTVec(self, e):
+        return self._linear(f"{e.args[0]}.T @ {self._arg(e.args[1])}")
+
+    def _print_Outer(self, e):
+        saved, self._in_product = self._in_product, False
+        try:
+            return f"outer({self._print(e.args[0])}, {self._print(e.args[1])})"
+        finally:
+            self._in_product = saved
+
+    def _print_Function(self, e):
+        saved, self._in_product = self._in_product, False
+        try:
+            return super()._print_Function(e)
+        finally:
+            self._in_product = saved
+
+    def _print_Add(self, e, order=None):
+        saved, self._in_product = self._in_product, False
+        try:
+            terms = sorted(sp.Add.make_args(e), key=lambda a: _term_key(a, self._order))
+            out = []
+            for i, term in enumerate(terms):
+                s = self._print(term)
+                if s.startswith("-"):
+                    out.append(("- " if i else "-") + s[1:])
+                else:
+                    out.append(("+ " if i else "") + s)
+            return " ".join(out)
+        finally:
+            self._in_product = saved
+
+    def _print_Mul(self, e):
+        saved, self._in_product = self._in_product, True
+        try:
+            coeff, rest = e.as_coeff_Mul()
+            sign = ""
+            if coeff < 0:
+                coeff, sign = -coeff, "-"
+            num, den = [], []
+            for f in sorted(sp.Mul.make_args(rest), key=_factor_key):
+                if isinstance(f, sp.Pow) and f.exp.is_Number and f.exp < 0:
+                    den.append(f.base if f.exp == -1 else f.base ** -f.exp)
+                else:
+                    num.append(f)
+            parts = [] if coeff == 1 else [self._print(coeff)]
+            for f in num:
+                s = self._print(f)
+                parts.append(f"({s})" if isinstance(f, sp.Add) else s)
+            text = "*".join(parts) or "1"
+            if den:
+                ds = [self._print(f) for f in den]
+                ds = [f"({s})" if isinstance(f, (sp.Add, sp.Mul)) else s
+                      for s, f in zip(ds, den)]
+                text += "/" + (ds[0] if len(ds) == 1 else "(" + "*".join(ds) + ")")
+            return sign + text
+        finally:
+            self._in_product = saved
+
+    def _print_Symbol(self, e):
+        return e.name
+
+    def _print_Pow(self, e, rational=False):
+        saved, self._in_product = self._in_product, True
+        try:
+            return super()._print_Pow(e, rational)
+        finally:
+            self._in_product = saved
+
+    def _print_Rational(self, e):
+        return f"{e.p}/{e.q}" if not self._in_product else f"({e.p}/{e.q})"
+
+
+def _term_key(term: sp.Expr, order: dict[str, int]):
+    """Order of terms in a sum: Δ first, then by the delta they carry (step, forward order)."""
+    syms = sorted(((0 if r.kind == "incoming" else 1, r.shift or 0, order.get(r.name, 99), s.name)
+                   for s in term.free_symbols for r in [S.ref(s)]
+                   if r is not None and r.kind in ("delta", "incoming")))
+    if not syms:
+        negative = term.could_extract_minus_sign()
+        return (2, 0 if term.is_Number else 1 + negative, 0, "", str(term))
+    return syms[0] + (str(term),)
+
+
+def fold_derivatives(expr: sp.Expr, cell: Cell | None = None) -> sp.Expr:
+    """For display: v*(1 − v) → dsigmoid(v̄) and 1 − v² → dtanh(v̄) when v = σ(v̄) / tanh(v̄)
+    is a node of `cell`, and 1 − tanh(a)² → dtanh(a)."""
+    acts: dict[sp.Symbol, tuple[str, sp.Expr]] = {}
+    if cell is not None:
+        for node in cell.nodes.values():
+            e = node.elementwise
+            if node.projections or not isinstance(e, (S.sigmoid, sp.tanh)):
+                continue
+            for k in range(-MAX_SHIFT - 2, MAX_SHIFT + 3):
+                kind = "s" if isinstance(e, S.sigmoid) else "t"
+                acts[S.value(node.name, k)] = (kind, S.shift_time(e.args[0], k))
+
+    def fold_mul(m: sp.Expr) -> sp.Expr:
+        factors = list(sp.Mul.make_args(m))
+        changed = True
+        while changed:
+            changed = False
+            for i, f in enumerate(factors):
+                if f in acts and acts[f][0] == "s":
+                    for j, g in enumerate(factors):
+                        if j != i and sp.expand(g - (1 - f)) == 0:
+                            new = _SHOW_DSIGMOID(acts[f][1])
+                            factors = [h for k, h in enumerate(factors) if k not in (i, j)]
+                            factors.append(new)
+                            changed = True
+                            break
+                if changed:
+                    break
+        out = []
+        for f in factors:
+            if isinstance(f, sp.Add) and len(f.args) == 2 and 1 in f.args:
+                other = f - 1
+                if isinstance(other, sp.Mul) and other.args[0] == -1 and len(other.args) == 2:
+                    sq = other.args[1]
+                    if isinstance(sq, sp.Pow) and sq.exp == 2:
+                        b = sq.base
+                        if isinstance(b, sp.tanh):
+                            out.append(_SHOW_DTANH(b.args[0]))
+                            continue
+                        if b in acts and acts[b][0] == "t":
+                            out.append(_SHOW_DTANH(acts[b][1]))
+                            continue
+            out.append(f)
+        return sp.Mul(*out)
+
+    def rule(e):
+        return fold_mul(e) if isinstance(e, sp.Mul) else e
+
+    return sp.sympify(expr).replace(lambda e: isinstance(e, sp.Mul), rule)
+
+
+def format_expression(expr: sp.Expr, cell: Cell | None = None) -> str:
+    """`expr` in the text notation (parses back); derivatives folded when `cell` is given."""
+    expr = sp.sympify(expr)
+    if cell is not None:
+        expr = fold_derivatives(expr, cell)
+    return TextPrinter(cell).doprint(expr)
