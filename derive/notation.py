@@ -259,7 +259,7 @@ def _factor_key(f: sp.Expr):
     """Order of factors in a product: number, parameters, Δ and deltas, values, the rest."""
     r = S.ref(f) if isinstance(f, sp.Symbol) else None
     if r is not None:
-        rank = {"param": 1, "incoming": 2, "delta": 2, "value": 3}[r.kind]
+        rank = {"param": 1, "incoming": 2, "delta": 2, "carried": 2, "value": 3}.get(r.kind, 4)
         return (rank, r.name, r.shift or 0)
     base = f.base if isinstance(f, sp.Pow) else f
     rb = S.ref(base) if isinstance(base, sp.Symbol) else None
@@ -371,7 +371,7 @@ def _term_key(term: sp.Expr, order: dict[str, int]):
     """Order of terms in a sum: Δ first, then by the delta they carry (step, forward order)."""
     syms = sorted(((0 if r.kind == "incoming" else 1, r.shift or 0, order.get(r.name, 99), s.name)
                    for s in term.free_symbols for r in [S.ref(s)]
-                   if r is not None and r.kind in ("delta", "incoming")))
+                   if r is not None and r.kind in ("delta", "incoming", "carried")))
     if not syms:
         negative = term.could_extract_minus_sign()
         return (2, 0 if term.is_Number else 1 + negative, 0, "", str(term))
