@@ -91,15 +91,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("verify", help="check hand-derived equations against the derivation",
                        formatter_class=fmt, epilog=EPILOG, description=textwrap.dedent("""\
-            Verify hand derivations of CELL, written in the text notation:
+            Verify hand derivations of CELL, one EQUATION an argument (or a line of --file F,
+            # starts a comment), in the text notation:
 
-              dc[t] = dy[t]*o[t]*dtanh(c[t]) + p_o*do_bar[t] + p_i*di_bar[t+1] + ...
-              dy[t] = Delta[t] + R_z.T @ dz_bar[t+1] + ...
-              dp_f[t] = c[t-1]*df_bar[t]
+              dc[t]   = dy[t]*o[t]*dtanh(c[t]) + p_o*do_bar[t] + p_i*di_bar[t+1] + ...
+              dy[t]   = Delta[t] + R_z.T @ dz_bar[t+1] + ...        (any node or input)
+              dp_f[t] = c[t-1]*df_bar[t]     per-step term of a parameter gradient;
+              dR_f[t] = outer(df_bar[t+1], y[t])   equal up to a uniform time shift
+              dc0     = p_i*di_bar[t] + p_f*df_bar[t] + dc[t]*f[t]
+                        gradient of the initial state, right side at step t = 0
 
-            Each is brought to a canonical form, decided symbolically and confirmed
-            numerically. A wrong equation gets the terms that differ, by flow, and a
-            numeric counterexample. Exit 1 when any equation differs."""))
+            name[t], name[t+1], name[t-1]: forward values of nodes and inputs; dname[..]:
+            their deltas; Delta[t]: the gradient reaching the output from outside;
+            parameters without index; * / + - ** element-wise; @ matrix product; .T
+            transpose; outer(a, b) = a b^T summed over the batch; sigmoid tanh exp log;
+            dsigmoid(f_bar[t]) = f[t]*(1-f[t]) and dtanh(c[t]) = 1-tanh(c[t])**2.
+            With --latex: what `derive equations CELL --format latex` prints, or paper
+            style (\\delta c^{(t)}, \\sigma'(\\bar{f}^{(t)}), h'(c^{(t)}), \\odot, \\cdot, ^\\top).
+
+            Both sides are brought to a canonical form (deltas expanded to forward values,
+            Delta and the gradients carried from later steps), decided symbolically and
+            confirmed numerically on random unrolled sequences (real 3x2 and 3x3
+            matrices). A wrong equation gets each wrong term by flow, classified, the
+            difference and a numeric counterexample. Input is parsed, never evaluated.
+            Exit 0 when every equation is equal, 1 when any differs or cannot be
+            decided, 2 for bad input."""))
     p.add_argument("cell", metavar="CELL")
     p.add_argument("equations", nargs="*", metavar="EQUATION")
     p.add_argument("--file", metavar="F", help="read equations from F, one a line "
@@ -188,7 +204,12 @@ COMMANDS = {"cells": cmd_cells, "equations": cmd_equations, "generate": cmd_gene
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # `derive verify CELL --latex EQUATION`: options between equations
+            if args.command != "verify" or any(e.startswith("-") for e in extra):
+                parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            args.equations = list(args.equations) + extra
         return COMMANDS[args.command](args)
     except UserError as exc:
         print(f"derive: error: {exc}".replace("\n", " "), file=sys.stderr)

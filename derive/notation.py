@@ -427,7 +427,8 @@ def fold_derivatives(expr: sp.Expr, cell: Cell | None = None) -> sp.Expr:
     def rule(e):
         return fold_mul(e) if isinstance(e, sp.Mul) else e
 
-    return sp.sympify(expr).replace(lambda e: isinstance(e, sp.Mul), rule)
+    out = sp.sympify(expr).replace(lambda e: isinstance(e, sp.Mul), rule)
+    return out if isinstance(out, sp.Mul) else fold_mul(out)
 
 
 def format_expression(expr: sp.Expr, cell: Cell | None = None) -> str:

@@ -403,7 +403,15 @@ def _parse(cell: Cell, equation: str, latex: bool):
         return target, rhs, terms
     lhs, rhs_text = split_equation(equation)
     target = parse_target(cell, lhs)
-    rhs = parse_expression(cell, rhs_text)
+    try:
+        rhs = parse_expression(cell, rhs_text)
+    except ExpressionError as exc:
+        if exc.column is None:
+            raise
+        offset = len(lhs) + 1 + (len(rhs_text) - len(rhs_text.lstrip()))
+        raise ExpressionError(exc.detail, text=equation.strip(),
+                              column=exc.column + offset - (len(equation) - len(equation.lstrip()))
+                              ) from None
     terms = []
     for sign, src in top_level_terms(rhs_text):
         terms.append((sign * parse_expression(cell, src), ("-" if sign < 0 else "") + src))
