@@ -224,7 +224,7 @@ class _Layout:
         coeff = abs(coeff)
         if not num and not den:
             return sign + self._print(coeff)
-        return sign + self._join(coeff, num, den)
+        return sign + self._join(coeff, num, den, bool(sign))
 
     def _factor(self, expr, lead=False) -> str:
         """`expr` as printed after a minus sign."""
@@ -260,8 +260,8 @@ class TextPrinter(_Layout, StrPrinter):
             return self._wrap_linear(s)
         return s
 
-    def _join(self, coeff, num, den) -> str:
-        many = len(num) + (coeff.p != 1) > 1
+    def _join(self, coeff, num, den, negative: bool) -> str:
+        many = len(num) + (coeff.p != 1) + negative > 1
         parts = ([str(coeff.p)] if coeff.p != 1 else []) + [self._item(f, many) for f in num]
         text = "*".join(parts) if parts else "1"
         if coeff.q != 1:
@@ -367,7 +367,7 @@ class LatexPrinter(_Layout, _SympyLatexPrinter):
     def _side(self, factors, others: bool) -> str:
         return r" \odot ".join(self._item(f, others) for f in factors)
 
-    def _join(self, coeff, num, den) -> str:
+    def _join(self, coeff, num, den, negative: bool) -> str:
         top = self._side(num, len(num) > 1)
         if coeff.p != 1:
             top = f"{coeff.p} {top}" if top else str(coeff.p)
