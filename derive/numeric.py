@@ -38,7 +38,6 @@ from typing import Callable
 
 import numpy as np
 import sympy as sp
-from scipy.special import expit
 
 from . import symbols as S
 from .errors import UserError
@@ -152,6 +151,11 @@ def shape_of(expr: sp.Expr, cell) -> Shape:
         raise DimensionError(f"cannot evaluate {_text(e)}")
 
     return walk(expr)
+
+
+def expit(x):
+    """σ(x) = 1 / (1 + e^(−x)), computed as (1 + tanh(x/2)) / 2 (stable for any x)."""
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, dtype=float)))
 
 
 # --- evaluation ---------------------------------------------------------------------------
