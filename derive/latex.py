@@ -496,7 +496,10 @@ class _Parser:
 
 def parse_latex(cell: Cell, text: str) -> sp.Expr:
     """Parse a LaTeX expression for `cell` (never evaluated)."""
-    return _parse_rhs(cell, _checked(text))[0]
+    try:
+        return _parse_rhs(cell, _checked(text))[0]
+    except RecursionError:
+        raise ExpressionError("expression too deeply nested") from None
 
 
 def _checked(text: str) -> str:
@@ -541,6 +544,13 @@ def parse_latex_target(cell: Cell, text: str) -> Target:
 
 def parse_latex_equation(cell: Cell, text: str):
     """(target, right side, [(term, text of the term)]) of a LaTeX equation."""
+    try:
+        return _parse_latex_equation(cell, text)
+    except RecursionError:
+        raise ExpressionError("expression too deeply nested") from None
+
+
+def _parse_latex_equation(cell: Cell, text: str):
     s = _checked(text)
     depth = 0
     cut = None
