@@ -706,12 +706,15 @@ class _Breaker:
 
     def __init__(self, printer: LatexPrinter, budget: float):
         self.p, self.budget = printer, budget
+        self.printed: dict[sp.Expr, str] = {}
 
     def fits(self, s: str, level: int) -> bool:
         return latex_width(s) <= self.budget - level * self.INDENT
 
     def lay(self, expr, level: int) -> list[tuple[int, str]]:
-        s = self.p.doprint(expr)
+        s = self.printed.get(expr)
+        if s is None:
+            s = self.printed[expr] = self.p.doprint(expr)
         if self.fits(s, level):
             return [(level, s)]
         if isinstance(expr, (Ordered, sp.Add)):

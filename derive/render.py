@@ -165,29 +165,32 @@ def sections(d, expanded: bool = True) -> list[Section]:
     return out
 
 
-def _document(d, template: str, escape, expanded: bool) -> str:
+def _document(d, template: str, escape, parts: list[Section]) -> str:
     cell = d.cell
     return environment().get_template(template).render(
         header=header_lines(cell, template), name=escape(cell.name),
         title=escape(cell.title), description=escape(cell.description),
         reference=escape(cell.reference), spec=escape(cell.display_path),
-        command=escape(regenerate_command(cell)), sections=sections(d, expanded))
+        command=escape(regenerate_command(cell)), sections=parts)
 
 
-def latex_document(d) -> str:
+def latex_document(d, parts: list[Section] | None = None) -> str:
     """generated/<cell>/equations.tex: a standalone LaTeX document."""
-    return _document(d, DOCUMENTS["equations.tex"], latex_text, expanded=True)
+    return _document(d, DOCUMENTS["equations.tex"], latex_text, parts or sections(d))
 
 
-def markdown(d, expanded: bool = True) -> str:
+def markdown(d, expanded: bool = True, parts: list[Section] | None = None) -> str:
     """generated/<cell>/equations.md (expanded forms and flows only when `expanded`)."""
-    return _document(d, DOCUMENTS["equations.md"], markdown_text, expanded)
+    return _document(d, DOCUMENTS["equations.md"], markdown_text,
+                     parts or sections(d, expanded))
 
 
 def cell_files(d) -> dict[str, str]:
     """{file name: text} of one cell's folder: the documents and the kernel sources."""
     from .codegen import sources
-    return {"equations.tex": latex_document(d), "equations.md": markdown(d), **sources(d)}
+    parts = sections(d)
+    return {"equations.tex": latex_document(d, parts), "equations.md": markdown(d, parts=parts),
+            **sources(d)}
 
 
 def index(entries: list[tuple[Cell, list[str]]]) -> str:
