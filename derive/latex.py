@@ -1,14 +1,16 @@
-r"""Parse hand derivations written in LaTeX into derive's SymPy vocabulary (`derive verify --latex`).
+r"""Parse hand derivations written in LaTeX into derive's vocabulary (`derive verify --latex`).
 
 Accepted: exactly what `derive equations --format latex` prints (`derive.printing`
 documents the forms) plus the spellings of papers:
 
-    \delta c^{(t)} = \delta y^{(t)} \odot o^{(t)} \odot h'(c^{(t)}) + p_{o} \odot \delta\bar{o}^{(t)}
-                   + p_i \odot \delta\bar{i}^{(t+1)} + p_f \odot \delta\bar{f}^{(t+1)}
-                   + \delta c^{(t+1)} \odot f^{(t+1)}
-    \delta y^{(t)} = \Delta^{(t)} + R_{z}^{\top} \delta\bar{z}^{(t+1)} + R_i^T \cdot \delta\bar{i}^{(t+1)} + ...
+    \delta c^{(t)} = \delta y^{(t)} \odot o^{(t)} \odot h'(c^{(t)})
+                   + p_{o} \odot \delta\bar{o}^{(t)} + p_i \odot \delta\bar{i}^{(t+1)}
+                   + p_f \odot \delta\bar{f}^{(t+1)} + \delta c^{(t+1)} \odot f^{(t+1)}
+    \delta y^{(t)} = \Delta^{(t)} + R_{z}^{\top} \delta\bar{z}^{(t+1)}
+                   + R_i^T \cdot \delta\bar{i}^{(t+1)} + ...
     \delta W_{z}^{(t)} = \left\langle \delta\bar{z}^{(t)}, x^{(t)} \right\rangle
-    \delta c_{0} = p_{i} \odot \delta\bar{i}^{(t)} + p_{f} \odot \delta\bar{f}^{(t)} + \delta c^{(t)} \odot f^{(t)}
+    \delta c_{0} = p_{i} \odot \delta\bar{i}^{(t)} + p_{f} \odot \delta\bar{f}^{(t)}
+                 + \delta c^{(t)} \odot f^{(t)}
 
 * time: ``^{(t)}``, ``^{(t+1)}``, ``^{(t-1)}``, also ``^{t}``, ``^t``; a numeric step
   (``^{(0)}``, ``^{(-1)}``, as the documents print boundary terms) reads as t = 0;

@@ -6,7 +6,7 @@ parameter is ``(n,)`` and broadcasts), a matrix parameter is its real ``(r, c)``
 and
 
     MatVec(A, v)  = A v   → v @ A.T          MatTVec(A, v) = Aᵀ v → v @ A
-    Outer(a, b)   = Σ_batch a bᵀ → a.T @ b    products, powers, σ, tanh, exp, log element-wise.
+    Outer(a, b)   = Σ_batch a bᵀ → a.T @ b    products, powers, σ, tanh, exp, log: element-wise
 
 `shape_of` infers the shape of an expression in the sizes N and M first (a mismatch is a
 `DimensionError`), so an N×M matrix times a vector of size N is caught before any

@@ -352,7 +352,8 @@ def _truth(ctx: _Context, target: Target) -> tuple[sp.Expr, list[tuple[sp.Expr, 
         pieces = []
         for f in nd.flows:
             if f.external:
-                label = f"the external gradient {_sym_text(S.incoming(target.name, k, single=len(cell.outputs) == 1))}"
+                single = len(cell.outputs) == 1
+                label = f"the external gradient {S.incoming(target.name, k, single=single).name}"
             else:
                 hops = [f"{n}[{S.time_label(k)}]" for n in f.path]
                 hops.append(f"{f.consumer}[{S.time_label(k + f.shift)}]")
@@ -374,10 +375,6 @@ def _truth(ctx: _Context, target: Target) -> tuple[sp.Expr, list[tuple[sp.Expr, 
             pieces.append((S.shift_time(f.term, -1),
                            f"the path from the initial {state} through {hops[0]}{via}"))
     return d.initial[state], pieces
-
-
-def _sym_text(sym) -> str:
-    return sym.name
 
 
 # --- verification --------------------------------------------------------------------------
@@ -824,13 +821,13 @@ class _Matcher:
                 "(A (u ⊙ v) is not (A u) ⊙ v)")
         if key[1] and key[1][0] == "outer" and sp.expand(se - sf) == 0:
             return "wrong matrix order or transpose", "an element-wise factor moved across outer()"
-        deltas = sp.Mul(*key[0])
         ratio = sp.factor(sp.cancel(sf / se)) if se != 0 else None
         if ratio is not None and not ratio.has(*key[0]):
             if ratio == -1:
                 return "wrong coefficient or sign", "the sign is wrong"
             if ratio.is_Number:
-                return "wrong coefficient or sign", f"{format_expression(ratio)} times the expected term"
+                return ("wrong coefficient or sign",
+                        f"{format_expression(ratio)} times the expected term")
             for cand, text in self.derivatives(se, sf):
                 if sp.expand(ratio - cand) == 0:
                     return "missing or doubled activation derivative", (
@@ -849,7 +846,6 @@ class _Matcher:
         swapped = self.swapped(se, sf)
         if swapped:
             return "wrong gate or parameter", swapped
-        del deltas
         return "wrong coefficient or sign", "the factors multiplying the delta differ"
 
     def derivatives(self, *exprs):

@@ -101,7 +101,8 @@ def test_matrix_products_and_outer_follow_the_paper_shapes(rng):
     e = parse_expression(cell, "outer(y[t-1], x[t])")
     out = numeric.evaluate(e, env, 1)
     assert out.shape == (3, 2) and np.allclose(out, sum(np.outer(y[b], x[b]) for b in range(2)))
-    e = parse_expression(cell, "dsigmoid(f_bar[t]) - f[t]*(1 - f[t]) + dtanh(c[t]) + tanh(c[t])**2")
+    e = parse_expression(cell, "dsigmoid(f_bar[t]) - f[t]*(1 - f[t])"
+                               " + dtanh(c[t]) + tanh(c[t])**2")
     assert np.allclose(numeric.evaluate(e, env, 1), 1.0)
 
 
