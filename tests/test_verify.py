@@ -397,3 +397,24 @@ def test_verifying_one_lstm_equation_takes_under_two_seconds():
                        check=True, capture_output=True)
         times.append(time.perf_counter() - start)
     assert sorted(times)[1] < 2.0, times
+
+
+def test_left_sides_of_the_notation():
+    from derive.errors import ExpressionError
+    from derive.notation import parse_target
+    cell = derive.load_cell("lstm")
+    assert parse_target(cell, "dc0").kind == "initial"
+    assert parse_target(cell, "dW_z").kind == parse_target(cell, "dW_z[t+1]").kind == "param"
+    assert parse_target(cell, "dc[t+1]").shift == 1
+    for bad, words in [("dc0[t]", "takes no time index"), ("dx0", "unknown left side"),
+                       ("dcc[t]", "did you mean 'dc'"), ("dc", "needs a time index"),
+                       ("c[t]", "the left side must be a delta")]:
+        with pytest.raises(ExpressionError, match=words):
+            parse_target(cell, bad)
+
+
+def test_a_cell_given_by_path_verifies(tmp_path):
+    spec = tmp_path / "elman.toml"
+    spec.write_text(derive.load_cell("rnn").source.replace('name = "rnn"', 'name = "elman"'))
+    assert verify(str(spec), "da[t] = dy[t] * dtanh(a[t])").equal is True
+    assert verify(str(spec), "da[t] = dy[t] * a[t]").equal is False
