@@ -69,13 +69,16 @@ Equations: ``\delta c^{(t)} = ...``; per-step parameter terms
 initial-state gradients ``\delta c_{0} = ...`` with the right side at step t (= 0),
 like the text notation. `equations(d, "latex")` prints one equation a line, ``%``
 comments. The documents print the initial-state gradients and the t = 0 boundary
-terms of the parameter gradients at numeric steps (``^{(0)}``, ``^{(-1)}``).
+terms of the parameter gradients at numeric steps (``^{(0)}``, ``^{(-1)}``), and break
+long equations into rows of an ``aligned`` environment (`latex_rows`): a parenthesized
+sum or matrix argument split over rows is written ``\bigl(`` ... ``\bigr)``.
 """
 
 from __future__ import annotations
 
 import ast
 import json
+import re
 
 import sympy as sp
 from sympy.printing.latex import LatexPrinter as _SympyLatexPrinter
@@ -156,20 +159,20 @@ def _split(expr: sp.Expr) -> tuple[sp.Rational, list[sp.Expr], list[sp.Expr]]:
 
 
 def _rank(f: sp.Expr, factors: list[sp.Expr]) -> int:
-    """Print position class of a factor: parameters, deltas, values, derivatives."""
+    """Print position of a factor: parameters, deltas, values, activation derivatives."""
     r = S.ref(f) if f.is_Symbol else None
     if r is not None and r.kind == "param":
-        return 1
+        return 0
     if (r is not None and r.kind in ("delta", "incoming")) or isinstance(
             f, (Ordered, S.MatVec, S.MatTVec)):
-        return 2
+        return 1
     if f.is_Symbol and (1 - f) in factors:
-        return 5                                   # v of σ' = v ⊙ (1 − v)
+        return 3                                   # v of σ' = v ⊙ (1 − v)
     if f.is_Add:
         g = 1 - f
         if g in factors or (g.is_Pow and g.exp == 2):
-            return 6                               # (1 − v) of σ', 1 − v² of tanh'
-    return 4
+            return 4                               # (1 − v) of σ', 1 − v² of tanh'
+    return 2
 
 
 def _terms(expr: sp.Expr) -> list[sp.Expr]:
@@ -194,7 +197,7 @@ def _negate(term: sp.Expr) -> sp.Expr:
     return -term
 
 
-class _Layout:
+class _Arithmetic:
     """Sums, products and powers, shared by both printers (subclasses set the syntax)."""
 
     def _print_Ordered(self, expr):
@@ -242,7 +245,7 @@ class _Layout:
 
 # --- text notation -------------------------------------------------------------------
 
-class TextPrinter(_Layout, StrPrinter):
+class TextPrinter(_Arithmetic, StrPrinter):
     """Prints the text notation of hand derivations (what `derive.notation` parses)."""
 
     def _paren(self, s: str) -> str:
@@ -327,7 +330,7 @@ def latex_time(shift: int, step: int | None = None) -> str:
     return f"^{{({label})}}"
 
 
-class LatexPrinter(_Layout, _SympyLatexPrinter):
+class LatexPrinter(_Arithmetic, _SympyLatexPrinter):
     r"""Prints the LaTeX notation of the module docstring.
 
     Setting ``step``: None prints time symbolically (``^{(t)}``); an integer prints
@@ -533,6 +536,7 @@ def forward(cell: Cell, name: str) -> sp.Expr:
 # --- names of equations ----------------------------------------------------------------
 
 def delta_text(name: str) -> str:
+    """'dc[t]': a node's delta, or a parameter's per-step gradient term."""
     return f"d{name}[t]"
 
 
@@ -540,11 +544,8 @@ def delta_latex(name: str) -> str:
     return latex_delta(latex_vector(name)) + latex_time(0)
 
 
-def param_text(name: str) -> str:
-    return f"d{name}[t]"
-
-
 def param_latex(name: str, per_step: bool = True) -> str:
+    r"""``\delta W_{z}^{(t)}`` (per step) or ``\delta W_{z}`` (the sum)."""
     return r"\delta " + latex_param(name) + (latex_time(0) if per_step else "")
 
 
@@ -582,7 +583,7 @@ INITIAL = "initial-state gradients (the state before step 0), right side at step
 def equations(d: Derivation, fmt: str = "text", expanded: bool = False) -> str:
     """The derived backward pass of `d` as `fmt` (text, latex, markdown or json)."""
     if fmt == "text":
-        return _lines(d, expanded, "#", text, delta_text, param_text, initial_text,
+        return _lines(d, expanded, "#", text, delta_text, delta_text, initial_text,
                       lambda name, f: flow_path(name, f, "text"))
     if fmt == "latex":
         return _lines(d, expanded, "%", latex, delta_latex, param_latex, initial_latex,
@@ -639,7 +640,7 @@ def to_json(d: Derivation, expanded: bool = False) -> dict:
         "forward": [{"node": n, **_both(forward(cell, n))} for n in cell.nodes],
         "deltas": deltas,
         "parameters": [{"name": p, "shape": list(g.shape),
-                        "lhs": {"text": param_text(p), "latex": param_latex(p)},
+                        "lhs": {"text": delta_text(p), "latex": param_latex(p)},
                         "step": _both(parameter_term(d, p)),
                         "reads_initial_state": reads_initial_state(parameter_term(d, p))}
                        for p, g in d.params.items()],
@@ -670,7 +671,7 @@ _WIDTHS = {r"\odot": 2.2, r"\delta": 0.9, r"\Delta": 1.2, r"\sigma": 1.0, r"\tan
            r"\exp": 2.2, r"\log": 2.0, r"\top": 0.8, r"\to": 2.4, r"\langle": 0.6,
            r"\rangle": 0.6, r"\sum": 2.0, r"\dots": 2.0, r"\_": 0.8, r"\qquad": 3.6}
 _BINARY = {"+": 2.2, "-": 2.2, "=": 2.6, ",": 0.8, "(": 0.7, ")": 0.7}
-_TOKEN = __import__("re").compile(r"\\[A-Za-z]+|\\.|[{}^_]|[^\s]")
+_TOKEN = re.compile(r"\\[A-Za-z]+|\\.|[{}^_]|[^\s]")
 
 #: width of a document's text column in those units (17 cm at 10 pt, with a margin)
 COLUMN = 80.0
@@ -722,7 +723,7 @@ class _Breaker:
         if isinstance(expr, (Product, sp.Mul)):
             return self.lay_product(expr, level)
         if isinstance(expr, (S.MatVec, S.MatTVec)) and not expr.args[1].is_Symbol:
-            return self.lay_linear(expr, level)
+            return self.opened(expr, level, alone=True)
         return [(level, s)]
 
     def lay_sum(self, expr, level: int) -> list[tuple[int, str]]:
@@ -775,9 +776,6 @@ class _Breaker:
             return None
         rows = self.lay(inner, level + 1)
         return ([(level, head + r"\bigl(" + rows[0][1])] + rows[1:] + [(level, r"\bigr)")])
-
-    def lay_linear(self, expr, level: int) -> list[tuple[int, str]]:
-        return self.opened(expr, level, alone=True)
 
 
 def latex_rows(lhs: str, rhs, step: int | None = None, width: float = COLUMN) -> list[str]:

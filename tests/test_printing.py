@@ -56,7 +56,8 @@ def test_lstm_text_is_written_in_flow_order_as_the_paper():
             " + p_f*df_bar[t+1] + dc[t+1]*f[t+1]\n") in text
     assert ("dy[t] = Delta[t] + R_z.T @ dz_bar[t+1] + R_i.T @ di_bar[t+1]"
             " + R_f.T @ df_bar[t+1] + R_o.T @ do_bar[t+1]\n") in text
-    assert "dx[t] = W_z.T @ dz_bar[t] + W_i.T @ di_bar[t] + W_f.T @ df_bar[t] + W_o.T @ do_bar[t]\n" in text
+    assert ("dx[t] = W_z.T @ dz_bar[t] + W_i.T @ di_bar[t] + W_f.T @ df_bar[t]"
+            " + W_o.T @ do_bar[t]\n") in text
     assert "do_bar[t] = dy[t]*tanh(c[t])*o[t]*(1 - o[t])\n" in text
     assert "df_bar[t] = dc[t]*c[t-1]*f[t]*(1 - f[t])\n" in text
     assert "dR_z[t] = outer(dz_bar[t], y[t-1])\n" in text
@@ -73,9 +74,12 @@ LSTM_LATEX = [
     r"\delta c^{(t)} = \delta y^{(t)} \odot o^{(t)} \odot \left(1 - \tanh\left(c^{(t)}\right)^{2}"
     r"\right) + p_{o} \odot \delta\bar{o}^{(t)} + p_{i} \odot \delta\bar{i}^{(t+1)}"
     r" + p_{f} \odot \delta\bar{f}^{(t+1)} + \delta c^{(t+1)} \odot f^{(t+1)}",
-    r"\delta\bar{f}^{(t)} = \delta c^{(t)} \odot c^{(t-1)} \odot f^{(t)} \odot \left(1 - f^{(t)}\right)",
-    r"\delta\bar{i}^{(t)} = \delta c^{(t)} \odot z^{(t)} \odot i^{(t)} \odot \left(1 - i^{(t)}\right)",
-    r"\delta\bar{z}^{(t)} = \delta c^{(t)} \odot i^{(t)} \odot \left(1 - \left(z^{(t)}\right)^{2}\right)",
+    r"\delta\bar{f}^{(t)} = \delta c^{(t)} \odot c^{(t-1)} \odot f^{(t)}"
+    r" \odot \left(1 - f^{(t)}\right)",
+    r"\delta\bar{i}^{(t)} = \delta c^{(t)} \odot z^{(t)} \odot i^{(t)}"
+    r" \odot \left(1 - i^{(t)}\right)",
+    r"\delta\bar{z}^{(t)} = \delta c^{(t)} \odot i^{(t)}"
+    r" \odot \left(1 - \left(z^{(t)}\right)^{2}\right)",
     r"\delta x^{(t)} = W_{z}^{\top} \delta\bar{z}^{(t)} + W_{i}^{\top} \delta\bar{i}^{(t)}"
     r" + W_{f}^{\top} \delta\bar{f}^{(t)} + W_{o}^{\top} \delta\bar{o}^{(t)}",
     r"\delta W_{z}^{(t)} = \left\langle \delta\bar{z}^{(t)}, x^{(t)} \right\rangle",
