@@ -1,0 +1,363 @@
+"""Stage 5 — build: compile a cell's Cython kernel into an extension module, cached.
+
+Shipped cells are compiled when the package is installed (setup.py builds
+`derive._kernels.<cell>` from the committed generated/<cell>/kernel.pyx). Every module
+carries `BUILD_INFO`, appended to its source at build time: the *fingerprint* of what
+generated it (spec text, derive version, the bytes of the generator modules and the
+kernel template) and the sha256 of the generated source. A shipped module is used only
+while its fingerprint matches the installed generator (an edited template or
+derivation in an editable checkout makes it stale).
+
+Any other cell — a user's spec file, or a stale shipped one — is compiled on first use
+into the cache directory (platformdirs' user cache dir, or $DERIVE_CACHE_DIR), in a
+folder named by a hash of everything that changes the binary: the fingerprint, the
+compiler and its version, the flags, and the Cython, NumPy, SciPy and Python versions
+and the platform. A build happens in a temporary folder renamed into place (atomic)
+under a file lock, so concurrent processes neither corrupt nor duplicate it. A failed
+build raises BuildError carrying the command and the compiler's output.
+
+This module imports no SymPy: loading a cached kernel stays fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.machinery
+import importlib.util
+import os
+import platform
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import tomllib
+from functools import lru_cache
+from importlib import metadata, resources
+from pathlib import Path
+
+from . import __version__
+from .errors import UserError
+
+#: version of the calling convention between generated modules and derive.runtime
+KERNEL_API = 1
+
+#: the modules and templates whose bytes decide what a kernel's generated source is
+GENERATOR_MODULES = ("spec.py", "expr.py", "symbols.py", "derivation.py", "rewrite.py",
+                     "codegen.py")
+TEMPLATES = {"kernel": "kernel.pyx.j2", "reference": "reference.py.j2"}
+
+LOCK_TIMEOUT = 1800  # seconds a process waits for another one's build of the same kernel
+
+
+class BuildError(UserError):
+    """A kernel failed to compile: `command` and the compiler's `output`."""
+
+    def __init__(self, message: str, command: list[str] | None = None, output: str = ""):
+        self.command = command or []
+        self.output = output
+        text = message
+        if command:
+            text += f"\ncommand: {shlex.join(command)}"
+        if output:
+            text += f"\ncompiler output:\n{output.strip()}"
+        super().__init__(text)
+
+
+# --- what a cell is, without SymPy ----------------------------------------------------------
+
+def shipped_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("derive.cells").iterdir()
+                  if p.name.endswith(".toml"))
+
+
+def spec_source(cell) -> tuple[str, str, bool]:
+    """(name, spec text, shipped) for a shipped name or a spec path, without SymPy.
+
+    Anything that is not plainly a shipped name or a readable spec file is handed to
+    the full loader, which raises the error naming the file, line and fix.
+    """
+    if hasattr(cell, "source") and hasattr(cell, "shipped"):  # a loaded Cell
+        return cell.name, cell.source, bool(cell.shipped)
+    cell = str(cell)
+    if cell in shipped_names():
+        text = resources.files("derive.cells").joinpath(cell + ".toml").read_text("utf-8")
+        return cell, text, True
+    try:
+        text = Path(cell).read_text("utf-8")
+        name = tomllib.loads(text)["name"]
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name):
+            raise ValueError(name)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, KeyError, ValueError,
+            TypeError):
+        from .spec import load_cell
+        load_cell(cell)  # raises the precise SpecError
+        raise UserError(f"{cell}: not a usable cell spec") from None  # pragma: no cover
+    return name, text, False
+
+
+# --- fingerprints and keys ---------------------------------------------------------------------
+
+def _template_dir() -> Path:
+    try:
+        return Path(str(resources.files("derive.templates")))
+    except ModuleNotFoundError:  # pragma: no cover - a source tree without install
+        return Path(__file__).resolve().parent.parent / "templates"
+
+
+def generator_fingerprint(kind: str = "kernel", package_dir: Path | None = None,
+                          template_dir: Path | None = None) -> str:
+    """sha256 of derive's version and the bytes of the generator (modules + template)."""
+    package_dir = package_dir or Path(__file__).resolve().parent
+    template_dir = template_dir or _template_dir()
+    h = hashlib.sha256(f"derive {__version__} api {KERNEL_API} {kind}\n".encode())
+    for name in GENERATOR_MODULES:
+        h.update(name.encode() + b"\0" + (package_dir / name).read_bytes() + b"\0")
+    h.update((template_dir / TEMPLATES[kind]).read_bytes())
+    return h.hexdigest()
+
+
+def fingerprint(spec_text: str, kind: str = "kernel", **dirs) -> str:
+    """What decides a cell's generated source: its spec text and the generator."""
+    h = hashlib.sha256(spec_text.encode())
+    h.update(generator_fingerprint(kind, **dirs).encode())
+    return h.hexdigest()
+
+
+def cache_dir() -> Path:
+    """$DERIVE_CACHE_DIR, or the user cache dir of platformdirs."""
+    env = os.environ.get("DERIVE_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+    return Path(platformdirs.user_cache_dir("derive", appauthor=False))
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    m = re.search(r"^flags\s*:(.*)$", text, re.M)
+    return set(m.group(1).split()) if m else set()
+
+
+@lru_cache(maxsize=1)
+def _has_mvec() -> bool:
+    import ctypes.util
+    return ctypes.util.find_library("mvec") is not None
+
+
+def compile_flags(portable: bool = False) -> tuple[list[str], list[str]]:
+    """(extra compile args, libraries) for a kernel.
+
+    Fast (x86-64 with AVX2 and FMA, glibc's libmvec): -O3 -ffast-math -mavx2 -mfma, so
+    the element-wise loops vectorize with vector expf/tanhf; linked with mvec and m.
+    Portable otherwise (and as the fallback when the fast build fails): -O3 with
+    math that does not set errno. -march=native is never used (not portable).
+    """
+    fast = (not portable and platform.machine() in ("x86_64", "AMD64")
+            and {"avx2", "fma"} <= _cpu_flags() and _has_mvec())
+    if fast:
+        return ["-O3", "-ffast-math", "-mavx2", "-mfma"], ["mvec", "m"]
+    return ["-O3", "-fno-math-errno"], ["m"]
+
+
+def _cc() -> list[str]:
+    cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
+    return shlex.split(cc)
+
+
+@lru_cache(maxsize=4)
+def _cc_version(cc: tuple[str, ...]) -> str:
+    try:
+        out = subprocess.run([*cc, "--version"], capture_output=True, text=True, timeout=30)
+        return out.stdout.splitlines()[0].strip() if out.stdout else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "missing"
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "none"
+
+
+def toolchain(portable: bool = False) -> dict:
+    """Everything besides the source that changes the binary."""
+    flags, libs = compile_flags(portable)
+    cc = _cc()
+    return {"cc": shlex.join(cc), "cc_version": _cc_version(tuple(cc)),
+            "flags": flags, "libraries": libs,
+            "cython": _version("Cython"), "numpy": _version("numpy"),
+            "scipy": _version("scipy"), "python": sys.version.split()[0],
+            "soabi": sysconfig.get_config_var("SOABI") or "",
+            "platform": f"{sys.platform}-{platform.machine()}"}
+
+
+def cache_key(spec_text: str, portable: bool = False) -> str:
+    tc = toolchain(portable)
+    h = hashlib.sha256(fingerprint(spec_text).encode())
+    h.update(repr(sorted(tc.items())).encode())
+    return h.hexdigest()[:20]
+
+
+# --- compiling ---------------------------------------------------------------------------------
+
+def stamp(source: str, spec_text: str, flags: list[str], **dirs) -> str:
+    """The source with BUILD_INFO appended (what the build saw)."""
+    info = {"fingerprint": fingerprint(spec_text, **dirs),
+            "source_sha256": hashlib.sha256(source.encode()).hexdigest(),
+            "flags": " ".join(flags), "derive": __version__}
+    return source.rstrip("\n") + f"\n\n\nBUILD_INFO = {info!r}\n"
+
+
+def _run(command: list[str], what: str, cwd: Path) -> None:
+    try:
+        proc = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    except OSError as exc:
+        raise BuildError(f"{what} failed: cannot run {command[0]!r} ({exc})",
+                         command, str(exc)) from None
+    if proc.returncode != 0:
+        raise BuildError(f"{what} failed with exit code {proc.returncode}", command,
+                         (proc.stdout + proc.stderr)[-20000:])
+
+
+def compile_extension(source: str, modname: str, outdir: Path, portable: bool = False) -> Path:
+    """Cythonize, compile and link `source` as module `modname` in `outdir`.
+
+    Returns the path of the extension file; raises BuildError with the command and the
+    compiler output of the step that failed.
+    """
+    outdir.mkdir(parents=True, exist_ok=True)
+    pyx = outdir / f"{modname}.pyx"
+    pyx.write_text(source, "utf-8")
+    c_file = outdir / f"{modname}.c"
+    _run([sys.executable, "-m", "cython", "-3", "-o", str(c_file), str(pyx)], "cython",
+         outdir)
+    flags, libs = compile_flags(portable)
+    cc = _cc()
+    cflags = shlex.split(sysconfig.get_config_var("CFLAGS") or "")
+    ccshared = shlex.split(sysconfig.get_config_var("CCSHARED") or "-fPIC")
+    include = sysconfig.get_paths()["include"]
+    obj = outdir / f"{modname}.o"
+    _run([*cc, *cflags, *ccshared, f"-I{include}", *flags, "-c", str(c_file), "-o", str(obj)],
+         "compiling the kernel", outdir)
+    ext = outdir / f"{modname}{sysconfig.get_config_var('EXT_SUFFIX') or '.so'}"
+    ldshared = shlex.split(sysconfig.get_config_var("LDSHARED") or f"{cc[0]} -shared")
+    _run([*ldshared, str(obj), "-o", str(ext), *[f"-l{lib}" for lib in libs]],
+         "linking the kernel", outdir)
+    obj.unlink(missing_ok=True)
+    return ext
+
+
+def load_extension(path: Path, modname: str):
+    """Import an extension module from a file (once per process)."""
+    if modname in sys.modules:
+        return sys.modules[modname]
+    loader = importlib.machinery.ExtensionFileLoader(modname, str(path))
+    spec = importlib.util.spec_from_file_location(modname, str(path), loader=loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    sys.modules[modname] = module
+    return module
+
+
+def _progress(text: str, quiet: bool):
+    if not quiet:
+        print(f"derive: {text}", file=sys.stderr, flush=True)
+
+
+# --- shipped modules and the cache ------------------------------------------------------------
+
+def shipped_module(name: str, spec_text: str):
+    """The module compiled at install for a shipped cell, if present and current."""
+    try:
+        mod = importlib.import_module(f"derive._kernels.{name}")
+    except ImportError:
+        return None
+    info = getattr(mod, "BUILD_INFO", None) or {}
+    if getattr(mod, "KERNEL_API", None) != KERNEL_API:
+        return None
+    if info.get("fingerprint") != fingerprint(spec_text):
+        return None
+    return mod
+
+
+def cached_path(name: str, spec_text: str, portable: bool = False) -> tuple[Path, str]:
+    """(folder, module name) of a cell's kernel in the cache."""
+    key = cache_key(spec_text, portable)
+    return cache_dir() / "kernels" / f"{name}-{key}", f"derive_kernel_{name}_{key}"
+
+
+def _module_file(folder: Path, modname: str) -> Path:
+    return folder / f"{modname}{sysconfig.get_config_var('EXT_SUFFIX') or '.so'}"
+
+
+def build(cell, force: bool = False, quiet: bool = False) -> Path:
+    """The path of CELL's compiled kernel, compiling it into the cache when needed."""
+    return _locate(cell, force=force, quiet=quiet)[0]
+
+
+def load(cell, force: bool = False, quiet: bool = False):
+    """The compiled kernel module of CELL (shipped, cached, or built now)."""
+    path, modname, module = _locate(cell, force=force, quiet=quiet)
+    return module if module is not None else load_extension(path, modname)
+
+
+def _locate(cell, force=False, quiet=False):
+    name, text, shipped = spec_source(cell)
+    if shipped and not force:
+        mod = shipped_module(name, text)
+        if mod is not None:
+            return Path(mod.__file__), mod.__name__, mod
+    portable = False
+    folder, modname = cached_path(name, text, portable)
+    ext = _module_file(folder, modname)
+    if ext.exists() and not force:
+        return ext, modname, None
+    return _build_into_cache(cell, name, text, folder, modname, force, quiet)
+
+
+def _build_into_cache(cell, name, text, folder: Path, modname: str, force: bool, quiet: bool):
+    from filelock import FileLock
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    ext = _module_file(folder, modname)
+    with FileLock(str(folder) + ".lock", timeout=LOCK_TIMEOUT):
+        if ext.exists() and not force:  # another process built it meanwhile
+            return ext, modname, None
+        t0 = time.perf_counter()
+        _progress(f"generating the kernel of {name} …", quiet)
+        from .codegen import kernel_source
+        from .derivation import derive
+        from .spec import load_cell
+        source = kernel_source(derive(load_cell(cell)))
+        tmp = Path(tempfile.mkdtemp(prefix=f".build-{name}-", dir=folder.parent))
+        try:
+            flags = compile_flags()[0]
+            _progress(f"compiling the kernel of {name} (float32 and float64; this takes "
+                      f"several seconds) …", quiet)
+            try:
+                compile_extension(stamp(source, text, flags), modname, tmp)
+            except BuildError as first:
+                if compile_flags(True)[0] == flags:
+                    raise
+                _progress(f"the optimized build failed; retrying with portable flags "
+                          f"({first.command[:1]})", quiet)
+                flags = compile_flags(True)[0]
+                compile_extension(stamp(source, text, flags), modname, tmp, portable=True)
+            for leftover in tmp.glob("*.o"):
+                leftover.unlink()
+            if folder.exists():  # --force: move the old build out of the way
+                shutil.rmtree(folder, ignore_errors=True)
+            os.replace(tmp, folder)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        _progress(f"built {ext} in {time.perf_counter() - t0:.1f} s", quiet)
+    return ext, modname, None

@@ -1,0 +1,359 @@
+"""Stage 6 — runtime: a Kernel runs a cell forward over a sequence and back (full BPTT).
+
+    k = derive.load_kernel("lstm", dtype="float32")        # backend "cython" (default)
+    params = k.init_params(input_size=M, hidden_size=N, seed=0)
+    tr = k.forward(x, params, state0=None)                 # x: (T, B, M)
+    tr.outputs                                             # (T, B, N), read-only view
+    g = k.backward(tr, d_outputs)                          # every parameter, "x", "y0", "c0"
+
+Both backends — the compiled Cython kernel and the NumPy reference generated from the
+same plan — share one calling convention (see generated/<cell>/kernel.pyx), so this
+module validates and allocates everything once for both. Every argument is checked in
+Python before any C code runs: a wrong shape, ndim or dtype, a non-contiguous array, a
+missing or extra parameter raise ValueError naming the argument and the expected shape.
+Values are not checked: NaN and infinities propagate through the kernels.
+
+Parameters are kept in the paper's shapes (W_z: N×M, R_z: N×N, p_i: N). The kernels use
+fused weights per operand (rows [W_z; W_i; W_f; W_o] for x); `init_params` returns views
+into such fused buffers so that `forward` uses them without a copy; any other arrays are
+packed into a fused copy at each call. The trace keeps the fused weights it used: do
+not modify parameters in place between a forward and the backward of its trace.
+
+Loading a built kernel imports neither SymPy nor the derivation.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+
+BACKENDS = ("cython", "numpy")
+_INT32 = 2 ** 31 - 1
+
+
+def load_kernel(cell, dtype="float64", backend: str | None = None) -> "Kernel":
+    """The kernel of `cell` (a shipped name or a spec path) for `dtype`.
+
+    backend "cython" (the default) is the compiled kernel: shipped cells were compiled
+    at install, others compile on first use into the cache (seconds) and load from it
+    afterwards. backend "numpy" is the NumPy reference generated from the same plan.
+    With backend=None, a machine without a C compiler gets the NumPy reference (with a
+    warning).
+    """
+    dt = _dtype(dtype)
+    if backend not in (None, *BACKENDS):
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)} (or None), "
+                         f"not {backend!r}")
+    from . import build
+    if backend == "numpy":
+        module, path = _reference_module(cell)
+        return Kernel(module, "numpy", dt, path)
+    try:
+        module = build.load(cell)
+    except build.BuildError as exc:
+        if backend is None and shutil.which(build._cc()[0]) is None:
+            warnings.warn(f"no C compiler ({build._cc()[0]}): using the NumPy reference "
+                          f"backend ({exc.args[0].splitlines()[0]})", RuntimeWarning,
+                          stacklevel=2)
+            module, path = _reference_module(cell)
+            return Kernel(module, "numpy", dt, path)
+        raise
+    return Kernel(module, "cython", dt, Path(module.__file__))
+
+
+def _dtype(dtype) -> np.dtype:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise ValueError(f"dtype must be float32 or float64, not {dtype!r}")
+    return dt
+
+
+def _reference_module(cell):
+    """The NumPy reference module of a cell, generated once into the cache."""
+    from . import build
+    name, text, _ = build.spec_source(cell)
+    key = build.fingerprint(text, kind="reference")[:20]
+    folder = build.cache_dir() / "reference"
+    path = folder / f"{name}-{key}.py"
+    modname = f"derive_reference_{name}_{key}"
+    if modname in sys.modules:
+        return sys.modules[modname], path
+    if not path.exists():
+        from .codegen import reference_source
+        from .derivation import derive
+        from .spec import load_cell
+        source = reference_source(derive(load_cell(cell)))
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".py", dir=folder)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(source)
+        os.replace(tmp, path)  # atomic: concurrent writers write the same bytes
+    spec = importlib.util.spec_from_file_location(modname, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules[modname] = module
+    return module, path
+
+
+@dataclass
+class Trace:
+    """What `forward` returns: the outputs, the final states, what `backward` needs."""
+
+    outputs: object                       # (T, B, N) array, or {output: array}
+    states: dict[str, np.ndarray]         # final state of each state, (B, N)
+    kernel: "Kernel" = field(repr=False)
+    x: np.ndarray = field(repr=False)
+    W: tuple = field(repr=False)
+    V: tuple = field(repr=False)
+    S: tuple = field(repr=False)
+    A: tuple = field(repr=False)
+    sizes: tuple = field(repr=False)      # (T, B, M, N)
+
+
+class Kernel:
+    """Forward and backward of one cell, one dtype, one backend."""
+
+    def __init__(self, module, backend: str, dtype, path):
+        from .build import KERNEL_API
+        if getattr(module, "KERNEL_API", None) != KERNEL_API:
+            raise UserError(f"{path}: kernel built for another version of derive; rebuild "
+                            f"it (derive build CELL --force)")
+        self.module = module
+        self.backend = backend
+        self.dtype = np.dtype(dtype)
+        self.path = path
+        L = module.LAYOUT
+        self.layout = L
+        self.cell = L["cell"]
+        self.input = L["input"]
+        self.states = tuple(L["states"])
+        self.outputs = tuple(L["outputs"])
+        self.parameters = {n: tuple(s) for n, s in L["parameters"]}
+        self.vectors = tuple(L["vectors"])
+        self.operands = L["operands"]
+        self.groups = L["groups"]
+        self.stored = [s["name"] for s in L["stored"]]
+        # where each matrix lives: [(operand index, block index)]
+        self.blocks: dict[str, list[tuple[int, int]]] = {}
+        for i, op in enumerate(self.operands):
+            for k, (_node, matrix) in enumerate(op["blocks"]):
+                self.blocks.setdefault(matrix, []).append((i, k))
+
+    def __repr__(self):
+        return (f"<derive Kernel {self.cell} {self.dtype.name} backend={self.backend} "
+                f"path={self.path}>")
+
+    # --- parameters --------------------------------------------------------------------------
+    def init_params(self, input_size: int, hidden_size: int, seed: int = 0) -> dict:
+        """Random parameters in the paper's shapes: uniform in ±1/√N (like torch).
+
+        Matrices are views into fused buffers (one per operand), so `forward` uses them
+        without a copy; vectors are separate arrays.
+        """
+        M, N = _size("input_size", input_size), _size("hidden_size", hidden_size)
+        rng = np.random.default_rng(seed)
+        bound = 1.0 / np.sqrt(N)
+        sizes = {"M": M, "N": N}
+        fused = []
+        for op in self.operands:
+            k = len(op["blocks"])
+            fused.append(rng.uniform(-bound, bound, (k * N, sizes[op["size"]]))
+                         .astype(self.dtype))
+        params = {}
+        for name, shape in self.parameters.items():
+            if len(shape) == 1:
+                params[name] = rng.uniform(-bound, bound, N).astype(self.dtype)
+            else:
+                i, k = self.blocks[name][0]
+                params[name] = fused[i][k * N:(k + 1) * N]
+                for i2, k2 in self.blocks[name][1:]:   # a matrix used in several blocks
+                    fused[i2][k2 * N:(k2 + 1) * N] = params[name]
+        return params
+
+    def _check_params(self, params, M: int) -> int:
+        if not isinstance(params, dict):
+            raise ValueError(f"params must be a dict of parameter name -> array "
+                             f"({', '.join(self.parameters)}), not {type(params).__name__}")
+        missing = [n for n in self.parameters if n not in params]
+        extra = [n for n in params if n not in self.parameters]
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"missing {', '.join(map(str, missing))}")
+            if extra:
+                parts.append(f"unknown {', '.join(map(str, extra))}")
+            raise ValueError(f"params of {self.cell}: {'; '.join(parts)} (expected "
+                             f"{', '.join(self.parameters)})")
+        first = next(iter(self.parameters))
+        a = params[first]
+        if not isinstance(a, np.ndarray) or a.ndim < 1:
+            raise ValueError(f"params[{first!r}] must be a numpy array of shape "
+                             f"{_shape_text(self.parameters[first])}")
+        N = a.shape[0]
+        if N < 1:
+            raise ValueError(f"params[{first!r}] is empty: the hidden size N must be >= 1")
+        sizes = {"N": N, "M": M}
+        for name, shape in self.parameters.items():
+            want = tuple(sizes[s] for s in shape)
+            _check_array(f"params[{name!r}]", params[name], want, self.dtype,
+                         f"{_shape_text(shape)} with N={N} (from {first}) and M={M} "
+                         f"(from x)")
+        return N
+
+    def _fused(self, params, N: int, M: int) -> tuple:
+        """The fused weights of each operand: the init_params buffer itself, or a copy."""
+        sizes = {"N": N, "M": M}
+        out = []
+        for i, op in enumerate(self.operands):
+            k = len(op["blocks"])
+            shape = (k * N, sizes[op["size"]])
+            blocks = [params[matrix] for _node, matrix in op["blocks"]]
+            base = blocks[0].base
+            step = N * shape[1] * self.dtype.itemsize
+            if (isinstance(base, np.ndarray) and base.shape == shape
+                    and base.dtype == self.dtype and base.flags.c_contiguous
+                    and all(b.base is base and b.ctypes.data == base.ctypes.data + j * step
+                            for j, b in enumerate(blocks))):
+                out.append(base)
+            else:
+                W = np.empty(shape, self.dtype)
+                for j, b in enumerate(blocks):
+                    W[j * N:(j + 1) * N] = b
+                out.append(W)
+        return tuple(out)
+
+    # --- forward ------------------------------------------------------------------------------
+    def forward(self, x, params, state0=None) -> Trace:
+        """Run the cell over x (T, B, M) from state0 ({state: (B, N)}, zeros if None)."""
+        if not isinstance(x, np.ndarray):
+            raise ValueError(f"x must be a numpy array of shape (T, B, M) and dtype "
+                             f"{self.dtype.name}, not {type(x).__name__}")
+        if x.ndim != 3:
+            raise ValueError(f"x must have shape (T, B, M) (3 dimensions), not {x.shape}")
+        T, B, M = x.shape
+        if T < 1 or B < 1 or M < 1:
+            raise ValueError(f"x must have shape (T, B, M) with T, B, M >= 1, not {x.shape}")
+        _check_array("x", x, (T, B, M), self.dtype, "(T, B, M)")
+        N = self._check_params(params, M)
+        if T * B > _INT32 or max(len(o["blocks"]) for o in self.operands) * N > _INT32:
+            raise ValueError(f"x of shape {x.shape} with N={N} is too large for 32-bit BLAS")
+        S = []
+        if state0 is not None and not isinstance(state0, dict):
+            raise ValueError(f"state0 must be None or a dict of state name -> (B, N) array "
+                             f"({', '.join(self.states)}), not {type(state0).__name__}")
+        if state0 is not None:
+            extra = [k for k in state0 if k not in self.states]
+            if extra:
+                raise ValueError(f"state0 has unknown states {', '.join(map(str, extra))} "
+                                 f"(the states of {self.cell}: {', '.join(self.states)})")
+        for s in self.states:
+            buf = np.empty((T + 1, B, N), self.dtype)
+            if state0 is None or s not in state0:
+                buf[0] = 0
+            else:
+                _check_array(f"state0[{s!r}]", state0[s], (B, N), self.dtype, "(B, N)",
+                             contiguous=False)
+                buf[0] = state0[s]
+            S.append(buf)
+        W = self._fused(params, N, M)
+        V = tuple(params[v] for v in self.vectors)
+        A = tuple(np.empty((T, B, N), self.dtype) for _ in self.stored)
+        G = tuple(np.empty((T, B, len(o["blocks"]) * N) if o["kind"] == "input"
+                           else (B, len(o["blocks"]) * N), self.dtype) for o in self.operands)
+        S = tuple(S)
+        self.module.forward(x, W, V, S, A, G)
+        outputs = {}
+        for o in self.outputs:
+            arr = S[self.states.index(o)][1:] if o in self.states else A[self.stored.index(o)]
+            view = arr.view()
+            view.flags.writeable = False
+            outputs[o] = view
+        finals = {}
+        for s, buf in zip(self.states, S):
+            view = buf[T].view()
+            view.flags.writeable = False
+            finals[s] = view
+        out = outputs[self.outputs[0]] if len(self.outputs) == 1 else outputs
+        return Trace(out, finals, self, x, W, V, S, A, (T, B, M, N))
+
+    # --- backward -----------------------------------------------------------------------------
+    def backward(self, trace: Trace, d_outputs) -> dict:
+        """Gradients of every parameter, the input and each initial state ("<state>0")."""
+        if not isinstance(trace, Trace) or trace.kernel.layout is not self.layout \
+                or trace.kernel.dtype != self.dtype:
+            raise ValueError(f"trace must be what this kernel's forward returned "
+                             f"({self.cell}, {self.dtype.name})")
+        T, B, M, N = trace.sizes
+        if len(self.outputs) == 1 and not isinstance(d_outputs, dict):
+            d_outputs = {self.outputs[0]: d_outputs}
+        if not isinstance(d_outputs, dict):
+            raise ValueError(f"d_outputs must be a dict of output name -> (T, B, N) array "
+                             f"({', '.join(self.outputs)})")
+        missing = [o for o in self.outputs if o not in d_outputs]
+        extra = [o for o in d_outputs if o not in self.outputs]
+        if missing or extra:
+            raise ValueError(f"d_outputs must hold exactly the outputs "
+                             f"{', '.join(self.outputs)} (missing: {', '.join(missing) or '-'}"
+                             f"; unknown: {', '.join(map(str, extra)) or '-'})")
+        dY = []
+        for o in self.outputs:
+            name = "d_outputs" if len(self.outputs) == 1 else f"d_outputs[{o!r}]"
+            _check_array(name, d_outputs[o], (T, B, N), self.dtype, "(T, B, N)")
+            dY.append(d_outputs[o])
+        dG = tuple(np.empty((T, B, len(g["nodes"]) * N), self.dtype) for g in self.groups)
+        C = tuple(np.empty((B, N), self.dtype) for _ in self.states)
+        acc = tuple(np.empty(N, self.dtype) for _ in self.vectors)
+        sizes = {"N": N, "M": M}
+        dW = tuple(np.empty((len(o["blocks"]) * N, sizes[o["size"]]), self.dtype)
+                   for o in self.operands)
+        dX = np.empty((T, B, M), self.dtype)
+        self.module.backward(trace.x, trace.W, trace.V, trace.S, trace.A, tuple(dY), dG, C,
+                             acc, dW, dX)
+        grads = {}
+        for name, shape in self.parameters.items():
+            if len(shape) == 1:
+                grads[name] = acc[self.vectors.index(name)]
+            else:
+                parts = [dW[i][k * N:(k + 1) * N] for i, k in self.blocks[name]]
+                grads[name] = parts[0] if len(parts) == 1 else sum(parts[1:], parts[0].copy())
+        grads[self.input] = dX
+        for s, c in zip(self.states, C):
+            grads[f"{s}0"] = c
+        return grads
+
+
+def _size(name, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, not {value!r}")
+    return int(value)
+
+
+def _shape_text(shape) -> str:
+    return "(" + ", ".join(shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _check_array(name, a, shape, dtype, meaning, contiguous=True):
+    if not isinstance(a, np.ndarray):
+        raise ValueError(f"{name} must be a numpy array of shape {tuple(shape)} {meaning} and "
+                         f"dtype {dtype.name}, not {type(a).__name__}")
+    if a.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)} {meaning}, not {a.shape}")
+    if a.dtype != dtype:
+        raise ValueError(f"{name} must have dtype {dtype.name} (the kernel's dtype), not "
+                         f"{a.dtype}; convert it with .astype(np.{dtype.name})")
+    if contiguous and not a.flags.c_contiguous:
+        raise ValueError(f"{name} of shape {a.shape} must be C-contiguous; pass "
+                         f"np.ascontiguousarray({name.split('[')[0]})")
