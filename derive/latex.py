@@ -555,19 +555,27 @@ def parse_latex_equation(cell: Cell, text: str):
 def _parse_latex_equation(cell: Cell, text: str):
     s = _checked(text)
     depth = 0
-    cut = None
+    cuts = []
     for k, ch in enumerate(s):
         if ch == "{":
             depth += 1
         elif ch == "}":
             depth -= 1
         elif ch == "=" and depth == 0:
-            if cut is not None:
-                raise ExpressionError("an equation has exactly one '='")
-            cut = k
-    if cut is None:
+            cuts.append(k)
+    if not cuts:
         raise ExpressionError(r"an equation needs '=', like \delta c^{(t)} = ...")
-    lhs, rhs = s[:cut], s[cut + 1:]
+    if len(cuts) > 2:
+        raise ExpressionError("an equation has one '=' (or two, as in "
+                              r"\delta c_{0} = \delta c^{(-1)} = ...)")
+    cut = cuts[-1]
+    lhs, rhs = s[:cuts[0]], s[cut + 1:]
+    if len(cuts) == 2:  # the documents' \delta c_{0} = \delta c^{(-1)} = ...
+        middle = s[cuts[0] + 1:cut].strip()
+        state = re.fullmatch(r"\\delta\s*(.+)_\{0\}", lhs.strip())
+        want = state and re.sub(r"\s+", "", rf"\delta {state.group(1)}^{{(-1)}}")
+        if not state or re.sub(r"[\s&]+", "", middle) != want:
+            raise ExpressionError("an equation has exactly one '='")
     try:
         target = parse_latex_target(cell, lhs.strip())
     except ExpressionError as exc:

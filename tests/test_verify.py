@@ -418,3 +418,19 @@ def test_a_cell_given_by_path_verifies(tmp_path):
     spec.write_text(derive.load_cell("rnn").source.replace('name = "rnn"', 'name = "elman"'))
     assert verify(str(spec), "da[t] = dy[t] * dtanh(a[t])").equal is True
     assert verify(str(spec), "da[t] = dy[t] * a[t]").equal is False
+
+
+def test_one_row_equations_pasted_from_the_generated_documents_verify(cell_name):
+    """Rows of generated/<cell>/equations.tex (with & and \\\\) that fit on one line."""
+    from pathlib import Path
+    path = Path(__file__).parents[1] / "generated" / cell_name / "equations.tex"
+    if not path.exists():
+        pytest.skip("no generated document")
+    rows = path.read_text().splitlines()
+    pasted = [row for k, row in enumerate(rows)
+              if row.startswith(r"\delta") and "&=" in row and r"\sum" not in row
+              and not (k + 1 < len(rows) and rows[k + 1].startswith("&"))]
+    assert pasted
+    for row in pasted:
+        v = verify(cell_name, row, latex=True)
+        assert v.equal is True, (row, v.report())
