@@ -236,7 +236,6 @@ class _Plan:
     missing: list[str] = field(default_factory=list)
     stale: list[str] = field(default_factory=list)
     extra: list[str] = field(default_factory=list)
-    unchanged: list[str] = field(default_factory=list)
 
 
 def generate(cells=None, out=None, check: bool = False, quiet: bool = False) -> int:
@@ -278,8 +277,8 @@ def generate(cells=None, out=None, check: bool = False, quiet: bool = False) -> 
             for f in getattr(plan, kind):
                 print(f"{kind}: {_shown(root / f)}")
         bad = len(plan.stale) + len(plan.missing) + len(plan.extra)
-        summary = (f"{where} is stale ({bad} of {len(files)} files differ); regenerate with "
-                   f"`derive generate`" if bad else f"{where} is up to date ({len(files)} files)")
+        summary = (f"{where}/ is stale ({bad} of {len(files)} files differ); regenerate with "
+                   f"`derive generate`" if bad else f"{where}/ is up to date ({len(files)} files)")
         if not quiet or bad:
             print(f"derive: {summary}", file=sys.stderr)
         return GenerateResult(1 if bad else 0, summary)
@@ -288,7 +287,7 @@ def generate(cells=None, out=None, check: bool = False, quiet: bool = False) -> 
     for f in plan.extra:
         _remove(root / f)
     changed = len(plan.missing) + len(plan.stale)
-    summary = (f"{len(files)} files in {where} ({changed} changed"
+    summary = (f"{where}/ ({len(files)} files, {changed} changed"
                + (f", {len(plan.extra)} removed" if plan.extra else "") + ")")
     if not quiet:
         print(f"derive: wrote {summary}", file=sys.stderr)
@@ -316,19 +315,18 @@ def _ours(folder: Path) -> list[str]:
 
 
 def _compare(root: Path, files: dict[str, str], cells: list[str]) -> _Plan:
+    """Compare byte for byte; extra files are ours (with the header) in the cells' folders."""
     plan = _Plan()
     for rel in sorted(files):
         path = root / rel
         try:
-            current = path.read_text("utf-8") if path.is_file() else None
-        except (OSError, UnicodeDecodeError):
-            current = ""
+            current = path.read_bytes() if path.is_file() else None
+        except OSError:
+            current = b""
         if current is None:
             plan.missing.append(rel)
-        elif current != files[rel]:
+        elif current != files[rel].encode("utf-8"):
             plan.stale.append(rel)
-        else:
-            plan.unchanged.append(rel)
     for name in cells:
         plan.extra += [f"{name}/{f}" for f in sorted(_ours(root / name))
                        if f"{name}/{f}" not in files]
