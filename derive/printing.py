@@ -741,27 +741,30 @@ class _Breaker:
         return out
 
     def lay_product(self, expr, level: int) -> list[tuple[int, str]]:
+        """Factors fill a row; a row broken between factors goes on one level deeper."""
         coeff, num, den = _split(expr)
         if den:
             return [(level, self.p.doprint(expr))]
         out: list[tuple[int, str]] = []
         row = ("-" if coeff.is_negative else "") + (f"{abs(coeff.p)} " if abs(coeff) != 1 else "")
+        at = level
         for k, f in enumerate(num):
             piece = self.p._item(f, len(num) > 1)
             joiner = r" \odot " if k else ""
-            if self.fits(row + joiner + piece, level):
+            if self.fits(row + joiner + piece, at):
                 row += joiner + piece
                 continue
-            opened = None if self.fits(piece, level + 1) else self.opened(f, level, len(num) == 1)
+            opened = None if self.fits(piece, level + 1) else self.opened(f, at, len(num) == 1)
             if opened is None:
                 if row.strip():
-                    out.append((level, row))
+                    out.append((at, row))
+                    at = level + 1
                 row = (r"\odot " if k else "") + piece
                 continue
-            out.append((level, row + joiner + opened[0][1]))
+            out.append((at, row + joiner + opened[0][1]))
             out += opened[1:-1]
             row = opened[-1][1]
-        out.append((level, row))
+        out.append((at, row))
         return out
 
     def opened(self, f, level: int, alone: bool) -> list[tuple[int, str]] | None:
