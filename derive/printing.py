@@ -452,7 +452,7 @@ def flows(d: Derivation, name: str) -> list[Flow]:
     position = {n: k for k, n in enumerate(cell.nodes)}
     nd = d.deltas.get(name) or d.raw[name]
     return sorted(nd.flows, key=lambda f: (f.shift, not f.external,
-                                            f.consumer not in cell.outputs,
+                                            f.shift == 0 and f.consumer not in cell.outputs,
                                             position.get(f.consumer, -1), _negative(f.term)))
 
 

@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import sympy as sp
@@ -247,3 +248,16 @@ def test_long_equations_are_broken_into_rows_that_fit():
     # the rows hold the same expression as the one-line form, up to parentheses and spaces
     squash = lambda s: re.sub(r"\\left\(|\\right\)|\\bigl\(|\\bigr\)|\s", "", s)  # noqa: E731
     assert squash(body) == squash(P.latex(P.expanded_forms(d)["x"]))
+
+
+def test_outputs_come_first_only_within_step_t(tmp_path):
+    """With c an output too, δc starts with Δ_c and δy's flow; step t+1 keeps spec order."""
+    spec = (Path(__file__).resolve().parent.parent / "derive/cells/lstm.toml").read_text()
+    path = tmp_path / "two.toml"
+    path.write_text(spec.replace('outputs = ["y"]', 'outputs = ["y", "c"]')
+                    .replace('name = "lstm"', 'name = "two"'))
+    d = derive.derive(str(path))
+    assert P.text(P.structured(d, "c")) == (
+        "Delta_c[t] + dy[t]*o[t]*(1 - tanh(c[t])**2) + p_o*do_bar[t] + p_i*di_bar[t+1]"
+        " + p_f*df_bar[t+1] + dc[t+1]*f[t+1]")
+    assert P.latex(P.structured(d, "y")).startswith(r"\Delta_{y}^{(t)} + R_{z}^{\top}")
