@@ -1,0 +1,76 @@
+"""The gradient check: report, command line, and that it catches a wrong gradient."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from derive import check, runtime
+
+
+def test_report_is_complete_and_json_able():
+    report = check.gradient_check("rnn", backend="numpy", dtype="float64")
+    assert report.passed and report.dtype == "float64"
+    assert [r.name for r in report.rows] == ["W", "R", "b", "x", "y0"]
+    s = report.sizes
+    assert s["T"] >= 3 and s["B"] >= 2 and s["M"] != s["N"]
+    assert "floor 1e-05" in report.summary() and "passed" in report.summary()
+    table = report.table()
+    assert "max rel err" in table and "y0" in table and "non-zero initial state" in table
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["passed"] is True and data["rows"][0]["name"] == "W"
+
+
+def test_float32_report_compares_with_float64():
+    report = check.gradient_check("gru", backend="numpy", dtype="float32")
+    assert report.passed, report.table()
+    assert report.tolerance == check.TOLERANCE["float32"] and report.output_error < 1e-5
+    assert "float64" in report.method
+
+
+def test_a_wrong_gradient_fails_the_check(monkeypatch):
+    real = runtime.Kernel.backward
+
+    def off_by_a_bit(self, trace, d_outputs):
+        grads = real(self, trace, d_outputs)
+        grads["R_i"] = grads["R_i"] * (1 + 1e-4)   # a 0.01 % error in one gradient
+        return grads
+
+    monkeypatch.setattr(runtime.Kernel, "backward", off_by_a_bit)
+    report = check.gradient_check("lstm", backend="numpy")
+    assert not report.passed
+    assert [r.name for r in report.rows if not r.passed] == ["R_i"]
+    assert "FAILED (R_i)" in report.summary()
+    assert check.run_check("lstm", backend="numpy") == 1
+
+
+def test_a_transposed_initial_state_gradient_fails(monkeypatch):
+    real = runtime.Kernel.backward
+
+    def swapped(self, trace, d_outputs):
+        grads = real(self, trace, d_outputs)
+        grads["c0"] = grads["c0"][::-1].copy()     # batch rows swapped
+        return grads
+
+    monkeypatch.setattr(runtime.Kernel, "backward", swapped)
+    report = check.gradient_check("lstm_cifg", backend="numpy")
+    assert [r.name for r in report.rows if not r.passed] == ["c0"]
+
+
+def test_cli_check_json_and_exit_codes():
+    run = subprocess.run([sys.executable, "-m", "derive", "check", "rnn", "--backend", "numpy",
+                          "--json"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    data = json.loads(run.stdout)
+    assert data["passed"] and data["cell"] == "rnn" and data["backend"] == "numpy"
+    run = subprocess.run([sys.executable, "-m", "derive", "check", "nope.toml"],
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and "no such cell file" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_unknown_dtype_is_an_error():
+    with pytest.raises(ValueError, match="float32 or float64"):
+        check.gradient_check("rnn", backend="numpy", dtype=np.int16)

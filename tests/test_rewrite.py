@@ -1,0 +1,166 @@
+"""The kernel plan (stage 3) and the sources printed from it: no compiling here."""
+
+import textwrap
+
+import numpy as np
+import pytest
+import sympy as sp
+
+import derive
+from derive import codegen, rewrite
+from derive.errors import UserError
+
+# A spec that stresses the printers: an input not called x, two outputs (one not a
+# state), a state read through a matrix (Q @ el[t-1]), names whose deltas are keywords
+# (del, do), exp/log/sigmoid of non-nodes (stored auxiliaries), powers and division.
+WEIRD = textwrap.dedent("""\
+    name    = "weird"
+    inputs  = ["u"]
+    state   = ["el", "h"]
+    outputs = ["h", "o"]
+
+    [parameters]
+    W = ["N", "M"]
+    R = ["N", "N"]
+    Q = ["N", "N"]
+    p = ["N"]
+    b = ["N"]
+
+    [nodes]
+    a  = "W @ u + R @ h[t-1] + b"
+    el = "sigmoid(a) * el[t-1] + 0.5 * exp(-a * a) / (1 + p * p)"
+    h  = "Q @ el[t-1] + tanh(el) * p + a ** 3 / 4"
+    o  = "log(1 + h * h)"
+    """)
+
+
+def write_spec(tmp_path, text, name="cell.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_lstm_plan_fuses_the_four_gates_of_x_and_y_into_one_group():
+    p = rewrite.plan("lstm")
+    assert [o.name for o in p.operands] == ["x", "y"]
+    x, y = p.operands
+    assert [b.node for b in x.blocks] == ["z_bar", "i_bar", "f_bar", "o_bar"]
+    assert x.matrices == ("W_z", "W_i", "W_f", "W_o")
+    assert y.matrices == ("R_z", "R_i", "R_f", "R_o")
+    assert x.group == y.group == 0 and len(p.groups) == 1
+    # c is carried element-wise only (peepholes); y only through the recurrent GEMM
+    assert p.carry_set == {"y": False, "c": True}
+    # the backward reads tanh(c[t]) from storage; it is computed once in the forward
+    stored = {s.name: s.kind for s in p.stored}
+    assert stored == {"z": "node", "i": "node", "f": "node", "o": "node", "tanh_c": "aux"}
+    tanh_calls = [s for s in p.forward.statements if s.expr.has(sp.tanh)
+                  and any(isinstance(a, sp.tanh) and a.args[0].name == "@value:c"
+                          for a in s.expr.atoms(sp.tanh))]
+    assert len(tanh_calls) == 1
+    assert not any(s.expr.atoms(*rewrite.FUNCTIONS) for s in p.backward.statements)
+
+
+def test_gru_has_two_groups_and_fgr_fuses_the_gate_states():
+    g = rewrite.plan("gru")
+    assert [(o.name, [b.node for b in o.blocks]) for o in g.operands] == [
+        ("x", ["r_bar", "u_bar", "h_bar"]), ("y", ["r_bar", "u_bar", "q"])]
+    assert len(g.groups) == 2
+    f = rewrite.plan("lstm_fgr")
+    groups = {o.name: o.group for o in f.operands}
+    assert groups["x"] == groups["y"] != groups["i"] == groups["f"] == groups["o"]
+
+
+def test_every_shipped_cell_plans_and_writes_every_projection_delta(cell_name):
+    p = rewrite.plan(cell_name)
+    for g in p.groups:
+        written = [w for w in p.backward.writes if w.kind == "dG" and w.array == str(g.index)]
+        assert [w.index for w in written] == list(range(len(g.nodes)))
+    assert {w.array for w in p.backward.writes if w.kind == "acc"} == set(p.vectors)
+    layout = p.layout()
+    assert layout["cell"] == cell_name and layout["spec_hash"] == p.cell.hash
+
+
+def test_sources_are_deterministic_and_print_products_not_pow(cell_name):
+    d = derive.derive(cell_name)
+    first, second = codegen.sources(d), codegen.sources(derive.derive(cell_name))
+    assert first == second and set(first) == {"kernel.pyx", "reference.py"}
+    code = [line for line in first["kernel.pyx"].split("# --- one step")[1].splitlines()
+            if not line.lstrip().startswith("#")]
+    assert not any("_pow(" in line for line in code)
+    code = [line for line in first["reference.py"].split("def forward")[1].splitlines()
+            if not line.lstrip().startswith("#")]
+    assert not any("**" in line for line in code)
+    # comments name the equation each block computes
+    assert "# d" in first["kernel.pyx"] and "# d" in first["reference.py"]
+
+
+def test_float32_kernel_casts_numbers_to_float(tmp_path):
+    src = codegen.kernel_source(write_spec(tmp_path, WEIRD))
+    f32 = src.split("cdef void _forward_step_f32")[1].split("cdef void _forward_step_f64")[0]
+    f64 = src.split("cdef void _forward_step_f64")[1].split("# --- argument checks")[0]
+    assert "<float>0.5" in f32 and "<double>" not in f32
+    assert "<double>0.5" in f64 and "<float>" not in f64
+
+
+def test_expand_powers_keeps_products():
+    x = sp.Symbol("x")
+    e = rewrite.expand_powers(1 - x ** 2 + x ** -3)
+    assert "**" not in sp.sstr(e).replace("**(-1)", "").replace("**-1", "")
+    assert sp.simplify(e - (1 - x ** 2 + x ** -3)) == 0
+
+
+def test_weird_names_plan_and_reference_gradients(tmp_path):
+    path = write_spec(tmp_path, WEIRD)
+    p = rewrite.plan(path)
+    idents = {a.ident for a in p.access.values()}
+    assert "del" not in idents and "do" not in idents
+    assert {"del_", "do_"} <= idents
+    from derive.check import gradient_check
+    report = gradient_check(path, backend="numpy")
+    assert report.passed, report.table()
+    assert {r.name for r in report.rows} >= {"u", "el0", "h0", "Q", "p"}
+
+
+@pytest.mark.parametrize("nodes, word", [
+    ('a = "W @ x + b"\nh = "tanh(a)"\ny = "R @ h + y[t-1]"', "same step"),
+    ('a = "W @ x + R @ y[t-1] + x * b"\ny = "tanh(a)"', "element-wise"),
+])
+def test_unsupported_cells_get_a_clear_error(tmp_path, nodes, word):
+    spec = textwrap.dedent("""\
+        name = "odd"
+        inputs = ["x"]
+        state = ["y"]
+        outputs = ["y"]
+        [parameters]
+        W = ["N", "M"]
+        R = ["N", "N"]
+        b = ["N"]
+        [nodes]
+        """) + nodes + "\n"
+    path = write_spec(tmp_path, spec)
+    try:
+        derive.load_cell(path)
+    except UserError:
+        pytest.skip("the spec itself is rejected")
+    with pytest.raises(UserError, match=word):
+        rewrite.plan(path)
+    with pytest.raises(UserError, match="do not support"):
+        derive.load_kernel(path, backend="numpy")
+
+
+def test_two_inputs_are_not_supported(tmp_path):
+    spec = textwrap.dedent("""\
+        name = "two"
+        inputs = ["x", "u"]
+        state = ["y"]
+        outputs = ["y"]
+        [parameters]
+        W = ["N", "M"]
+        U = ["N", "M"]
+        R = ["N", "N"]
+        [nodes]
+        h = "W @ x + U @ u + R @ y[t-1]"
+        y = "tanh(h)"
+        """)
+    with pytest.raises(UserError, match="2 inputs"):
+        rewrite.plan(write_spec(tmp_path, spec))
