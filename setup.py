@@ -4,7 +4,8 @@ Everything else about the package is declared in pyproject.toml. Each shipped ce
 committed generated/<cell>/kernel.pyx becomes the extension module
 `derive._kernels.<cell>` (float32 and float64 in one module), with BUILD_INFO appended:
 the fingerprint of the generator that wrote it, which derive.build compares with the
-installed generator before using the module (see derive/build.py). The extensions are
+installed generator before using the module (see derive/build.py). They link the BLAS
+of the scipy-openblas32 wheel, which derive loads before importing them. The extensions are
 optional: a machine where they do not compile still installs derive, and the kernels
 then compile on first use into the cache, or the NumPy reference backend is used.
 """
@@ -31,13 +32,22 @@ def _kernel_build():
 
 def kernel_extensions() -> list[Extension]:
     kb = _kernel_build()
-    flags, libraries = kb.compile_flags()
+    flags = kb.compile_flags()
+    try:
+        blas = kb.blas_dirs()
+    except kb.BuildError as exc:
+        print(f"warning: the shipped kernels are not compiled: {exc}", file=sys.stderr)
+        return []
     exts = []
     for spec in sorted((HERE / "derive" / "cells").glob("*.toml")):
         if (HERE / "generated" / spec.stem / "kernel.pyx").exists():
             exts.append(Extension(f"derive._kernels.{spec.stem}",
                                   [str(STAMPED / f"{spec.stem}.pyx")],
-                                  extra_compile_args=flags, libraries=libraries,
+                                  include_dirs=[blas["include"]],
+                                  library_dirs=[blas["lib"]],
+                                  libraries=[blas["library"], *flags["libraries"]],
+                                  extra_compile_args=flags["cflags"],
+                                  extra_link_args=flags["ldflags"],
                                   optional=True))
     return exts
 
@@ -53,7 +63,7 @@ class BuildKernels(build_ext):
     def run(self):
         from Cython.Build import cythonize
         kb = _kernel_build()
-        flags, _ = kb.compile_flags()
+        flags = kb.compile_flags()
         (HERE / STAMPED).mkdir(parents=True, exist_ok=True)
         for ext in self.extensions:
             name = ext.name.rsplit(".", 1)[1]

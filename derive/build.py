@@ -44,7 +44,7 @@ from . import __version__
 from .errors import UserError
 
 #: version of the calling convention between generated modules and derive.runtime
-KERNEL_API = 1
+KERNEL_API = 2
 
 #: the modules and templates whose bytes decide what a kernel's generated source is
 GENERATOR_MODULES = ("spec.py", "expr.py", "symbols.py", "derivation.py", "rewrite.py",
@@ -152,19 +152,45 @@ def _has_mvec() -> bool:
     return ctypes.util.find_library("mvec") is not None
 
 
-def compile_flags(portable: bool = False) -> tuple[list[str], list[str]]:
-    """(extra compile args, libraries) for a kernel.
+def blas_dirs() -> dict:
+    """Include and library folders of the scipy-openblas32 wheel (the kernels' BLAS)."""
+    try:
+        import scipy_openblas32 as blas
+    except ImportError:
+        raise BuildError("the kernels need the scipy-openblas32 package (their BLAS): "
+                         "pip install scipy-openblas32") from None
+    return {"include": blas.get_include_dir(), "lib": blas.get_lib_dir(),
+            "library": blas.get_library()}
+
+
+def compile_flags(portable: bool = False) -> dict:
+    """How a kernel is compiled: {"cflags", "ldflags", "libraries"} (BLAS folders apart).
 
     Fast (x86-64 with AVX2 and FMA, glibc's libmvec): -O3 -ffast-math -mavx2 -mfma, so
-    the element-wise loops vectorize with vector expf/tanhf; linked with mvec and m.
-    Portable otherwise (and as the fallback when the fast build fails): -O3 with
-    math that does not set errno. -march=native is never used (not portable).
+    the element-wise loops vectorize with vector expf/tanhf, linked with mvec and m;
+    -fopenmp for the threads. Portable otherwise (and as the fallback when the fast
+    build fails): -O3, math that does not set errno, no OpenMP (one thread).
+    -march=native is never used (not portable).
     """
     fast = (not portable and platform.machine() in ("x86_64", "AMD64")
             and {"avx2", "fma"} <= _cpu_flags() and _has_mvec())
     if fast:
-        return ["-O3", "-ffast-math", "-mavx2", "-mfma"], ["mvec", "m"]
-    return ["-O3", "-fno-math-errno"], ["m"]
+        return {"cflags": ["-O3", "-ffast-math", "-mavx2", "-mfma", "-fopenmp"],
+                "ldflags": ["-fopenmp"], "libraries": ["mvec", "m"]}
+    return {"cflags": ["-O3", "-fno-math-errno"], "ldflags": [], "libraries": ["m"]}
+
+
+def preload_blas() -> None:
+    """Load the kernels' BLAS (scipy-openblas32) so that their modules find it.
+
+    A kernel module links libscipy_openblas.so by name; importing scipy_openblas32
+    loads that library into the process (the run-time path of a wheel's build
+    environment may be gone).
+    """
+    try:
+        import scipy_openblas32  # noqa: F401  (loads the library, RTLD_GLOBAL)
+    except ImportError:
+        pass
 
 
 def _cc() -> list[str]:
@@ -190,10 +216,9 @@ def _version(dist: str) -> str:
 
 def toolchain(portable: bool = False) -> dict:
     """Everything besides the source that changes the binary."""
-    flags, libs = compile_flags(portable)
     cc = _cc()
     return {"cc": shlex.join(cc), "cc_version": _cc_version(tuple(cc)),
-            "flags": flags, "libraries": libs,
+            "flags": compile_flags(portable), "blas": _version("scipy-openblas32"),
             "cython": _version("Cython"), "numpy": _version("numpy"),
             "scipy": _version("scipy"), "python": sys.version.split()[0],
             "soabi": sysconfig.get_config_var("SOABI") or "",
@@ -209,11 +234,11 @@ def cache_key(spec_text: str, portable: bool = False) -> str:
 
 # --- compiling ---------------------------------------------------------------------------------
 
-def stamp(source: str, spec_text: str, flags: list[str], **dirs) -> str:
+def stamp(source: str, spec_text: str, flags: dict, **dirs) -> str:
     """The source with BUILD_INFO appended (what the build saw)."""
     info = {"fingerprint": fingerprint(spec_text, **dirs),
             "source_sha256": hashlib.sha256(source.encode()).hexdigest(),
-            "flags": " ".join(flags), "derive": __version__}
+            "flags": " ".join(flags["cflags"]), "derive": __version__}
     return source.rstrip("\n") + f"\n\n\nBUILD_INFO = {info!r}\n"
 
 
@@ -240,18 +265,20 @@ def compile_extension(source: str, modname: str, outdir: Path, portable: bool = 
     c_file = outdir / f"{modname}.c"
     _run([sys.executable, "-m", "cython", "-3", "-o", str(c_file), str(pyx)], "cython",
          outdir)
-    flags, libs = compile_flags(portable)
+    flags = compile_flags(portable)
+    blas = blas_dirs()
     cc = _cc()
     cflags = shlex.split(sysconfig.get_config_var("CFLAGS") or "")
     ccshared = shlex.split(sysconfig.get_config_var("CCSHARED") or "-fPIC")
     include = sysconfig.get_paths()["include"]
     obj = outdir / f"{modname}.o"
-    _run([*cc, *cflags, *ccshared, f"-I{include}", *flags, "-c", str(c_file), "-o", str(obj)],
-         "compiling the kernel", outdir)
+    _run([*cc, *cflags, *ccshared, f"-I{include}", f"-I{blas['include']}", *flags["cflags"],
+          "-c", str(c_file), "-o", str(obj)], "compiling the kernel", outdir)
     ext = outdir / f"{modname}{sysconfig.get_config_var('EXT_SUFFIX') or '.so'}"
     ldshared = shlex.split(sysconfig.get_config_var("LDSHARED") or f"{cc[0]} -shared")
-    _run([*ldshared, str(obj), "-o", str(ext), *[f"-l{lib}" for lib in libs]],
-         "linking the kernel", outdir)
+    _run([*ldshared, str(obj), "-o", str(ext), *flags["ldflags"], f"-L{blas['lib']}",
+          f"-Wl,-rpath,{blas['lib']}", f"-l{blas['library']}",
+          *[f"-l{lib}" for lib in flags["libraries"]]], "linking the kernel", outdir)
     obj.unlink(missing_ok=True)
     return ext
 
@@ -260,6 +287,7 @@ def load_extension(path: Path, modname: str):
     """Import an extension module from a file (once per process)."""
     if modname in sys.modules:
         return sys.modules[modname]
+    preload_blas()
     loader = importlib.machinery.ExtensionFileLoader(modname, str(path))
     spec = importlib.util.spec_from_file_location(modname, str(path), loader=loader)
     module = importlib.util.module_from_spec(spec)
@@ -277,6 +305,7 @@ def _progress(text: str, quiet: bool):
 
 def shipped_module(name: str, spec_text: str):
     """The module compiled at install for a shipped cell, if present and current."""
+    preload_blas()
     try:
         mod = importlib.import_module(f"derive._kernels.{name}")
     except ImportError:
@@ -339,17 +368,17 @@ def _build_into_cache(cell, name, text, folder: Path, modname: str, force: bool,
         source = kernel_source(derive(load_cell(cell)))
         tmp = Path(tempfile.mkdtemp(prefix=f".build-{name}-", dir=folder.parent))
         try:
-            flags = compile_flags()[0]
+            flags = compile_flags()
             _progress(f"compiling the kernel of {name} (float32 and float64; this takes "
                       f"several seconds) …", quiet)
             try:
                 compile_extension(stamp(source, text, flags), modname, tmp)
             except BuildError as first:
-                if compile_flags(True)[0] == flags:
+                if compile_flags(True) == flags:
                     raise
-                _progress(f"the optimized build failed; retrying with portable flags "
-                          f"({first.command[:1]})", quiet)
-                flags = compile_flags(True)[0]
+                _progress(f"the optimized build failed ({first.args[0].splitlines()[0]}); "
+                          f"retrying with portable flags", quiet)
+                flags = compile_flags(True)
                 compile_extension(stamp(source, text, flags), modname, tmp, portable=True)
             for leftover in tmp.glob("*.o"):
                 leftover.unlink()

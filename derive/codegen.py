@@ -25,8 +25,7 @@ from sympy.printing.numpy import NumPyPrinter
 from . import symbols as S
 from .rewrite import Plan, Program, plan as make_plan
 
-#: version of the calling convention between generated modules and derive.runtime
-KERNEL_API = 1
+from .build import KERNEL_API  # the calling convention between modules and runtime
 
 #: the C types of the two kernels in one module (float32, float64)
 CTYPES = ("float", "double")

@@ -19,6 +19,9 @@ into such fused buffers so that `forward` uses them without a copy; any other ar
 packed into a fused copy at each call. The trace keeps the fused weights it used: do
 not modify parameters in place between a forward and the backward of its trace.
 
+The compiled kernels run on `Kernel.threads` threads (default: the CPUs this process
+may use, or $DERIVE_NUM_THREADS), each on its own batch rows.
+
 Loading a built kernel imports neither SymPy nor the derivation.
 """
 
@@ -133,6 +136,7 @@ class Kernel:
                             f"it (derive build CELL --force)")
         self.module = module
         self.backend = backend
+        self.threads = default_threads()
         self.dtype = np.dtype(dtype)
         self.path = path
         L = module.LAYOUT
@@ -274,7 +278,7 @@ class Kernel:
         G = tuple(np.empty((T, B, len(o["blocks"]) * N) if o["kind"] == "input"
                            else (B, len(o["blocks"]) * N), self.dtype) for o in self.operands)
         S = tuple(S)
-        self.module.forward(x, W, V, S, A, G)
+        self.module.forward(x, W, V, S, A, G, self.threads)
         outputs = {}
         for o in self.outputs:
             arr = S[self.states.index(o)][1:] if o in self.states else A[self.stored.index(o)]
@@ -321,7 +325,7 @@ class Kernel:
                    for o in self.operands)
         dX = np.empty((T, B, M), self.dtype)
         self.module.backward(trace.x, trace.W, trace.V, trace.S, trace.A, tuple(dY), dG, C,
-                             acc, dW, dX)
+                             acc, dW, dX, self.threads)
         grads = {}
         for name, shape in self.parameters.items():
             if len(shape) == 1:
@@ -333,6 +337,20 @@ class Kernel:
         for s, c in zip(self.states, C):
             grads[f"{s}0"] = c
         return grads
+
+
+def default_threads() -> int:
+    """$DERIVE_NUM_THREADS, else the CPUs this process may run on."""
+    env = os.environ.get("DERIVE_NUM_THREADS", "").strip()
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise UserError(f"DERIVE_NUM_THREADS must be a whole number, not {env!r}") from None
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def _size(name, value) -> int:

@@ -26,8 +26,8 @@ Backward, one step (derived; deltas at t+1 arrive through the carries):
 Calling convention (derive.runtime allocates, packs and validates every array; each is
 C-contiguous and of one dtype, float32 or float64):
 
-    forward(X, W, V, S, A, G)
-    backward(X, W, V, S, A, dY, dG, C, acc, dW, dX)
+    forward(X, W, V, S, A, G, threads)
+    backward(X, W, V, S, A, dY, dG, C, acc, dW, dX, threads)
 
 X (T, B, M) the input; W the fused weights of each operand (LAYOUT["operands"]: k·N rows,
 the blocks in order); V the vector parameters (N,); S the states (T+1, B, N), index 0
@@ -36,13 +36,19 @@ projection results (input: T, B, k·N; states: B, k·N); dY the gradients of the
 (T, B, N); dG the deltas of the projection nodes of each group (T, B, k·N); C the
 carries (B, N), which hold the initial-state gradients at the end; acc the gradients of
 the vector parameters (N,); dW the gradients of the fused weights; dX (T, B, M).
+
+Threads: OpenMP owns them, BLAS runs single-threaded inside each. Batch rows are
+independent, so each thread runs the whole time loop on its own rows (its recurrent
+GEMMs, then its element-wise step) with no synchronisation between steps; the large
+GEMMs before and after the time loop are split by rows between the threads.
 """
 
 from libc.math cimport expf, exp, tanhf, tanh, logf, log, powf, pow, sqrtf, sqrt
+from libc.stdlib cimport calloc, free
 from cython cimport floating
-from scipy.linalg.cython_blas cimport sgemm, dgemm
+from cython.parallel cimport prange
 
-KERNEL_API = 1
+KERNEL_API = 2
 
 LAYOUT = {'cell': 'lstm_cifg',
           'title': 'LSTM with coupled input and forget gate (CIFG)',
@@ -129,26 +135,40 @@ cdef inline floating _sqrt(floating v) noexcept nogil:
 
 
 # --- BLAS --------------------------------------------------------------------------------
+# The private OpenBLAS of the scipy-openblas32 wheel (CBLAS, symbols prefixed scipy_),
+# held at one thread: the threads are ours (see the module docstring).
+
+cdef extern from "cblas.h" nogil:
+    ctypedef enum CBLAS_ORDER:
+        CblasRowMajor
+    ctypedef enum CBLAS_TRANSPOSE:
+        CblasNoTrans
+        CblasTrans
+    void scipy_cblas_sgemm(CBLAS_ORDER, CBLAS_TRANSPOSE, CBLAS_TRANSPOSE, int, int, int,
+                           float, const float*, int, const float*, int, float, float*, int)
+    void scipy_cblas_dgemm(CBLAS_ORDER, CBLAS_TRANSPOSE, CBLAS_TRANSPOSE, int, int, int,
+                           double, const double*, int, const double*, int, double, double*,
+                           int)
+    void scipy_openblas_set_num_threads(int)
+
+scipy_openblas_set_num_threads(1)
+
 
 cdef inline void _gemm(bint ta, bint tb, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                        floating alpha, const floating* a, Py_ssize_t lda,
                        const floating* b, Py_ssize_t ldb, floating beta,
                        floating* c, Py_ssize_t ldc) noexcept nogil:
-    # row-major C (m × n) = alpha op(A) op(B) + beta C through column-major BLAS,
-    # which sees every row-major matrix transposed: Cᵀ = op(B)ᵀ op(A)ᵀ
-    cdef char opa = 84 if ta else 78    # 'T' or 'N'
-    cdef char opb = 84 if tb else 78
-    cdef int im = <int>m
-    cdef int jn = <int>n
-    cdef int kk = <int>k
-    cdef int ia = <int>lda
-    cdef int ib = <int>ldb
-    cdef int ic = <int>ldc
+    # row-major C (m × n) = alpha op(A) op(B) + beta C
+    if m <= 0 or n <= 0:
+        return
     if floating is float:
-        sgemm(&opb, &opa, &jn, &im, &kk, &alpha, <float*>b, &ib, <float*>a, &ia, &beta, c, &ic)
+        scipy_cblas_sgemm(CblasRowMajor, CblasTrans if ta else CblasNoTrans,
+                          CblasTrans if tb else CblasNoTrans, <int>m, <int>n, <int>k, alpha,
+                          a, <int>lda, b, <int>ldb, beta, c, <int>ldc)
     else:
-        dgemm(&opb, &opa, &jn, &im, &kk, &alpha, <double*>b, &ib, <double*>a, &ia, &beta, c,
-              &ic)
+        scipy_cblas_dgemm(CblasRowMajor, CblasTrans if ta else CblasNoTrans,
+                          CblasTrans if tb else CblasNoTrans, <int>m, <int>n, <int>k, alpha,
+                          a, <int>lda, b, <int>ldb, beta, c, <int>ldc)
 
 
 # --- one step, element-wise ----------------------------------------------------------
@@ -477,6 +497,231 @@ cdef void _backward_step_f64(Py_ssize_t B, Py_ssize_t N,
             _acc_b_o[_j] += do_bar
 
 
+# --- the time loops, one batch slice per thread ---------------------------------------
+
+cdef struct _Buffers:
+    Py_ssize_t T, B, M, N
+    void* X
+    void* dX
+    void* parts    # per-thread partial gradients of the vector parameters
+    void* W0
+    void* G0
+    void* dW0
+    void* W1
+    void* G1
+    void* dW1
+    void* V0
+    void* V1
+    void* V2
+    void* V3
+    void* V4
+    void* S0
+    void* C0
+    void* S1
+    void* C1
+    void* A0
+    void* A1
+    void* A2
+    void* A3
+    void* A4
+    void* dY0
+    void* dG0
+
+
+cdef void _input_gemm_f32(_Buffers* p, Py_ssize_t c, Py_ssize_t nt) noexcept nogil:
+    # the input projections of all steps, rows c of nt: G_x (T·B × 3N) = X · W_xᵀ
+    cdef Py_ssize_t N = p.N, M = p.M, rows = p.T * p.B
+    cdef Py_ssize_t r0 = rows * c // nt, r1 = rows * (c + 1) // nt
+    _gemm(False, True, r1 - r0, 3 * N, M, 1, <float*>p.X + r0 * M, M,
+          <float*>p.W0, M, 0, <float*>p.G0 + r0 * 3 * N, 3 * N)
+
+
+cdef void _forward_rows_f32(_Buffers* p, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
+    # steps 0 … T-1 for batch rows b0 … b1-1
+    cdef Py_ssize_t t, N = p.N, B = p.B, nb = b1 - b0, at, nxt
+    for t in range(p.T):
+        at = (t * B + b0) * N            # row b0 of step t in (T, B, N) and (T+1, B, N)
+        nxt = ((t + 1) * B + b0) * N     # row b0 of step t+1 in (T+1, B, N)
+        # z_bar i_bar o_bar += R_z R_i R_o @ y[t-1]: G_y (nb × 3N) = y[t-1] · W_yᵀ
+        _gemm(False, True, nb, 3 * N, N, 1, <float*>p.S0 + at, N,
+              <float*>p.W1, N, 0, <float*>p.G1 + b0 * 3 * N, 3 * N)
+        _forward_step_f32(nb, N,
+            <float*>p.G0 + (t * B + b0) * 3 * N,
+            <float*>p.G1 + b0 * 3 * N,
+            <float*>p.S1 + at,
+            <float*>p.S0 + nxt,
+            <float*>p.S1 + nxt,
+            <float*>p.A0 + at,
+            <float*>p.A1 + at,
+            <float*>p.A2 + at,
+            <float*>p.A3 + at,
+            <float*>p.A4 + at,
+            <float*>p.V0,
+            <float*>p.V1,
+            <float*>p.V2,
+            <float*>p.V3,
+            <float*>p.V4,
+            )
+
+
+cdef void _backward_rows_f32(_Buffers* p, Py_ssize_t b0, Py_ssize_t b1,
+                              float* part) noexcept nogil:
+    # steps T-1 … 0 for batch rows b0 … b1-1; `part` gets this slice's vector gradients
+    cdef Py_ssize_t t, N = p.N, B = p.B, nb = b1 - b0, at, nxt
+    for t in range(p.T - 1, -1, -1):
+        at = (t * B + b0) * N
+        nxt = ((t + 1) * B + b0) * N
+        _backward_step_f32(nb, N,
+            <float*>p.S1 + nxt,
+            <float*>p.S1 + at,
+            <float*>p.A0 + at,
+            <float*>p.A1 + at,
+            <float*>p.A2 + at,
+            <float*>p.A3 + at,
+            <float*>p.A4 + at,
+            <float*>p.dY0 + at,
+            <float*>p.C0 + b0 * N,
+            <float*>p.C1 + b0 * N,
+            <float*>p.dG0 + (t * B + b0) * 3 * N,
+            part + 0 * N,
+            part + 1 * N,
+            part + 2 * N,
+            part + 3 * N,
+            part + 4 * N,
+            <float*>p.V0,
+            <float*>p.V1,
+            <float*>p.V2,
+            <float*>p.V3,
+            <float*>p.V4,
+            )
+        # carry of y: dy[t-1] gets Σ Rᵀ δ over R_z R_i R_o: C (nb × N) = dG0[t] · W_y
+        _gemm(False, False, nb, N, 3 * N, 1, <float*>p.dG0 + (t * B + b0) * 3 * N, 3 * N,
+              <float*>p.W1, N, 0, <float*>p.C0 + b0 * N, N)
+
+
+cdef void _weight_gemm_f32(_Buffers* p, Py_ssize_t task, Py_ssize_t nt) noexcept nogil:
+    # after the time loop: the weight gradients dW = dGᵀ · values (one per operand) and
+    # the input gradient dX = dG · W_x, each split by rows into nt chunks
+    cdef Py_ssize_t N = p.N, M = p.M, TB = p.T * p.B, c = task % nt, which = task // nt
+    cdef Py_ssize_t rows, r0, r1
+    if which == 0:    # d[W_z W_i W_o] = dG0ᵀ · x
+        rows = 3 * N
+        r0, r1 = rows * c // nt, rows * (c + 1) // nt
+        _gemm(True, False, r1 - r0, M, TB, 1, <float*>p.dG0 + r0, 3 * N,
+              <float*>p.X, M, 0, <float*>p.dW0 + r0 * M, M)
+    if which == 1:    # d[R_z R_i R_o] = dG0ᵀ · y[t-1]
+        rows = 3 * N
+        r0, r1 = rows * c // nt, rows * (c + 1) // nt
+        _gemm(True, False, r1 - r0, N, TB, 1, <float*>p.dG0 + r0, 3 * N,
+              <float*>p.S0, N, 0, <float*>p.dW1 + r0 * N, N)
+    if which == 2:    # dX = dG0 · W_x
+        r0, r1 = TB * c // nt, TB * (c + 1) // nt
+        _gemm(False, False, r1 - r0, M, 3 * N, 1, <float*>p.dG0 + r0 * 3 * N,
+              3 * N, <float*>p.W0, M, 0, <float*>p.dX + r0 * M, M)
+
+
+cdef void _input_gemm_f64(_Buffers* p, Py_ssize_t c, Py_ssize_t nt) noexcept nogil:
+    # the input projections of all steps, rows c of nt: G_x (T·B × 3N) = X · W_xᵀ
+    cdef Py_ssize_t N = p.N, M = p.M, rows = p.T * p.B
+    cdef Py_ssize_t r0 = rows * c // nt, r1 = rows * (c + 1) // nt
+    _gemm(False, True, r1 - r0, 3 * N, M, 1, <double*>p.X + r0 * M, M,
+          <double*>p.W0, M, 0, <double*>p.G0 + r0 * 3 * N, 3 * N)
+
+
+cdef void _forward_rows_f64(_Buffers* p, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
+    # steps 0 … T-1 for batch rows b0 … b1-1
+    cdef Py_ssize_t t, N = p.N, B = p.B, nb = b1 - b0, at, nxt
+    for t in range(p.T):
+        at = (t * B + b0) * N            # row b0 of step t in (T, B, N) and (T+1, B, N)
+        nxt = ((t + 1) * B + b0) * N     # row b0 of step t+1 in (T+1, B, N)
+        # z_bar i_bar o_bar += R_z R_i R_o @ y[t-1]: G_y (nb × 3N) = y[t-1] · W_yᵀ
+        _gemm(False, True, nb, 3 * N, N, 1, <double*>p.S0 + at, N,
+              <double*>p.W1, N, 0, <double*>p.G1 + b0 * 3 * N, 3 * N)
+        _forward_step_f64(nb, N,
+            <double*>p.G0 + (t * B + b0) * 3 * N,
+            <double*>p.G1 + b0 * 3 * N,
+            <double*>p.S1 + at,
+            <double*>p.S0 + nxt,
+            <double*>p.S1 + nxt,
+            <double*>p.A0 + at,
+            <double*>p.A1 + at,
+            <double*>p.A2 + at,
+            <double*>p.A3 + at,
+            <double*>p.A4 + at,
+            <double*>p.V0,
+            <double*>p.V1,
+            <double*>p.V2,
+            <double*>p.V3,
+            <double*>p.V4,
+            )
+
+
+cdef void _backward_rows_f64(_Buffers* p, Py_ssize_t b0, Py_ssize_t b1,
+                              double* part) noexcept nogil:
+    # steps T-1 … 0 for batch rows b0 … b1-1; `part` gets this slice's vector gradients
+    cdef Py_ssize_t t, N = p.N, B = p.B, nb = b1 - b0, at, nxt
+    for t in range(p.T - 1, -1, -1):
+        at = (t * B + b0) * N
+        nxt = ((t + 1) * B + b0) * N
+        _backward_step_f64(nb, N,
+            <double*>p.S1 + nxt,
+            <double*>p.S1 + at,
+            <double*>p.A0 + at,
+            <double*>p.A1 + at,
+            <double*>p.A2 + at,
+            <double*>p.A3 + at,
+            <double*>p.A4 + at,
+            <double*>p.dY0 + at,
+            <double*>p.C0 + b0 * N,
+            <double*>p.C1 + b0 * N,
+            <double*>p.dG0 + (t * B + b0) * 3 * N,
+            part + 0 * N,
+            part + 1 * N,
+            part + 2 * N,
+            part + 3 * N,
+            part + 4 * N,
+            <double*>p.V0,
+            <double*>p.V1,
+            <double*>p.V2,
+            <double*>p.V3,
+            <double*>p.V4,
+            )
+        # carry of y: dy[t-1] gets Σ Rᵀ δ over R_z R_i R_o: C (nb × N) = dG0[t] · W_y
+        _gemm(False, False, nb, N, 3 * N, 1, <double*>p.dG0 + (t * B + b0) * 3 * N, 3 * N,
+              <double*>p.W1, N, 0, <double*>p.C0 + b0 * N, N)
+
+
+cdef void _weight_gemm_f64(_Buffers* p, Py_ssize_t task, Py_ssize_t nt) noexcept nogil:
+    # after the time loop: the weight gradients dW = dGᵀ · values (one per operand) and
+    # the input gradient dX = dG · W_x, each split by rows into nt chunks
+    cdef Py_ssize_t N = p.N, M = p.M, TB = p.T * p.B, c = task % nt, which = task // nt
+    cdef Py_ssize_t rows, r0, r1
+    if which == 0:    # d[W_z W_i W_o] = dG0ᵀ · x
+        rows = 3 * N
+        r0, r1 = rows * c // nt, rows * (c + 1) // nt
+        _gemm(True, False, r1 - r0, M, TB, 1, <double*>p.dG0 + r0, 3 * N,
+              <double*>p.X, M, 0, <double*>p.dW0 + r0 * M, M)
+    if which == 1:    # d[R_z R_i R_o] = dG0ᵀ · y[t-1]
+        rows = 3 * N
+        r0, r1 = rows * c // nt, rows * (c + 1) // nt
+        _gemm(True, False, r1 - r0, N, TB, 1, <double*>p.dG0 + r0, 3 * N,
+              <double*>p.S0, N, 0, <double*>p.dW1 + r0 * N, N)
+    if which == 2:    # dX = dG0 · W_x
+        r0, r1 = TB * c // nt, TB * (c + 1) // nt
+        _gemm(False, False, r1 - r0, M, 3 * N, 1, <double*>p.dG0 + r0 * 3 * N,
+              3 * N, <double*>p.W0, M, 0, <double*>p.dX + r0 * M, M)
+
+
+cdef void _sum_parts(floating* parts, Py_ssize_t stride, Py_ssize_t nt, Py_ssize_t N,
+                     floating* out) noexcept nogil:
+    cdef Py_ssize_t c, j
+    for j in range(N):
+        out[j] = parts[j]
+    for c in range(1, nt):
+        for j in range(N):
+            out[j] += parts[c * stride + j]
+
+
 # --- argument checks (before any C code runs) ------------------------------------------
 
 def _fail(what, got, want):
@@ -497,7 +742,8 @@ def _sizes(Py_ssize_t T, Py_ssize_t B, Py_ssize_t M, Py_ssize_t N):
 
 # --- the whole sequence -----------------------------------------------------------------
 
-def forward(const floating[:, :, ::1] X, tuple W, tuple V, tuple S, tuple A, tuple G):
+def forward(const floating[:, :, ::1] X, tuple W, tuple V, tuple S, tuple A, tuple G,
+            int threads=1):
     """Forward pass over the whole sequence and batch; fills S, A and G."""
     _count("W", W, 2)
     _count("V", V, 5)
@@ -557,54 +803,42 @@ def forward(const floating[:, :, ::1] X, tuple W, tuple V, tuple S, tuple A, tup
         _fail("A[3] (o)", (_A3.shape[0], _A3.shape[1], _A3.shape[2]), (T, B, N))
     if _A4.shape[0] != T or _A4.shape[1] != B or _A4.shape[2] != N:
         _fail("A[4] (tanh_c)", (_A4.shape[0], _A4.shape[1], _A4.shape[2]), (T, B, N))
+    cdef int nt = max(1, min(threads, B))
+    cdef Py_ssize_t c
+    cdef _Buffers p
+    p.T, p.B, p.M, p.N = T, B, M, N
+    p.X = <void*>&X[0, 0, 0]
+    p.W0 = <void*>&_W0[0, 0]
+    p.G0 = <void*>&_G0[0, 0, 0]
+    p.W1 = <void*>&_W1[0, 0]
+    p.G1 = <void*>&_G1[0, 0]
+    p.V0 = <void*>&_V0[0]
+    p.V1 = <void*>&_V1[0]
+    p.V2 = <void*>&_V2[0]
+    p.V3 = <void*>&_V3[0]
+    p.V4 = <void*>&_V4[0]
+    p.S0 = <void*>&_S0[0, 0, 0]
+    p.S1 = <void*>&_S1[0, 0, 0]
+    p.A0 = <void*>&_A0[0, 0, 0]
+    p.A1 = <void*>&_A1[0, 0, 0]
+    p.A2 = <void*>&_A2[0, 0, 0]
+    p.A3 = <void*>&_A3[0, 0, 0]
+    p.A4 = <void*>&_A4[0, 0, 0]
     with nogil:
-        # the input projections of all steps, one GEMM: G_x (T·B × 3N) = X · W_xᵀ
-        _gemm(False, True, T * B, 3 * N, M, 1, &X[0, 0, 0], M, &_W0[0, 0], M, 0,
-              &_G0[0, 0, 0], 3 * N)
-        for t in range(T):
-            # z_bar i_bar o_bar += R_z R_i R_o @ y[t-1]: G_y (B × 3N) = y[t-1] · W_yᵀ
-            _gemm(False, True, B, 3 * N, N, 1, &_S0[t, 0, 0], N, &_W1[0, 0], N, 0,
-                  &_G1[0, 0], 3 * N)
+        for c in prange(nt, schedule="static", chunksize=1, num_threads=nt):
             if floating is float:
-                _forward_step_f32(B, N,
-                    <float*>&_G0[t, 0, 0],
-                    <float*>&_G1[0, 0],
-                    <float*>&_S1[t, 0, 0],
-                    <float*>&_S0[t + 1, 0, 0],
-                    <float*>&_S1[t + 1, 0, 0],
-                    <float*>&_A0[t, 0, 0],
-                    <float*>&_A1[t, 0, 0],
-                    <float*>&_A2[t, 0, 0],
-                    <float*>&_A3[t, 0, 0],
-                    <float*>&_A4[t, 0, 0],
-                    <float*>&_V0[0],
-                    <float*>&_V1[0],
-                    <float*>&_V2[0],
-                    <float*>&_V3[0],
-                    <float*>&_V4[0],
-                    )
+                _input_gemm_f32(&p, c, nt)
             else:
-                _forward_step_f64(B, N,
-                    <double*>&_G0[t, 0, 0],
-                    <double*>&_G1[0, 0],
-                    <double*>&_S1[t, 0, 0],
-                    <double*>&_S0[t + 1, 0, 0],
-                    <double*>&_S1[t + 1, 0, 0],
-                    <double*>&_A0[t, 0, 0],
-                    <double*>&_A1[t, 0, 0],
-                    <double*>&_A2[t, 0, 0],
-                    <double*>&_A3[t, 0, 0],
-                    <double*>&_A4[t, 0, 0],
-                    <double*>&_V0[0],
-                    <double*>&_V1[0],
-                    <double*>&_V2[0],
-                    <double*>&_V3[0],
-                    <double*>&_V4[0],
-                    )
+                _input_gemm_f64(&p, c, nt)
+        for c in prange(nt, schedule="static", chunksize=1, num_threads=nt):
+            if floating is float:
+                _forward_rows_f32(&p, B * c // nt, B * (c + 1) // nt)
+            else:
+                _forward_rows_f64(&p, B * c // nt, B * (c + 1) // nt)
 
 
 def backward(const floating[:, :, ::1] X, tuple W, tuple V, tuple S, tuple A, tuple dY,
-             tuple dG, tuple C, tuple acc, tuple dW, floating[:, :, ::1] dX):
+             tuple dG, tuple C, tuple acc, tuple dW, floating[:, :, ::1] dX, int threads=1):
     """Backward pass (BPTT) over the whole sequence; fills dG, C, acc, dW and dX."""
     _count("W", W, 2)
     _count("V", V, 5)
@@ -685,71 +919,54 @@ def backward(const floating[:, :, ::1] X, tuple W, tuple V, tuple S, tuple A, tu
         _fail("dY[0] (y)", (_dY0.shape[0], _dY0.shape[1], _dY0.shape[2]), (T, B, N))
     if _dG0.shape[0] != T or _dG0.shape[1] != B or _dG0.shape[2] != 3 * N:
         _fail("dG[0]", (_dG0.shape[0], _dG0.shape[1], _dG0.shape[2]), (T, B, 3 * N))
-    with nogil:
-        _C0[:, :] = 0
-        _C1[:, :] = 0
-        _acc0[:] = 0
-        _acc1[:] = 0
-        _acc2[:] = 0
-        _acc3[:] = 0
-        _acc4[:] = 0
-        for t in range(T - 1, -1, -1):
-            if floating is float:
-                _backward_step_f32(B, N,
-                    <float*>&_S1[t + 1, 0, 0],
-                    <float*>&_S1[t, 0, 0],
-                    <float*>&_A0[t, 0, 0],
-                    <float*>&_A1[t, 0, 0],
-                    <float*>&_A2[t, 0, 0],
-                    <float*>&_A3[t, 0, 0],
-                    <float*>&_A4[t, 0, 0],
-                    <float*>&_dY0[t, 0, 0],
-                    <float*>&_C0[0, 0],
-                    <float*>&_C1[0, 0],
-                    <float*>&_dG0[t, 0, 0],
-                    <float*>&_acc0[0],
-                    <float*>&_acc1[0],
-                    <float*>&_acc2[0],
-                    <float*>&_acc3[0],
-                    <float*>&_acc4[0],
-                    <float*>&_V0[0],
-                    <float*>&_V1[0],
-                    <float*>&_V2[0],
-                    <float*>&_V3[0],
-                    <float*>&_V4[0],
-                    )
-            else:
-                _backward_step_f64(B, N,
-                    <double*>&_S1[t + 1, 0, 0],
-                    <double*>&_S1[t, 0, 0],
-                    <double*>&_A0[t, 0, 0],
-                    <double*>&_A1[t, 0, 0],
-                    <double*>&_A2[t, 0, 0],
-                    <double*>&_A3[t, 0, 0],
-                    <double*>&_A4[t, 0, 0],
-                    <double*>&_dY0[t, 0, 0],
-                    <double*>&_C0[0, 0],
-                    <double*>&_C1[0, 0],
-                    <double*>&_dG0[t, 0, 0],
-                    <double*>&_acc0[0],
-                    <double*>&_acc1[0],
-                    <double*>&_acc2[0],
-                    <double*>&_acc3[0],
-                    <double*>&_acc4[0],
-                    <double*>&_V0[0],
-                    <double*>&_V1[0],
-                    <double*>&_V2[0],
-                    <double*>&_V3[0],
-                    <double*>&_V4[0],
-                    )
-            # carry of y: dy[t-1] gets Σ Rᵀ δ over R_z R_i R_o: C (B × N) = dG0[t] · W_y
-            _gemm(False, False, B, N, 3 * N, 1, &_dG0[t, 0, 0], 3 * N, &_W1[0, 0], N,
-                  0, &_C0[0, 0], N)
-        # the weight gradients, one GEMM per operand over all steps: dW = dGᵀ · values
-        _gemm(True, False, 3 * N, M, T * B, 1, &_dG0[0, 0, 0], 3 * N, &X[0, 0, 0], M, 0,
-              &_dW0[0, 0], M)
-        _gemm(True, False, 3 * N, N, T * B, 1, &_dG0[0, 0, 0], 3 * N, &_S0[0, 0, 0], N, 0,
-              &_dW1[0, 0], N)
-        # the input gradient, one GEMM: dX (T·B × M) = dG0 · W_x
-        _gemm(False, False, T * B, M, 3 * N, 1, &_dG0[0, 0, 0], 3 * N,
-              &_W0[0, 0], M, 0, &dX[0, 0, 0], M)
+    cdef int nt = max(1, min(threads, B))
+    cdef Py_ssize_t c, nvec = 5
+    cdef _Buffers p
+    p.T, p.B, p.M, p.N = T, B, M, N
+    p.X = <void*>&X[0, 0, 0]
+    p.dX = <void*>&dX[0, 0, 0]
+    p.W0 = <void*>&_W0[0, 0]
+    p.dW0 = <void*>&_dW0[0, 0]
+    p.W1 = <void*>&_W1[0, 0]
+    p.dW1 = <void*>&_dW1[0, 0]
+    p.V0 = <void*>&_V0[0]
+    p.V1 = <void*>&_V1[0]
+    p.V2 = <void*>&_V2[0]
+    p.V3 = <void*>&_V3[0]
+    p.V4 = <void*>&_V4[0]
+    p.S0 = <void*>&_S0[0, 0, 0]
+    p.C0 = <void*>&_C0[0, 0]
+    p.S1 = <void*>&_S1[0, 0, 0]
+    p.C1 = <void*>&_C1[0, 0]
+    p.A0 = <void*>&_A0[0, 0, 0]
+    p.A1 = <void*>&_A1[0, 0, 0]
+    p.A2 = <void*>&_A2[0, 0, 0]
+    p.A3 = <void*>&_A3[0, 0, 0]
+    p.A4 = <void*>&_A4[0, 0, 0]
+    p.dY0 = <void*>&_dY0[0, 0, 0]
+    p.dG0 = <void*>&_dG0[0, 0, 0]
+    cdef floating* parts = <floating*>calloc(max(1, nt * nvec * N), sizeof(floating))
+    if parts == NULL:
+        raise MemoryError()
+    try:
+        with nogil:
+            _C0[:, :] = 0
+            _C1[:, :] = 0
+            for c in prange(nt, schedule="static", chunksize=1, num_threads=nt):
+                if floating is float:
+                    _backward_rows_f32(&p, B * c // nt, B * (c + 1) // nt, parts + c * nvec * N)
+                else:
+                    _backward_rows_f64(&p, B * c // nt, B * (c + 1) // nt, parts + c * nvec * N)
+            # the vector gradients: the sum of the slices' partial sums
+            _sum_parts(parts + 0 * N, nvec * N, nt, N, &_acc0[0])
+            _sum_parts(parts + 1 * N, nvec * N, nt, N, &_acc1[0])
+            _sum_parts(parts + 2 * N, nvec * N, nt, N, &_acc2[0])
+            _sum_parts(parts + 3 * N, nvec * N, nt, N, &_acc3[0])
+            _sum_parts(parts + 4 * N, nvec * N, nt, N, &_acc4[0])
+            for c in prange((2 + 1) * nt, schedule="static", chunksize=1, num_threads=nt):
+                if floating is float:
+                    _weight_gemm_f32(&p, c, nt)
+                else:
+                    _weight_gemm_f64(&p, c, nt)
+    finally:
+        free(parts)

@@ -26,15 +26,17 @@ Backward, one step (derived; deltas at t+1 arrive through the carries):
 The same plan as the compiled kernel (kernel.pyx beside this file), whole-batch NumPy
 operations per step and the same fused GEMMs, with the same calling convention:
 
-    forward(X, W, V, S, A, G)
-    backward(X, W, V, S, A, dY, dG, C, acc, dW, dX)
+    forward(X, W, V, S, A, G, threads)
+    backward(X, W, V, S, A, dY, dG, C, acc, dW, dX, threads)
+
+(threads is accepted and ignored: NumPy's BLAS decides its own).
 
 (see kernel.pyx for the arrays; derive.runtime allocates and validates them).
 """
 
 import numpy as np
 
-KERNEL_API = 1
+KERNEL_API = 2
 
 LAYOUT = {'cell': 'lstm_niaf',
           'title': 'LSTM without input activation function (NIAF)',
@@ -95,7 +97,7 @@ def _batch_sum(v, B):
     return v.sum(axis=0) if np.ndim(v) == 2 else B * v
 
 
-def forward(X, W, V, S, A, G):
+def forward(X, W, V, S, A, G, threads=1):
     """Forward pass over the whole sequence and batch; fills S, A and G."""
     T, B, M = X.shape
     N = S[0].shape[2]
@@ -168,7 +170,7 @@ def forward(X, W, V, S, A, G):
             _A_tanh_c[t] = tanh_c
 
 
-def backward(X, W, V, S, A, dY, dG, C, acc, dW, dX):
+def backward(X, W, V, S, A, dY, dG, C, acc, dW, dX, threads=1):
     """Backward pass (BPTT) over the whole sequence; fills dG, C, acc, dW and dX."""
     T, B, M = X.shape
     N = S[0].shape[2]
