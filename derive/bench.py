@@ -11,7 +11,8 @@ forward+backward over a whole sequence and batch, for
   does its matrix products with BLAS cannot beat.
 
 Ratios (derive ÷ peer) are the figures to compare: the machine is shared and noisy,
-so only ratios measured in the same run mean anything.
+so only ratios measured in the same run mean anything. The peers of one (cell, shape,
+dtype) are timed round-robin, one run each per round, so that drifts hit them alike.
 """
 
 from __future__ import annotations
@@ -76,21 +77,42 @@ def median_ms(fn, repeats: int, warmup: int = 2) -> float:
     return 1e3 * statistics.median(times)
 
 
-# --- peers -------------------------------------------------------------------------
+def interleaved_ms(peers: dict, repeats: int, warmup: int = 2, pause: float = 0.05) -> dict:
+    """Medians (ms) of each peer's (forward, total) callables, measured round-robin.
 
-def _derive_peer(cell, backend, dtype, shape, repeats, rng):
+    One run of every peer per round, `repeats` rounds after `warmup` runs each: slow
+    drifts of a shared machine hit every peer alike. A short pause between peers lets
+    the previous peer's spinning threads (BLAS, OpenMP) go to sleep.
+    """
+    for fwd, total in peers.values():
+        for _ in range(warmup):
+            fwd()
+            total()
+    times = {name: ([], []) for name in peers}
+    for _ in range(repeats):
+        for name, fns in peers.items():
+            for fn, out in zip(fns, times[name]):
+                time.sleep(pause)
+                t0 = time.perf_counter()
+                fn()
+                out.append(time.perf_counter() - t0)
+    return {name: (1e3 * statistics.median(f), 1e3 * statistics.median(t))
+            for name, (f, t) in times.items()}
+
+
+# --- peers: each returns (forward, forward+backward) callables ------------------------------
+
+def _derive_peer(cell, backend, dtype, shape, rng):
     from .runtime import load_kernel
     T, B, M, N = shape
     k = load_kernel(cell, dtype=dtype, backend=backend)
     params = k.init_params(input_size=M, hidden_size=N, seed=0)
     x = rng.standard_normal((T, B, M)).astype(dtype)
     dy = rng.standard_normal((T, B, N)).astype(dtype)
-    fwd = median_ms(lambda: k.forward(x, params), repeats)
-    total = median_ms(lambda: k.backward(k.forward(x, params), dy), repeats)
-    return fwd, total
+    return (lambda: k.forward(x, params)), (lambda: k.backward(k.forward(x, params), dy))
 
 
-def _gemm_peer(cell, dtype, shape, repeats, rng):
+def _gemm_peer(cell, dtype, shape, rng):
     """The matrix products of one forward+backward pass, alone (NumPy's BLAS)."""
     from .spec import load_cell
     c = load_cell(cell)
@@ -126,10 +148,10 @@ def _gemm_peer(cell, dtype, shape, repeats, rng):
         for g in dGr:
             g.T @ Yall
 
-    return median_ms(forward, repeats), median_ms(total, repeats)
+    return forward, total
 
 
-def _torch_peer(cell, dtype, shape, repeats, rng):
+def _torch_peer(cell, dtype, shape, rng):
     import torch
     T, B, M, N = shape
     torch.set_num_threads(2)
@@ -148,7 +170,7 @@ def _torch_peer(cell, dtype, shape, repeats, rng):
         out, _ = module(x)
         out.backward(dy)
 
-    return median_ms(forward, repeats), median_ms(total, repeats)
+    return forward, total
 
 
 def torch_version() -> str | None:
@@ -161,7 +183,10 @@ def torch_version() -> str | None:
 
 def run(cells=None, shapes=None, dtypes=("float32", "float64"), repeats=5,
         progress=None) -> Result:
-    """Measure every peer for every (cell, shape, dtype); `progress(text)` reports."""
+    """Measure every peer for every (cell, shape, dtype); `progress(text)` reports.
+
+    The peers of one (cell, shape, dtype) are timed round-robin (`interleaved_ms`).
+    """
     cells = cells or ["lstm_np", "lstm"]
     shapes = shapes or list(SHAPES)
     rng = np.random.default_rng(0)
@@ -172,22 +197,29 @@ def run(cells=None, shapes=None, dtypes=("float32", "float64"), repeats=5,
         for sname in shapes:
             shape = SHAPES[sname]
             for dtype in dtypes:
-                peers = [("derive", lambda: _derive_peer(cell, None, dtype, shape, repeats, rng)),
-                         ("numpy", lambda: _derive_peer(cell, "numpy", dtype, shape, repeats,
-                                                        rng)),
-                         ("gemm", lambda: _gemm_peer(cell, dtype, shape, repeats, rng))]
+                makers = [("derive", lambda: _derive_peer(cell, None, dtype, shape, rng)),
+                          ("numpy", lambda: _derive_peer(cell, "numpy", dtype, shape, rng)),
+                          ("gemm", lambda: _gemm_peer(cell, dtype, shape, rng))]
                 if cell in TORCH_PEERS and result.machine["torch"]:
-                    peers.append(("torch", lambda: _torch_peer(cell, dtype, shape, repeats,
-                                                               rng)))
-                for peer, fn in peers:
-                    if progress:
-                        progress(f"{cell} {sname} {dtype} {peer}")
+                    makers.append(("torch", lambda: _torch_peer(cell, dtype, shape, rng)))
+                if progress:
+                    progress(f"{cell} {sname} {dtype}: {', '.join(n for n, _ in makers)}")
+                peers = {}
+                for peer, make in makers:
                     try:
-                        fwd, total = fn()
-                        result.rows.append(Row(cell, sname, dtype, peer, fwd, total))
+                        peers[peer] = make()
                     except Exception as exc:  # a peer that cannot run is reported, not fatal
                         result.rows.append(Row(cell, sname, dtype, peer, None, None,
                                                note=f"{type(exc).__name__}: {exc}"))
+                try:
+                    medians = interleaved_ms(peers, repeats)
+                except Exception as exc:  # pragma: no cover - reported, not fatal
+                    medians = {}
+                    for peer in peers:
+                        result.rows.append(Row(cell, sname, dtype, peer, None, None,
+                                               note=f"{type(exc).__name__}: {exc}"))
+                for peer, (fwd, total) in medians.items():
+                    result.rows.append(Row(cell, sname, dtype, peer, fwd, total))
     return result
 
 
