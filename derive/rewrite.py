@@ -242,8 +242,6 @@ def plan(d: "Derivation | str") -> Plan:
     return _Planner(d).run()
 
 
-
-
 class _Names:
     """Unique, safe identifiers for the generated code, deterministic by request order."""
 

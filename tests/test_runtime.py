@@ -217,3 +217,25 @@ def test_the_compiled_module_itself_rejects_inconsistent_arrays(rng):
         mod.forward(x.astype(np.float32), tr.W, tr.V, S, A, G)
     with pytest.raises(ValueError, match="sizes must be at least 1"):
         mod.forward(np.zeros((0, B, M)), tr.W, tr.V, S, A, G)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "lstm_fgr"])
+def test_thread_counts_agree(rng, cell):
+    """Each thread owns batch rows: any thread count gives the same numbers (to rounding)."""
+    k = derive.load_kernel(cell, backend="cython")
+    Bodd = 5
+    params = k.init_params(M, N, seed=2)
+    x = rng.standard_normal((T, Bodd, M))
+    state0 = {s: rng.standard_normal((Bodd, N)) for s in k.states}
+    dy = rng.standard_normal((T, Bodd, N))
+    results = []
+    for threads in (1, 2, 3, 8):
+        k.threads = threads
+        tr = k.forward(x, params, state0)
+        results.append((tr.outputs.copy(), k.backward(tr, dy)))
+    k.threads = derive.runtime.default_threads()
+    out1, g1 = results[0]
+    for out, g in results[1:]:
+        np.testing.assert_allclose(out, out1, rtol=0, atol=1e-13)
+        for name in g1:
+            np.testing.assert_allclose(g[name], g1[name], rtol=1e-12, atol=1e-12)

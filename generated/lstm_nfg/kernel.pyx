@@ -44,6 +44,7 @@ GEMMs before and after the time loop are split by rows between the threads.
 
 from libc.math cimport expf, exp, tanhf, tanh, logf, log, powf, pow, sqrtf, sqrt
 from libc.stdlib cimport calloc, free
+from libc.string cimport memset
 from cython cimport floating
 from cython.parallel cimport prange
 
@@ -167,6 +168,99 @@ cdef inline void _gemm(bint ta, bint tb, Py_ssize_t m, Py_ssize_t n, Py_ssize_t 
         scipy_cblas_dgemm(CblasRowMajor, CblasTrans if ta else CblasNoTrans,
                           CblasTrans if tb else CblasNoTrans, <int>m, <int>n, <int>k, alpha,
                           a, <int>lda, b, <int>ldb, beta, c, <int>ldc)
+
+
+# --- the per-step recurrent products ----------------------------------------------------
+# C (m × n) (=|+=) A (m × k) · B with m a thread's few batch rows: BLAS would pack the
+# weights B at every step, so they are packed once per call into column panels and a
+# register-blocked loop streams them (GCC vector extensions: AVX2 here, SSE elsewhere).
+
+cdef extern from *:
+    """
+    /* derive: the per-step recurrent products, C (m x n) (=|+=) A (m x k) . B, row-major, m small
+       (a thread's batch rows). B (the weights) is packed once per call into panels of 2 vectors of
+       columns, Bp[(p*k + kk)*PW + j] = B[kk][p*PW + j] (zero past n), so that every step streams it
+       contiguously; a block of 4 rows x 2 vectors of C stays in registers over the whole k loop. */
+    #include <string.h>
+    #define DERIVE_SMALL_GEMM(T, S, VL)                                                             \
+    typedef T derive_vec_##S __attribute__((vector_size((VL) * sizeof(T)), aligned(sizeof(T))));   \
+    static Py_ssize_t derive_panels_##S(Py_ssize_t n) { return (n + 2 * (VL) - 1) / (2 * (VL)); } \
+    /* B[kk][c] = B[kk*rs + c*cs]: (rs, cs) = (ld, 1) for a matrix, (1, ld) for its transpose */    \
+    static void derive_pack_##S(Py_ssize_t k, Py_ssize_t n, const T* B, Py_ssize_t rs,             \
+                                Py_ssize_t cs, T* Bp, Py_ssize_t p0, Py_ssize_t p1) {              \
+        for (Py_ssize_t p = p0; p < p1; p++)                                                        \
+            for (Py_ssize_t kk = 0; kk < k; kk++) {                                                 \
+                T* dst = Bp + (p * k + kk) * 2 * (VL);                                              \
+                for (Py_ssize_t j = 0; j < 2 * (VL); j++) {                                         \
+                    Py_ssize_t c = p * 2 * (VL) + j;                                                \
+                    dst[j] = c < n ? B[kk * rs + c * cs] : (T)0;                                    \
+                }                                                                                   \
+            }                                                                                       \
+    }                                                                                               \
+    static inline void derive_put_##S(T* c, const derive_vec_##S lo, const derive_vec_##S hi,      \
+                                      Py_ssize_t w, int add) {                                      \
+        if (w == 2 * (VL)) {                                                                        \
+            derive_vec_##S* out = (derive_vec_##S*)c;                                               \
+            if (add) { out[0] += lo; out[1] += hi; } else { out[0] = lo; out[1] = hi; }             \
+            return;                                                                                 \
+        }                                                                                           \
+        T t[2 * (VL)];                                                                              \
+        *(derive_vec_##S*)t = lo;                                                                   \
+        *(derive_vec_##S*)(t + (VL)) = hi;                                                          \
+        if (add) for (Py_ssize_t j = 0; j < w; j++) c[j] += t[j];                                   \
+        else memcpy(c, t, (size_t)w * sizeof(T));                                                   \
+    }                                                                                               \
+    static void derive_small_gemm_##S(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const T* A,       \
+                                      Py_ssize_t lda, const T* Bp, T* C, Py_ssize_t ldc, int add) { \
+        Py_ssize_t panels = derive_panels_##S(n);                                                   \
+        for (Py_ssize_t p = 0; p < panels; p++) {                                                   \
+            const T* b = Bp + p * k * 2 * (VL);                                                     \
+            Py_ssize_t c0 = p * 2 * (VL), w = n - c0 < 2 * (VL) ? n - c0 : 2 * (VL);                \
+            Py_ssize_t r = 0;                                                                       \
+            for (; r + 4 <= m; r += 4) {                                                            \
+                const T *a0 = A + r * lda, *a1 = a0 + lda, *a2 = a1 + lda, *a3 = a2 + lda;          \
+                derive_vec_##S s00 = {0}, s01 = {0}, s10 = {0}, s11 = {0};                          \
+                derive_vec_##S s20 = {0}, s21 = {0}, s30 = {0}, s31 = {0};                          \
+                for (Py_ssize_t kk = 0; kk < k; kk++) {                                             \
+                    derive_vec_##S lo = *(const derive_vec_##S*)(b + kk * 2 * (VL));                \
+                    derive_vec_##S hi = *(const derive_vec_##S*)(b + kk * 2 * (VL) + (VL));         \
+                    s00 += a0[kk] * lo; s01 += a0[kk] * hi;                                         \
+                    s10 += a1[kk] * lo; s11 += a1[kk] * hi;                                         \
+                    s20 += a2[kk] * lo; s21 += a2[kk] * hi;                                         \
+                    s30 += a3[kk] * lo; s31 += a3[kk] * hi;                                         \
+                }                                                                                   \
+                derive_put_##S(C + r * ldc + c0, s00, s01, w, add);                                 \
+                derive_put_##S(C + (r + 1) * ldc + c0, s10, s11, w, add);                           \
+                derive_put_##S(C + (r + 2) * ldc + c0, s20, s21, w, add);                           \
+                derive_put_##S(C + (r + 3) * ldc + c0, s30, s31, w, add);                           \
+            }                                                                                       \
+            for (; r < m; r++) {                                                                    \
+                const T* a0 = A + r * lda;                                                          \
+                derive_vec_##S s00 = {0}, s01 = {0};                                                \
+                for (Py_ssize_t kk = 0; kk < k; kk++) {                                             \
+                    derive_vec_##S lo = *(const derive_vec_##S*)(b + kk * 2 * (VL));                \
+                    derive_vec_##S hi = *(const derive_vec_##S*)(b + kk * 2 * (VL) + (VL));         \
+                    s00 += a0[kk] * lo; s01 += a0[kk] * hi;                                         \
+                }                                                                                   \
+                derive_put_##S(C + r * ldc + c0, s00, s01, w, add);                                 \
+            }                                                                                       \
+        }                                                                                           \
+    }
+    DERIVE_SMALL_GEMM(float, f32, 8)
+    DERIVE_SMALL_GEMM(double, f64, 4)
+    """
+    Py_ssize_t derive_panels_f32(Py_ssize_t n) nogil
+    Py_ssize_t derive_panels_f64(Py_ssize_t n) nogil
+    void derive_pack_f32(Py_ssize_t k, Py_ssize_t n, const float* B, Py_ssize_t rs,
+                         Py_ssize_t cs, float* Bp, Py_ssize_t p0, Py_ssize_t p1) nogil
+    void derive_pack_f64(Py_ssize_t k, Py_ssize_t n, const double* B, Py_ssize_t rs,
+                         Py_ssize_t cs, double* Bp, Py_ssize_t p0, Py_ssize_t p1) nogil
+    void derive_small_gemm_f32(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* A,
+                               Py_ssize_t lda, const float* Bp, float* C, Py_ssize_t ldc,
+                               int add) nogil
+    void derive_small_gemm_f64(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const double* A,
+                               Py_ssize_t lda, const double* Bp, double* C, Py_ssize_t ldc,
+                               int add) nogil
 
 
 # --- one step, element-wise ----------------------------------------------------------
@@ -485,9 +579,11 @@ cdef struct _Buffers:
     void* W0
     void* G0
     void* dW0
+    void* P0    # packed weights of a state operand (per-step products)
     void* W1
     void* G1
     void* dW1
+    void* P1    # packed weights of a state operand (per-step products)
     void* V0
     void* V1
     void* V2
@@ -507,10 +603,21 @@ cdef struct _Buffers:
 
 cdef void _input_gemm_f32(_Buffers* p, Py_ssize_t c, Py_ssize_t nt) noexcept nogil:
     # the input projections of all steps, rows c of nt: G_x (T·B × 3N) = X · W_xᵀ
-    cdef Py_ssize_t N = p.N, M = p.M, rows = p.T * p.B
+    cdef Py_ssize_t N = p.N, M = p.M, rows = p.T * p.B, panels
     cdef Py_ssize_t r0 = rows * c // nt, r1 = rows * (c + 1) // nt
     _gemm(False, True, r1 - r0, 3 * N, M, 1, <float*>p.X + r0 * M, M,
           <float*>p.W0, M, 0, <float*>p.G0 + r0 * 3 * N, 3 * N)
+    # the panels c of nt of W_yᵀ (N × 3N), for G_y = y[t-1] · W_yᵀ
+    panels = derive_panels_f32(3 * N)
+    derive_pack_f32(N, 3 * N, <float*>p.W1, 1, N, <float*>p.P1,
+                       panels * c // nt, panels * (c + 1) // nt)
+
+
+cdef void _pack_backward_f32(_Buffers* p, Py_ssize_t c, Py_ssize_t nt) noexcept nogil:
+    # the panels c of nt of each state's W (kN × N), for the carries C += dG · W
+    cdef Py_ssize_t N = p.N, panels = derive_panels_f32(p.N)
+    derive_pack_f32(3 * N, N, <float*>p.W1, N, 1, <float*>p.P1,
+                       panels * c // nt, panels * (c + 1) // nt)
 
 
 cdef void _forward_rows_f32(_Buffers* p, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
@@ -520,8 +627,8 @@ cdef void _forward_rows_f32(_Buffers* p, Py_ssize_t b0, Py_ssize_t b1) noexcept 
         at = (t * B + b0) * N            # row b0 of step t in (T, B, N) and (T+1, B, N)
         nxt = ((t + 1) * B + b0) * N     # row b0 of step t+1 in (T+1, B, N)
         # z_bar i_bar o_bar += R_z R_i R_o @ y[t-1]: G_y (nb × 3N) = y[t-1] · W_yᵀ
-        _gemm(False, True, nb, 3 * N, N, 1, <float*>p.S0 + at, N,
-              <float*>p.W1, N, 0, <float*>p.G1 + b0 * 3 * N, 3 * N)
+        derive_small_gemm_f32(nb, 3 * N, N, <float*>p.S0 + at, N,
+                             <float*>p.P1, <float*>p.G1 + b0 * 3 * N, 3 * N, 0)
         _forward_step_f32(nb, N,
             <float*>p.G0 + (t * B + b0) * 3 * N,
             <float*>p.G1 + b0 * 3 * N,
@@ -570,8 +677,8 @@ cdef void _backward_rows_f32(_Buffers* p, Py_ssize_t b0, Py_ssize_t b1,
             <float*>p.V4,
             )
         # carry of y: dy[t-1] gets Σ Rᵀ δ over R_z R_i R_o: C (nb × N) = dG0[t] · W_y
-        _gemm(False, False, nb, N, 3 * N, 1, <float*>p.dG0 + (t * B + b0) * 3 * N, 3 * N,
-              <float*>p.W1, N, 0, <float*>p.C0 + b0 * N, N)
+        derive_small_gemm_f32(nb, N, 3 * N, <float*>p.dG0 + (t * B + b0) * 3 * N, 3 * N,
+                             <float*>p.P1, <float*>p.C0 + b0 * N, N, 0)
 
 
 cdef void _weight_gemm_f32(_Buffers* p, Py_ssize_t task, Py_ssize_t nt) noexcept nogil:
@@ -597,10 +704,21 @@ cdef void _weight_gemm_f32(_Buffers* p, Py_ssize_t task, Py_ssize_t nt) noexcept
 
 cdef void _input_gemm_f64(_Buffers* p, Py_ssize_t c, Py_ssize_t nt) noexcept nogil:
     # the input projections of all steps, rows c of nt: G_x (T·B × 3N) = X · W_xᵀ
-    cdef Py_ssize_t N = p.N, M = p.M, rows = p.T * p.B
+    cdef Py_ssize_t N = p.N, M = p.M, rows = p.T * p.B, panels
     cdef Py_ssize_t r0 = rows * c // nt, r1 = rows * (c + 1) // nt
     _gemm(False, True, r1 - r0, 3 * N, M, 1, <double*>p.X + r0 * M, M,
           <double*>p.W0, M, 0, <double*>p.G0 + r0 * 3 * N, 3 * N)
+    # the panels c of nt of W_yᵀ (N × 3N), for G_y = y[t-1] · W_yᵀ
+    panels = derive_panels_f64(3 * N)
+    derive_pack_f64(N, 3 * N, <double*>p.W1, 1, N, <double*>p.P1,
+                       panels * c // nt, panels * (c + 1) // nt)
+
+
+cdef void _pack_backward_f64(_Buffers* p, Py_ssize_t c, Py_ssize_t nt) noexcept nogil:
+    # the panels c of nt of each state's W (kN × N), for the carries C += dG · W
+    cdef Py_ssize_t N = p.N, panels = derive_panels_f64(p.N)
+    derive_pack_f64(3 * N, N, <double*>p.W1, N, 1, <double*>p.P1,
+                       panels * c // nt, panels * (c + 1) // nt)
 
 
 cdef void _forward_rows_f64(_Buffers* p, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
@@ -610,8 +728,8 @@ cdef void _forward_rows_f64(_Buffers* p, Py_ssize_t b0, Py_ssize_t b1) noexcept 
         at = (t * B + b0) * N            # row b0 of step t in (T, B, N) and (T+1, B, N)
         nxt = ((t + 1) * B + b0) * N     # row b0 of step t+1 in (T+1, B, N)
         # z_bar i_bar o_bar += R_z R_i R_o @ y[t-1]: G_y (nb × 3N) = y[t-1] · W_yᵀ
-        _gemm(False, True, nb, 3 * N, N, 1, <double*>p.S0 + at, N,
-              <double*>p.W1, N, 0, <double*>p.G1 + b0 * 3 * N, 3 * N)
+        derive_small_gemm_f64(nb, 3 * N, N, <double*>p.S0 + at, N,
+                             <double*>p.P1, <double*>p.G1 + b0 * 3 * N, 3 * N, 0)
         _forward_step_f64(nb, N,
             <double*>p.G0 + (t * B + b0) * 3 * N,
             <double*>p.G1 + b0 * 3 * N,
@@ -660,8 +778,8 @@ cdef void _backward_rows_f64(_Buffers* p, Py_ssize_t b0, Py_ssize_t b1,
             <double*>p.V4,
             )
         # carry of y: dy[t-1] gets Σ Rᵀ δ over R_z R_i R_o: C (nb × N) = dG0[t] · W_y
-        _gemm(False, False, nb, N, 3 * N, 1, <double*>p.dG0 + (t * B + b0) * 3 * N, 3 * N,
-              <double*>p.W1, N, 0, <double*>p.C0 + b0 * N, N)
+        derive_small_gemm_f64(nb, N, 3 * N, <double*>p.dG0 + (t * B + b0) * 3 * N, 3 * N,
+                             <double*>p.P1, <double*>p.C0 + b0 * N, N, 0)
 
 
 cdef void _weight_gemm_f64(_Buffers* p, Py_ssize_t task, Py_ssize_t nt) noexcept nogil:
@@ -776,6 +894,7 @@ def forward(const floating[:, :, ::1] X, tuple W, tuple V, tuple S, tuple A, tup
     cdef int nt = max(1, min(threads, B))
     cdef Py_ssize_t c
     cdef _Buffers p
+    memset(&p, 0, sizeof(p))
     p.T, p.B, p.M, p.N = T, B, M, N
     p.X = <void*>&X[0, 0, 0]
     p.W0 = <void*>&_W0[0, 0]
@@ -793,17 +912,25 @@ def forward(const floating[:, :, ::1] X, tuple W, tuple V, tuple S, tuple A, tup
     p.A1 = <void*>&_A1[0, 0, 0]
     p.A2 = <void*>&_A2[0, 0, 0]
     p.A3 = <void*>&_A3[0, 0, 0]
-    with nogil:
-        for c in prange(nt, schedule="static", chunksize=1, num_threads=nt):
-            if floating is float:
-                _input_gemm_f32(&p, c, nt)
-            else:
-                _input_gemm_f64(&p, c, nt)
-        for c in prange(nt, schedule="static", chunksize=1, num_threads=nt):
-            if floating is float:
-                _forward_rows_f32(&p, B * c // nt, B * (c + 1) // nt)
-            else:
-                _forward_rows_f64(&p, B * c // nt, B * (c + 1) // nt)
+    cdef Py_ssize_t pw = 16 if floating is float else 8    # columns of a panel
+    p.P1 = calloc((((3 * N + pw - 1) // pw) * pw) * N, sizeof(floating))
+    try:
+        if p.P1 == NULL:
+            raise MemoryError()
+        with nogil:
+            for c in prange(nt, schedule="static", chunksize=1, num_threads=nt):
+                if floating is float:
+                    _input_gemm_f32(&p, c, nt)
+                else:
+                    _input_gemm_f64(&p, c, nt)
+            for c in prange(nt, schedule="static", chunksize=1, num_threads=nt):
+                if floating is float:
+                    _forward_rows_f32(&p, B * c // nt, B * (c + 1) // nt)
+                else:
+                    _forward_rows_f64(&p, B * c // nt, B * (c + 1) // nt)
+    finally:
+        free(p.P1)
+        pass
 
 
 def backward(const floating[:, :, ::1] X, tuple W, tuple V, tuple S, tuple A, tuple dY,
@@ -888,6 +1015,7 @@ def backward(const floating[:, :, ::1] X, tuple W, tuple V, tuple S, tuple A, tu
     cdef int nt = max(1, min(threads, B))
     cdef Py_ssize_t c, nvec = 5
     cdef _Buffers p
+    memset(&p, 0, sizeof(p))
     p.T, p.B, p.M, p.N = T, B, M, N
     p.X = <void*>&X[0, 0, 0]
     p.dX = <void*>&dX[0, 0, 0]
@@ -910,13 +1038,20 @@ def backward(const floating[:, :, ::1] X, tuple W, tuple V, tuple S, tuple A, tu
     p.A3 = <void*>&_A3[0, 0, 0]
     p.dY0 = <void*>&_dY0[0, 0, 0]
     p.dG0 = <void*>&_dG0[0, 0, 0]
+    cdef Py_ssize_t pw = 16 if floating is float else 8    # columns of a panel
+    p.P1 = calloc(((N + pw - 1) // pw) * pw * 3 * N, sizeof(floating))
     cdef floating* parts = <floating*>calloc(max(1, nt * nvec * N), sizeof(floating))
-    if parts == NULL:
-        raise MemoryError()
     try:
+        if parts == NULL or p.P1 == NULL:
+            raise MemoryError()
         with nogil:
             _C0[:, :] = 0
             _C1[:, :] = 0
+            for c in prange(nt, schedule="static", chunksize=1, num_threads=nt):
+                if floating is float:
+                    _pack_backward_f32(&p, c, nt)
+                else:
+                    _pack_backward_f64(&p, c, nt)
             for c in prange(nt, schedule="static", chunksize=1, num_threads=nt):
                 if floating is float:
                     _backward_rows_f32(&p, B * c // nt, B * (c + 1) // nt, parts + c * nvec * N)
@@ -935,3 +1070,4 @@ def backward(const floating[:, :, ::1] X, tuple W, tuple V, tuple S, tuple A, tu
                     _weight_gemm_f64(&p, c, nt)
     finally:
         free(parts)
+        free(p.P1)
