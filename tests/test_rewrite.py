@@ -164,3 +164,37 @@ def test_two_inputs_are_not_supported(tmp_path):
         """)
     with pytest.raises(UserError, match="2 inputs"):
         rewrite.plan(write_spec(tmp_path, spec))
+
+
+# a recurrence without any recurrent matrix: the state is read element-wise only
+# (the output is called y: derive.symbols keeps one meaning per symbol name per process,
+# and Delta[t] of a single-output cell is registered with the output's name)
+ELEMENTWISE = textwrap.dedent("""\
+    name    = "leaky"
+    inputs  = ["x"]
+    state   = ["y"]
+    outputs = ["y"]
+
+    [parameters]
+    W = ["N", "M"]
+    a = ["N"]
+
+    [nodes]
+    u = "W @ x"
+    y = "sigmoid(a) * y[t-1] + tanh(u)"
+    """)
+
+
+@pytest.mark.parametrize("spec", [WEIRD, ELEMENTWISE], ids=["weird", "leaky"])
+def test_unusual_cells_cythonize_and_their_reference_is_right(tmp_path, spec):
+    import subprocess
+    import sys
+    path = write_spec(tmp_path, spec)
+    src = codegen.kernel_source(path)
+    pyx = tmp_path / "k.pyx"
+    pyx.write_text(src)
+    run = subprocess.run([sys.executable, "-m", "cython", "-3", str(pyx)],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    from derive.check import gradient_check
+    assert gradient_check(path, backend="numpy").passed

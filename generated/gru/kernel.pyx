@@ -876,7 +876,6 @@ def forward(const floating[:, :, ::1] X, tuple W, tuple V, tuple S, tuple A, tup
                     _forward_rows_f64(&p, B * c // nt, B * (c + 1) // nt)
     finally:
         free(p.P1)
-        pass
 
 
 def backward(const floating[:, :, ::1] X, tuple W, tuple V, tuple S, tuple A, tuple dY,

@@ -1293,7 +1293,6 @@ def forward(const floating[:, :, ::1] X, tuple W, tuple V, tuple S, tuple A, tup
         free(p.P2)
         free(p.P3)
         free(p.P4)
-        pass
 
 
 def backward(const floating[:, :, ::1] X, tuple W, tuple V, tuple S, tuple A, tuple dY,
