@@ -10,6 +10,7 @@ warm-up, all peers measured side by side in this one process. PyTorch is optiona
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -25,19 +26,23 @@ def main() -> int:
     parser.add_argument("--shapes", nargs="*", default=list(bench.SHAPES))
     parser.add_argument("--record", action="store_true", help="rewrite results.md")
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
     result = bench.run(args.cells, shapes=args.shapes, repeats=args.repeats,
                        progress=lambda t: print(f"  {t}", file=sys.stderr, flush=True))
     text = bench.table(result)
     print(text)
+    load_after = os.getloadavg()[0]
     if args.record:
         m = result.machine
         command = "python benchmarks/bench.py " + " ".join(sys.argv[1:])
         body = (f"# Benchmark results\n\nRecorded by `{command.strip()}`.\n"
                 f"Medians of {result.repeats} runs after 2 warm-up runs, times in ms, all "
-                f"peers measured in the same process. Ratios are derive's time ÷ the peer's "
-                f"(< 1: derive is faster). Python {m['python']}, NumPy {m['numpy']}, "
+                f"peers measured in the same process, round-robin (one run of each per "
+                f"round). Ratios are derive's time ÷ the peer's (< 1: derive is faster). "
+                f"Python {m['python']}, NumPy {m['numpy']}, "
                 f"PyTorch {m['torch'] or 'not installed'}; 2-core AMD EPYC (Zen 3), shared "
-                f"and noisy: compare ratios, and only margins above ~30 %.\n\n{text}")
+                f"and noisy: compare ratios, and only margins above ~30 %. Load average "
+                f"(1 min) {load_before:.2f} before the run, {load_after:.2f} after.\n\n{text}")
         (HERE / "results.md").write_text(body)
     return 0
 
