@@ -17,6 +17,7 @@ from pathlib import Path
 from derive import bench
 
 HERE = Path(__file__).resolve().parent
+NOTES = "<!-- notes: kept when the table above is re-recorded -->"
 
 
 def main() -> int:
@@ -43,7 +44,11 @@ def main() -> int:
                 f"PyTorch {m['torch'] or 'not installed'}; 2-core AMD EPYC (Zen 3), shared "
                 f"and noisy: compare ratios, and only margins above ~30 %. Load average "
                 f"(1 min) {load_before:.2f} before the run, {load_after:.2f} after.\n\n{text}")
-        (HERE / "results.md").write_text(body)
+        # hand-written notes below the marker survive re-recording
+        path = HERE / "results.md"
+        old = path.read_text() if path.exists() else ""
+        notes = old[old.index(NOTES):] if NOTES in old else NOTES + "\n"
+        path.write_text(body + "\n" + notes)
     return 0
 
 

@@ -77,12 +77,13 @@ def median_ms(fn, repeats: int, warmup: int = 2) -> float:
     return 1e3 * statistics.median(times)
 
 
-def interleaved_ms(peers: dict, repeats: int, warmup: int = 2, pause: float = 0.05) -> dict:
+def interleaved_ms(peers: dict, repeats: int, warmup: int = 2, pause: float = 0.15) -> dict:
     """Medians (ms) of each peer's (forward, total) callables, measured round-robin.
 
     One run of every peer per round, `repeats` rounds after `warmup` runs each: slow
-    drifts of a shared machine hit every peer alike. A short pause between peers lets
-    the previous peer's spinning threads (BLAS, OpenMP) go to sleep.
+    drifts of a shared machine hit every peer alike. A pause before each timed run lets
+    the previous peer's spinning threads go to sleep (an idle OpenBLAS thread spins for
+    about 0.1 s and steals a core from whatever runs next).
     """
     for fwd, total in peers.values():
         for _ in range(warmup):
