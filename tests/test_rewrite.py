@@ -185,7 +185,28 @@ ELEMENTWISE = textwrap.dedent("""\
     """)
 
 
-@pytest.mark.parametrize("spec", [WEIRD, ELEMENTWISE], ids=["weird", "leaky"])
+# one matrix in several projections (W twice with x, R with y and with c), a state that
+# is itself a projection node (y), and an output that is not a state (a)
+SHARED = textwrap.dedent("""\
+    name    = "shared"
+    inputs  = ["x"]
+    state   = ["y", "c"]
+    outputs = ["a", "y"]
+
+    [parameters]
+    W = ["N", "M"]
+    R = ["N", "N"]
+    b = ["N"]
+
+    [nodes]
+    a = "W @ x + R @ y[t-1] + R @ c[t-1]"
+    g = "W @ x + b"
+    c = "sigmoid(g) * c[t-1] + (1 - sigmoid(g)) * tanh(a)"
+    y = "W @ x + R @ c[t-1] + c / 2"
+    """)
+
+
+@pytest.mark.parametrize("spec", [WEIRD, ELEMENTWISE, SHARED], ids=["weird", "leaky", "shared"])
 def test_unusual_cells_cythonize_and_their_reference_is_right(tmp_path, spec):
     import subprocess
     import sys
