@@ -59,10 +59,25 @@ def delta(name: str, shift: int = 0) -> sp.Symbol:
     return _symbol(f"d{name}[{time_label(shift)}]", Ref("delta", name, shift))
 
 
+#: the `name` of Δ's Ref in a cell with a single output: `Delta[t]` is the same symbol in
+#: every such cell whatever its output is called (`output_of` says which it is).
+ONLY_OUTPUT = ""
+
+
 def incoming(output: str, shift: int = 0, *, single: bool = True) -> sp.Symbol:
-    """Δ^(t+shift): the gradient reaching `output` from outside the recurrence."""
-    label = "Delta" if single else f"Delta_{output}"
-    return _symbol(f"{label}[{time_label(shift)}]", Ref("incoming", output, shift))
+    """Δ^(t+shift): the gradient reaching `output` from outside the recurrence.
+
+    With a single output the symbol is `Delta[t]` and names no output (`ONLY_OUTPUT`),
+    so cells whose outputs have different names share it; otherwise `Delta_<output>[t]`.
+    """
+    if single:
+        return _symbol(f"Delta[{time_label(shift)}]", Ref("incoming", ONLY_OUTPUT, shift))
+    return _symbol(f"Delta_{output}[{time_label(shift)}]", Ref("incoming", output, shift))
+
+
+def output_of(r: Ref, outputs) -> str:
+    """The output an incoming gradient's Ref reaches, among a cell's `outputs`."""
+    return outputs[0] if r.name == ONLY_OUTPUT else r.name
 
 
 def param(name: str) -> sp.Symbol:

@@ -123,3 +123,17 @@ def test_fgr_state_carries_the_gates():
     d = derive.derive("lstm_fgr")
     assert d.cell.states == ("y", "c", "i", "f", "o")
     assert set(d.initial) == {"y", "c", "i", "f", "o"}
+
+
+def test_cells_with_differently_named_outputs_coexist_in_one_process(tmp_path):
+    """`Delta[t]` is shared by every single-output cell, whatever its output is called."""
+    from derive import numeric
+    spec = tmp_path / "elman_h.toml"
+    spec.write_text('name = "elman_h"\ninputs = ["x"]\nstate = ["h"]\noutputs = ["h"]\n'
+                    '[parameters]\nW = ["N", "M"]\nR = ["N", "N"]\nb = ["N"]\n'
+                    '[nodes]\na = "W @ x + R @ h[t-1] + b"\nh = "tanh(a)"\n')
+    derive.derive("lstm")
+    d = derive.derive(spec)
+    assert d.structured("h") == parse_expression(d.cell, "Delta[t] + R.T @ da[t+1]")
+    assert numeric.gradient_check(d.cell, d).passed
+    derive.derive("lstm")  # and back
