@@ -20,7 +20,10 @@ packed into a fused copy at each call. The trace keeps the fused weights it used
 not modify parameters in place between a forward and the backward of its trace.
 
 The compiled kernels run on `Kernel.threads` threads (default: the CPUs this process
-may use, or $DERIVE_NUM_THREADS), each on its own batch rows.
+may use, or $DERIVE_NUM_THREADS), each on its own batch rows. In a child process made
+by fork() they run on one thread: OpenMP's thread pool does not survive a fork, and a
+parallel region in the child would wait forever for the parent's threads (use the
+"spawn" or "forkserver" start method of multiprocessing for parallel kernels there).
 
 Loading a built kernel imports neither SymPy nor the derivation.
 """
@@ -137,6 +140,7 @@ class Kernel:
         self.module = module
         self.backend = backend
         self.threads = default_threads()
+        _watch_forks()
         self.dtype = np.dtype(dtype)
         self.path = path
         L = module.LAYOUT
@@ -278,7 +282,7 @@ class Kernel:
         G = tuple(np.empty((T, B, len(o["blocks"]) * N) if o["kind"] == "input"
                            else (B, len(o["blocks"]) * N), self.dtype) for o in self.operands)
         S = tuple(S)
-        self.module.forward(x, W, V, S, A, G, self.threads)
+        self.module.forward(x, W, V, S, A, G, _threads(self.threads))
         outputs = {}
         for o in self.outputs:
             arr = S[self.states.index(o)][1:] if o in self.states else A[self.stored.index(o)]
@@ -325,7 +329,7 @@ class Kernel:
                    for o in self.operands)
         dX = np.empty((T, B, M), self.dtype)
         self.module.backward(trace.x, trace.W, trace.V, trace.S, trace.A, tuple(dY), dG, C,
-                             acc, dW, dX, self.threads)
+                             acc, dW, dX, _threads(self.threads))
         grads = {}
         for name, shape in self.parameters.items():
             if len(shape) == 1:
@@ -337,6 +341,34 @@ class Kernel:
         for s, c in zip(self.states, C):
             grads[f"{s}0"] = c
         return grads
+
+
+_forked = False
+_fork_watch = False
+
+
+def _after_fork_in_child():
+    global _forked
+    _forked = True
+
+
+def _watch_forks():
+    """Note forks from the first kernel on (a hook registered once, not at import)."""
+    global _fork_watch
+    if not _fork_watch:
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+        _fork_watch = True
+
+
+def _threads(requested: int) -> int:
+    """The threads a kernel call may use: `requested`, or 1 in a forked child."""
+    if _forked and requested > 1:
+        warnings.warn("derive: kernels run on 1 thread in a forked child process (OpenMP "
+                      "does not survive fork); use multiprocessing's 'spawn' or "
+                      "'forkserver' start method to run them in parallel", RuntimeWarning,
+                      stacklevel=3)
+        return 1
+    return requested
 
 
 def default_threads() -> int:

@@ -1,5 +1,8 @@
 """The Kernel API: shapes, views, and clear errors for every kind of bad call."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -239,3 +242,36 @@ def test_thread_counts_agree(rng, cell):
         np.testing.assert_allclose(out, out1, rtol=0, atol=1e-13)
         for name in g1:
             np.testing.assert_allclose(g[name], g1[name], rtol=1e-12, atol=1e-12)
+
+
+FORKED_CHILD = """
+import os, sys, time, warnings
+import numpy as np
+import derive
+k = derive.load_kernel("lstm", dtype="float64")
+k.threads = 2
+p = k.init_params(input_size=3, hidden_size=4, seed=0)
+x = np.random.default_rng(0).standard_normal((5, 8, 3))
+expected = k.forward(x, p).outputs.copy()
+pid = os.fork()
+if pid == 0:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tr = k.forward(x, p)
+        k.backward(tr, np.ones_like(tr.outputs))
+    os._exit(0 if np.array_equal(tr.outputs, expected) else 3)
+for _ in range(300):
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        sys.exit(os.waitstatus_to_exitcode(status))
+    time.sleep(0.1)
+os.kill(pid, 9)
+sys.exit(4)
+"""
+
+
+def test_a_forked_child_runs_the_kernel_after_the_parent_did():
+    """OpenMP's pool does not survive fork(): the child runs on one thread, never hangs."""
+    run = subprocess.run([sys.executable, "-c", FORKED_CHILD], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
