@@ -220,7 +220,7 @@ def toolchain(portable: bool = False) -> dict:
     return {"cc": shlex.join(cc), "cc_version": _cc_version(tuple(cc)),
             "flags": compile_flags(portable), "blas": _version("scipy-openblas32"),
             "cython": _version("Cython"), "numpy": _version("numpy"),
-            "scipy": _version("scipy"), "python": sys.version.split()[0],
+            "python": sys.version.split()[0],
             "soabi": sysconfig.get_config_var("SOABI") or "",
             "platform": f"{sys.platform}-{platform.machine()}"}
 
