@@ -166,16 +166,19 @@ def blas_dirs() -> dict:
 def compile_flags(portable: bool = False) -> dict:
     """How a kernel is compiled: {"cflags", "ldflags", "libraries"} (BLAS folders apart).
 
-    Fast (x86-64 with AVX2 and FMA, glibc's libmvec): -O3 -ffast-math -mavx2 -mfma, so
-    the element-wise loops vectorize with vector expf/tanhf, linked with mvec and m;
-    -fopenmp for the threads. Portable otherwise (and as the fallback when the fast
+    Fast (x86-64 with AVX2 and FMA, glibc's libmvec): -O3 -mavx2 -mfma and math that
+    neither sets errno nor traps, with DERIVE_LIBMVEC (the kernel then declares expf,
+    tanhf, logf… SIMD-enabled), so the element-wise loops vectorize with glibc's vector
+    math, linked with mvec and m, while NaN and infinities keep their IEEE meaning (no
+    -ffast-math); -fopenmp for the threads. Portable otherwise (and as the fallback when the fast
     build fails): -O3, math that does not set errno, no OpenMP (one thread).
     -march=native is never used (not portable).
     """
     fast = (not portable and platform.machine() in ("x86_64", "AMD64")
             and {"avx2", "fma"} <= _cpu_flags() and _has_mvec())
     if fast:
-        return {"cflags": ["-O3", "-ffast-math", "-mavx2", "-mfma", "-fopenmp"],
+        return {"cflags": ["-O3", "-fno-math-errno", "-fno-trapping-math", "-mavx2", "-mfma",
+                           "-fopenmp", "-DDERIVE_LIBMVEC"],
                 "ldflags": ["-fopenmp"], "libraries": ["mvec", "m"]}
     return {"cflags": ["-O3", "-fno-math-errno"], "ldflags": [], "libraries": ["m"]}
 

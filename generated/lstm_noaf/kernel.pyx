@@ -102,7 +102,26 @@ CELL = LAYOUT["cell"]
 SPEC_HASH = LAYOUT["spec_hash"]
 
 
-# --- element-wise functions (gcc vectorizes them with libmvec under -ffast-math) ------
+# --- element-wise functions -------------------------------------------------------------
+# glibc declares its vector math (libmvec) only under -ffast-math, which would also let
+# the compiler assume there is no NaN. Declaring the functions SIMD-enabled ourselves
+# lets gcc vectorize the element-wise loops with vector expf/tanhf/logf while IEEE
+# semantics (NaN and infinities propagate) stay guaranteed. DERIVE_LIBMVEC is defined
+# by the build where libmvec is linked (x86-64 with AVX2).
+
+cdef extern from *:
+    """
+    #if defined(DERIVE_LIBMVEC)
+    #include <math.h>
+    __attribute__((simd("notinbranch"))) float expf(float);
+    __attribute__((simd("notinbranch"))) double exp(double);
+    __attribute__((simd("notinbranch"))) float tanhf(float);
+    __attribute__((simd("notinbranch"))) double tanh(double);
+    __attribute__((simd("notinbranch"))) float logf(float);
+    __attribute__((simd("notinbranch"))) double log(double);
+    #endif
+    """
+
 
 cdef inline floating _sigmoid(floating v) noexcept nogil:
     if floating is float:
