@@ -35,11 +35,11 @@ import re
 from dataclasses import dataclass
 
 import sympy as sp
-from sympy.printing.str import StrPrinter
 
 from . import symbols as S
 from .errors import ExpressionError, suggest
 from .expr import Matrix, parse
+from .printing import DSIGMOID, DTANH, TextPrinter
 from .spec import Cell
 
 FUNCTIONS = {**S.ACTIVATIONS, "dsigmoid": S.dsigmoid, "dtanh": S.dtanh, "outer": S.Outer}
@@ -249,123 +249,7 @@ def top_level_terms(text: str) -> list[tuple[int, str]]:
     return out
 
 
-# --- printing in the text notation ------------------------------------------------------
-
-_SHOW_DSIGMOID = sp.Function("dsigmoid")
-_SHOW_DTANH = sp.Function("dtanh")
-
-
-def _factor_key(f: sp.Expr):
-    """Order of factors in a product: number, parameters, Δ and deltas, values, the rest."""
-    r = S.ref(f) if isinstance(f, sp.Symbol) else None
-    if r is not None:
-        rank = {"param": 1, "incoming": 2, "delta": 2, "carried": 2, "value": 3}.get(r.kind, 4)
-        return (rank, r.name, r.shift or 0)
-    base = f.base if isinstance(f, sp.Pow) else f
-    rb = S.ref(base) if isinstance(base, sp.Symbol) else None
-    if rb is not None:
-        return (3, rb.name, rb.shift or 0, str(f))
-    if isinstance(f, (_SHOW_DSIGMOID, _SHOW_DTANH)):
-        return (5, "", 0, str(f))
-    return (4 if not isinstance(f, sp.Add) else 6, "", 0, str(f))
-
-
-class TextPrinter(StrPrinter):
-    """Prints the vocabulary in the text notation, so every printed line parses back."""
-
-    def __init__(self, cell: Cell | None = None):
-        super().__init__()
-        self._in_product = False
-        names = (list(cell.inputs) + list(cell.nodes)) if cell is not None else []
-        self._order = {n: i for i, n in enumerate(names)}
-
-    def _linear(self, text: str) -> str:
-        return f"({text})" if self._in_product else text
-
-    def _arg(self, e) -> str:
-        saved, self._in_product = self._in_product, False
-        try:
-            s = self._print(e)
-        finally:
-            self._in_product = saved
-        return s if isinstance(e, (sp.Symbol, sp.Function)) or e.is_Number and e >= 0 \
-            else f"({s})"
-
-    def _print_MatVec(self, e):
-        return self._linear(f"{e.args[0]} @ {self._arg(e.args[1])}")
-
-    def _print_MatTVec(self, e):
-        return self._linear(f"{e.args[0]}.T @ {self._arg(e.args[1])}")
-
-    def _print_Outer(self, e):
-        saved, self._in_product = self._in_product, False
-        try:
-            return f"outer({self._print(e.args[0])}, {self._print(e.args[1])})"
-        finally:
-            self._in_product = saved
-
-    def _print_Function(self, e):
-        saved, self._in_product = self._in_product, False
-        try:
-            return super()._print_Function(e)
-        finally:
-            self._in_product = saved
-
-    def _print_Add(self, e, order=None):
-        saved, self._in_product = self._in_product, False
-        try:
-            terms = sorted(sp.Add.make_args(e), key=lambda a: _term_key(a, self._order))
-            out = []
-            for i, term in enumerate(terms):
-                s = self._print(term)
-                if s.startswith("-"):
-                    out.append(("- " if i else "-") + s[1:])
-                else:
-                    out.append(("+ " if i else "") + s)
-            return " ".join(out)
-        finally:
-            self._in_product = saved
-
-    def _print_Mul(self, e):
-        saved, self._in_product = self._in_product, True
-        try:
-            coeff, rest = e.as_coeff_Mul()
-            sign = ""
-            if coeff < 0:
-                coeff, sign = -coeff, "-"
-            num, den = [], []
-            for f in sorted(sp.Mul.make_args(rest), key=_factor_key):
-                if isinstance(f, sp.Pow) and f.exp.is_Number and f.exp < 0:
-                    den.append(f.base if f.exp == -1 else f.base ** -f.exp)
-                else:
-                    num.append(f)
-            parts = [] if coeff == 1 else [self._print(coeff)]
-            for f in num:
-                s = self._print(f)
-                parts.append(f"({s})" if isinstance(f, sp.Add) else s)
-            text = "*".join(parts) or "1"
-            if den:
-                ds = [self._print(f) for f in den]
-                ds = [f"({s})" if isinstance(f, (sp.Add, sp.Mul)) else s
-                      for s, f in zip(ds, den)]
-                text += "/" + (ds[0] if len(ds) == 1 else "(" + "*".join(ds) + ")")
-            return sign + text
-        finally:
-            self._in_product = saved
-
-    def _print_Symbol(self, e):
-        return e.name
-
-    def _print_Pow(self, e, rational=False):
-        saved, self._in_product = self._in_product, True
-        try:
-            return super()._print_Pow(e, rational)
-        finally:
-            self._in_product = saved
-
-    def _print_Rational(self, e):
-        return f"{e.p}/{e.q}" if not self._in_product else f"({e.p}/{e.q})"
-
+# --- printing in the text notation (by derive.printing's TextPrinter) -------------------
 
 def _term_key(term: sp.Expr, order: dict[str, int]):
     """Order of terms in a sum: Δ first, then by the delta they carry (step, forward order)."""
@@ -400,7 +284,7 @@ def fold_derivatives(expr: sp.Expr, cell: Cell | None = None) -> sp.Expr:
                 if f in acts and acts[f][0] == "s":
                     for j, g in enumerate(factors):
                         if j != i and sp.expand(g - (1 - f)) == 0:
-                            new = _SHOW_DSIGMOID(acts[f][1])
+                            new = DSIGMOID(acts[f][1])
                             factors = [h for k, h in enumerate(factors) if k not in (i, j)]
                             factors.append(new)
                             changed = True
@@ -416,10 +300,10 @@ def fold_derivatives(expr: sp.Expr, cell: Cell | None = None) -> sp.Expr:
                     if isinstance(sq, sp.Pow) and sq.exp == 2:
                         b = sq.base
                         if isinstance(b, sp.tanh):
-                            out.append(_SHOW_DTANH(b.args[0]))
+                            out.append(DTANH(b.args[0]))
                             continue
                         if b in acts and acts[b][0] == "t":
-                            out.append(_SHOW_DTANH(acts[b][1]))
+                            out.append(DTANH(acts[b][1]))
                             continue
             out.append(f)
         return sp.Mul(*out)
@@ -434,6 +318,8 @@ def fold_derivatives(expr: sp.Expr, cell: Cell | None = None) -> sp.Expr:
 def format_expression(expr: sp.Expr, cell: Cell | None = None) -> str:
     """`expr` in the text notation (parses back); derivatives folded when `cell` is given."""
     expr = sp.sympify(expr)
+    order: dict[str, int] = {}
     if cell is not None:
         expr = fold_derivatives(expr, cell)
-    return TextPrinter(cell).doprint(expr)
+        order = {n: i for i, n in enumerate([*cell.inputs, *cell.nodes])}
+    return TextPrinter({"sum_key": lambda term: _term_key(term, order)}).doprint(expr)

@@ -14,10 +14,13 @@ spec's order), then the flows through the next step (spec order)::
     δcᵗ = δyᵗ⊙oᵗ⊙h'(cᵗ) + p_o⊙δōᵗ + p_i⊙δīᵗ⁺¹ + p_f⊙δf̄ᵗ⁺¹ + δcᵗ⁺¹⊙fᵗ⁺¹
 
 Within a product: number, parameters, deltas (and Δ, matrix products, substituted
-sums), forward values, and last the activation derivative written from the stored
-output (oᵗ⊙(1 − oᵗ) for σ'(ōᵗ), 1 − (zᵗ)² for tanh'(z̄ᵗ)). A per-step parameter term
-is printed as ∂uᵗ/∂P ⊙ δuᵗ (cᵗ⁻¹ ⊙ δīᵗ). The forward pass keeps the order of the
-terms and factors of the spec. Inner sums print their positive terms first (1 − oᵗ).
+sums and any sum carrying a delta), forward values (symbols by name and step first),
+and last the activation derivative written from the stored output (oᵗ⊙(1 − oᵗ) for
+σ'(ōᵗ), 1 − (zᵗ)² for tanh'(z̄ᵗ)) or folded (`DSIGMOID`, `DTANH`: the verify reports).
+A per-step parameter term is printed as ∂uᵗ/∂P ⊙ δuᵗ (cᵗ⁻¹ ⊙ δīᵗ). The forward pass
+keeps the order of the terms and factors of the spec. Inner sums print their positive
+terms first (1 − oᵗ); the setting ``sum_key`` of `TextPrinter` orders plain sums
+otherwise (`derive.notation.format_expression`: Δ first, then by the delta carried).
 
 Expanded forms are printed as the structured form with every delta of step t replaced,
 in place and in parentheses, by its own expanded form: forward values, Δ and the
@@ -124,6 +127,12 @@ def ordered(terms) -> sp.Expr:
     return flat[0] if len(flat) == 1 else Ordered(*flat)
 
 
+#: activation derivatives folded from their expansion (`derive.notation.fold_derivatives`):
+#: dsigmoid(f_bar[t]) for f[t]*(1 - f[t]), dtanh(c[t]) for 1 - tanh(c[t])**2 (display only)
+DSIGMOID = sp.Function("dsigmoid")
+DTANH = sp.Function("dtanh")
+
+
 def plain(expr: sp.Expr) -> sp.Expr:
     """The ordinary SymPy expression of a display expression."""
     return expr.replace(lambda e: isinstance(e, (Ordered, Product)),
@@ -154,8 +163,20 @@ def _split(expr: sp.Expr) -> tuple[sp.Rational, list[sp.Expr], list[sp.Expr]]:
             den.append(f.base ** -f.exp)
         elif f != 1:
             num.append(f)
-    rank = {f: _rank(f, num) for f in num}
+    rank = {f: (_rank(f, num), _within_rank(f)) for f in num}
     return coeff, sorted(num, key=rank.__getitem__), den
+
+
+def _within_rank(f: sp.Expr) -> tuple:
+    """Order within a rank: symbols and their powers by name and step, then the rest."""
+    base = f.base if f.is_Pow else f
+    r = S.ref(base) if base.is_Symbol else None
+    return (0, r.name, r.shift or 0) if r is not None else (1, "", 0)
+
+
+#: kinds of symbols that are gradients: deltas, Δ and (in the verify reports) the gradient
+#: carried into a state from later steps
+_GRADIENTS = ("delta", "incoming", "carried")
 
 
 def _rank(f: sp.Expr, factors: list[sp.Expr]) -> int:
@@ -163,11 +184,13 @@ def _rank(f: sp.Expr, factors: list[sp.Expr]) -> int:
     r = S.ref(f) if f.is_Symbol else None
     if r is not None and r.kind == "param":
         return 0
-    if (r is not None and r.kind in ("delta", "incoming")) or isinstance(
-            f, (Ordered, S.MatVec, S.MatTVec)):
+    if (r is not None and r.kind in _GRADIENTS) or isinstance(
+            f, (Ordered, S.MatVec, S.MatTVec)) or (f.is_Add and _carries_gradient(f)):
         return 1
     if f.is_Symbol and (1 - f) in factors:
         return 3                                   # v of σ' = v ⊙ (1 − v)
+    if isinstance(f, (DSIGMOID, DTANH)):
+        return 4
     if f.is_Add:
         g = 1 - f
         if g in factors or (g.is_Pow and g.exp == 2):
@@ -175,10 +198,17 @@ def _rank(f: sp.Expr, factors: list[sp.Expr]) -> int:
     return 2
 
 
-def _terms(expr: sp.Expr) -> list[sp.Expr]:
-    """Terms of a sum in print order: given order for `Ordered`, else positive first."""
+def _carries_gradient(expr: sp.Expr) -> bool:
+    return any((r := S.ref(s)) is not None and r.kind in _GRADIENTS for s in expr.free_symbols)
+
+
+def _terms(expr: sp.Expr, key=None) -> list[sp.Expr]:
+    """Terms of a sum in print order: given order for `Ordered`, else by `key` (a sort key
+    of terms) or positive first."""
     if isinstance(expr, Ordered):
         return list(expr.args)
+    if key is not None:
+        return sorted(sp.Add.make_args(expr), key=key)
     terms = list(expr.as_ordered_terms())
     return sorted(terms, key=_negative)
 
@@ -208,7 +238,7 @@ class _Arithmetic:
 
     def _sum(self, expr) -> str:
         out = []
-        for k, term in enumerate(_terms(expr)):
+        for k, term in enumerate(_terms(expr, self._settings.get("sum_key"))):
             if _negative(term):
                 out.append(("-" if k == 0 else " - ") + self._factor(_negate(term), lead=k == 0))
             else:
@@ -246,7 +276,13 @@ class _Arithmetic:
 # --- text notation -------------------------------------------------------------------
 
 class TextPrinter(_Arithmetic, StrPrinter):
-    """Prints the text notation of hand derivations (what `derive.notation` parses)."""
+    """Prints the text notation of hand derivations (what `derive.notation` parses).
+
+    Setting ``sum_key``: a sort key for the terms of plain SymPy sums (default: SymPy's
+    order, positive terms first); `Ordered` sums keep their order.
+    """
+
+    _default_settings = {**StrPrinter._default_settings, "sum_key": None}
 
     def _paren(self, s: str) -> str:
         return f"({s})"
