@@ -40,6 +40,24 @@ def test_every_printed_equation_verifies_equal(cell_name, fmt):
         assert v.counterexample is None and not v.differences
 
 
+def test_the_expected_forms_of_a_report_verify_equal_when_typed_back(cell_name):
+    for line in _lines(cell_name, "text"):
+        lhs = line.split("=")[0]
+        expected = verify(cell_name, line).expected
+        assert verify(cell_name, f"{lhs}= {expected}").equal is True, (line, expected)
+
+
+def test_reports_print_like_derive_equations_with_the_derivatives_folded():
+    # the printer of derive equations: deltas first, values, the derivative last
+    assert verify("gru", "dh_bar[t] = dy[t]*u[t]*dtanh(h_bar[t])").expected == (
+        "dy[t]*(1 - u[t])*dtanh(h_bar[t])")
+    assert verify("lstm", "do_bar[t] = dy[t]*tanh(c[t])").expected == (
+        "dy[t]*tanh(c[t])*dsigmoid(o_bar[t])")
+    v = verify("rnn", "dy[t] = Delta[t]")
+    assert v.expected == "Delta[t] + R.T @ da[t+1]" and v.differences[0].expected == (
+        "R.T @ da[t+1]")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["text", "latex"])
 def test_every_printed_expanded_equation_verifies_equal(cell_name, fmt):
