@@ -45,32 +45,45 @@ def test_kernel_matches_the_reference_to_1e12(cell_name, rng):
         assert np.max(np.abs(gk[name] - gr[name])) <= 1e-12 * scale, name
 
 
-def test_lstm_np_matches_torch_when_installed(rng):
-    """lstm_np is nn.LSTM's math (gate order i, f, g, o; two biases summed)."""
+# torch's module of the same math: its gate order, and our parameters in its places
+# (ih: input weights and biases, hh: recurrent ones; a zero where torch has a bias we lack)
+TORCH = {
+    "lstm_np": ("LSTM", "ifzo", lambda p, g: p[f"b_{g}"], lambda p, g: 0 * p[f"b_{g}"]),
+    "gru": ("GRU", "ruh", lambda p, g: p[f"b_{g}"],
+            lambda p, g: p["b_hr"] if g == "h" else 0 * p["b_hr"]),
+    "rnn": ("RNN", "", lambda p, g: p["b"], lambda p, g: 0 * p["b"]),
+}
+
+
+@pytest.mark.parametrize("cell", list(TORCH))
+def test_kernel_matches_torch_when_installed(rng, cell):
+    """lstm_np, gru and rnn are nn.LSTM's, nn.GRU's and nn.RNN's math (float64, 1e-12)."""
     torch = pytest.importorskip("torch")
-    k = derive.load_kernel("lstm_np", "float64")
+    module, gates, b_ih, b_hh = TORCH[cell]
+    k = derive.load_kernel(cell, "float64")
     params = k.init_params(M, N, seed=1)
+    name = (lambda m, g: f"{m}_{g}") if gates else (lambda m, g: m)
+    stack = lambda f: torch.from_numpy(np.concatenate([f(g) for g in gates or " "]))
     x = rng.standard_normal((T, B, M))
-    h0, c0 = rng.standard_normal((B, N)), rng.standard_normal((B, N))
-    lstm = torch.nn.LSTM(M, N).double()
+    state0 = {s: rng.standard_normal((B, N)) for s in k.states}
+    net = getattr(torch.nn, module)(M, N).double()
     with torch.no_grad():
-        lstm.weight_ih_l0.copy_(torch.from_numpy(np.concatenate(
-            [params[f"W_{g}"] for g in "ifzo"])))
-        lstm.weight_hh_l0.copy_(torch.from_numpy(np.concatenate(
-            [params[f"R_{g}"] for g in "ifzo"])))
-        lstm.bias_ih_l0.copy_(torch.from_numpy(np.concatenate([params[f"b_{g}"] for g in "ifzo"])))
-        lstm.bias_hh_l0.zero_()
+        net.weight_ih_l0.copy_(stack(lambda g: params[name("W", g)]))
+        net.weight_hh_l0.copy_(stack(lambda g: params[name("R", g)]))
+        net.bias_ih_l0.copy_(stack(lambda g: b_ih(params, g)))
+        net.bias_hh_l0.copy_(stack(lambda g: b_hh(params, g)))
     tx = torch.from_numpy(x).requires_grad_(True)
-    th0 = torch.from_numpy(h0[None]).requires_grad_(True)
-    tc0 = torch.from_numpy(c0[None]).requires_grad_(True)
-    out, _ = lstm(tx, (th0, tc0))
+    t0 = {s: torch.from_numpy(v[None]).requires_grad_(True) for s, v in state0.items()}
+    out, _ = net(tx, (t0["y"], t0["c"]) if "c" in t0 else t0["y"])
     dy = rng.standard_normal((T, B, N))
     out.backward(torch.from_numpy(dy))
-    tr = k.forward(x, params, {"y": h0, "c": c0})
-    np.testing.assert_allclose(tr.outputs, out.detach().numpy(), atol=1e-13)
+    tr = k.forward(x, params, state0)
+    np.testing.assert_allclose(tr.outputs, out.detach().numpy(), rtol=0, atol=1e-13)
     g = k.backward(tr, dy)
-    np.testing.assert_allclose(g["x"], tx.grad.numpy(), atol=1e-12)
-    np.testing.assert_allclose(g["y0"], th0.grad.numpy()[0], atol=1e-12)
-    np.testing.assert_allclose(g["c0"], tc0.grad.numpy()[0], atol=1e-12)
-    np.testing.assert_allclose(np.concatenate([g[f"R_{q}"] for q in "ifzo"]),
-                               lstm.weight_hh_l0.grad.numpy(), atol=1e-12)
+    np.testing.assert_allclose(g["x"], tx.grad.numpy(), rtol=0, atol=1e-12)
+    for s in k.states:
+        np.testing.assert_allclose(g[f"{s}0"], t0[s].grad.numpy()[0], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(np.concatenate([g[name("W", q)] for q in gates or " "]),
+                               net.weight_ih_l0.grad.numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(np.concatenate([g[name("R", q)] for q in gates or " "]),
+                               net.weight_hh_l0.grad.numpy(), rtol=0, atol=1e-12)
