@@ -272,8 +272,20 @@ class _Arithmetic:
             return self._product(expr)
         return self._power(expr.base, expr.exp)
 
+    def _print_MatVec(self, expr):
+        return self._linear(expr, False)
+
+    def _print_MatTVec(self, expr):
+        return self._linear(expr, True)
+
 
 # --- text notation -------------------------------------------------------------------
+
+def _call_or_name(e: sp.Expr) -> bool:
+    """A symbol or a function call (not a matrix product): needs no parentheses."""
+    return e.is_Symbol or (isinstance(e, sp.Function)
+                           and not isinstance(e, (S.MatVec, S.MatTVec)))
+
 
 class TextPrinter(_Arithmetic, StrPrinter):
     """Prints the text notation of hand derivations (what `derive.notation` parses).
@@ -312,8 +324,7 @@ class TextPrinter(_Arithmetic, StrPrinter):
 
     def _power(self, base, exp) -> str:
         b = self._print(base)
-        if not (base.is_Symbol or isinstance(base, sp.Function) and not isinstance(
-                base, (S.MatVec, S.MatTVec))):
+        if not _call_or_name(base):
             b = f"({b})"
         e = self._print(exp)
         return f"{b}**{e if exp.is_Integer else f'({e})'}"
@@ -321,16 +332,9 @@ class TextPrinter(_Arithmetic, StrPrinter):
     def _linear(self, expr, transposed: bool) -> str:
         matrix, arg = expr.args
         a = self._print(arg)
-        if not (arg.is_Symbol or (isinstance(arg, sp.Function)
-                                  and not isinstance(arg, (S.MatVec, S.MatTVec)))):
+        if not _call_or_name(arg):
             a = f"({a})"
         return f"{matrix.name}{'.T' if transposed else ''} @ {a}"
-
-    def _print_MatVec(self, expr):
-        return self._linear(expr, False)
-
-    def _print_MatTVec(self, expr):
-        return self._linear(expr, True)
 
     def _print_Outer(self, expr):
         return f"outer({self._print(expr.args[0])}, {self._print(expr.args[1])})"
@@ -447,12 +451,6 @@ class LatexPrinter(_Arithmetic, _SympyLatexPrinter):
         if not arg.is_Symbol:
             a = self._paren(a)
         return f"{latex_param(matrix.name)}{_TOP if transposed else ''} {a}"
-
-    def _print_MatVec(self, expr):
-        return self._linear(expr, False)
-
-    def _print_MatTVec(self, expr):
-        return self._linear(expr, True)
 
     def _print_Outer(self, expr):
         a, b = (self._print(x) for x in expr.args)
