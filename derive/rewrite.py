@@ -38,8 +38,8 @@ import keyword
 from dataclasses import dataclass, field
 
 import sympy as sp
-from sympy.printing.str import StrPrinter
 
+from . import printing
 from . import symbols as S
 from .derivation import Derivation, derive
 from .errors import UserError
@@ -210,29 +210,6 @@ class Plan:
         }
 
 
-# --- text of expressions (comments) ---------------------------------------------------
-
-class _TextPrinter(StrPrinter):
-    """The text notation of `derive equations`: R_z.T @ dz_bar[t+1], outer(a, b)."""
-
-    def _print_MatTVec(self, e):
-        return f"{self._print(e.args[0])}.T @ {self.parenthesize(e.args[1], 100)}"
-
-    def _print_MatVec(self, e):
-        return f"{self._print(e.args[0])} @ {self.parenthesize(e.args[1], 100)}"
-
-    def _print_Outer(self, e):
-        return f"outer({self._print(e.args[0])}, {self._print(e.args[1])})"
-
-    def _print_Symbol(self, e):
-        return e.name
-
-
-def text(expr: sp.Expr) -> str:
-    """An expression in the text notation (for comments and metadata)."""
-    return _TextPrinter({"order": "none"}).doprint(expr)
-
-
 # --- building the plan ------------------------------------------------------------------
 
 def plan(d: "Derivation | str") -> Plan:
@@ -369,7 +346,7 @@ class _Planner:
                 expr = expr + carries[n]
             if expr.has(S.MatTVec, S.MatVec):  # pragma: no cover - multi-phase is rejected
                 raise unsupported(cell, f"δ{n} needs a matrix product inside the step")
-            comments[f"d{n}"] = f"d{n}[t] = {text(nd.structured)}"
+            comments[f"d{n}"] = f"d{n}[t] = {printing.text(printing.structured(d, n))}"
             bwd_statements.append(Statement(delta_sym[n], expr.xreplace(bwd_map),
                                             comments[f"d{n}"]))
         writes = []
@@ -395,7 +372,7 @@ class _Planner:
             carry_set[s] = ew != 0
             if ew != 0:
                 target = self.sym(f"new:{s}", "temp", f"carry_{s}_next")
-                comment = f"d{s}[t-1] gets: {text(d.initial[s])}"
+                comment = f"d{s}[t-1] gets: {printing.text(printing.initial_state(d, s))}"
                 comments[f"carry_{s}"] = comment
                 bwd_statements.append(Statement(target, ew.xreplace(bwd_map), comment))
                 writes.append(Write("carry", s, target, 0, comment))
@@ -406,7 +383,7 @@ class _Planner:
             if expr.has(S.Outer, S.MatTVec, S.MatVec):  # pragma: no cover
                 raise AssertionError(f"vector parameter {v} has a matrix gradient term")
             target = self.sym(f"acc:{v}", "temp", f"g_{v}")
-            comment = f"d{v} += {text(expr)}"
+            comment = f"d{v} += {printing.text(printing.parameter_term(d, v))}"
             bwd_statements.append(Statement(target, expr.xreplace(bwd_map), comment))
             writes.append(Write("acc", v, target, 0, comment))
 
@@ -476,7 +453,7 @@ class _Planner:
             if a is not None and a.kind in ("value", "prev", "vector"):
                 back[sym] = (S.value(a.array, -1 if a.kind == "prev" else 0)
                              if a.kind != "vector" else S.param(a.array))
-        return text(expr.xreplace(back))
+        return printing.text(expr.xreplace(back))
 
     def check_matrix_gradients(self, operands):
         """Every matrix gradient is ⟨δnode, operand⟩ of exactly the blocks of the plan."""

@@ -16,10 +16,10 @@ Forward, one step (the spec):
     y[t] = (1 - u) * h + u * y[t-1]
 
 Backward, one step (derived; deltas at t+1 arrive through the carries):
-    dy[t] = Delta[t] + dy[t+1]*u[t+1] + R_h.T @ dq[t+1] + R_r.T @ dr_bar[t+1] + R_u.T @ du_bar[t+1]
+    dy[t] = Delta[t] + R_r.T @ dr_bar[t+1] + R_u.T @ du_bar[t+1] + R_h.T @ dq[t+1] + dy[t+1]*u[t+1]
     dh_bar[t] = dy[t]*(1 - u[t])*(1 - h[t]**2)
     dq[t] = dh_bar[t]*r[t]
-    du_bar[t] = dy[t]*u[t]*(1 - u[t])*(y[t-1] - h[t])
+    du_bar[t] = dy[t]*(y[t-1] - h[t])*u[t]*(1 - u[t])
     dr_bar[t] = dh_bar[t]*q[t]*r[t]*(1 - r[t])
 
 Calling convention (derive.runtime allocates, packs and validates every array; each is
@@ -397,16 +397,16 @@ cdef void _backward_step_f32(Py_ssize_t B, Py_ssize_t N,
         u = _A_u + _b * N
         y_prev = _P_y + _b * N
         for _j in range(N):
-            # dy[t] = Delta[t] + dy[t+1]*u[t+1] + R_h.T @ dq[t+1] + R_r.T @ dr_bar[t+1] + R_u.T @ du_bar[t+1]
+            # dy[t] = Delta[t] + R_r.T @ dr_bar[t+1] + R_u.T @ du_bar[t+1] + R_h.T @ dq[t+1] + dy[t+1]*u[t+1]
             dy = _C_y[_o + _j] + Delta[_j]
             _e0 = 1 - u[_j]
             # dh_bar[t] = dy[t]*(1 - u[t])*(1 - h[t]**2)
             dh_bar = dy*_e0*(1 - h[_j]*h[_j])
             # dq[t] = dh_bar[t]*r[t]
             dq = dh_bar*r[_j]
-            # dy[t-1] gets: dy[t]*u[t] + R_h.T @ dq[t] + R_r.T @ dr_bar[t] + R_u.T @ du_bar[t]
+            # dy[t-1] gets: R_r.T @ dr_bar[t] + R_u.T @ du_bar[t] + R_h.T @ dq[t] + dy[t]*u[t]
             _e2 = dy*u[_j]
-            # du_bar[t] = dy[t]*u[t]*(1 - u[t])*(y[t-1] - h[t])
+            # du_bar[t] = dy[t]*(y[t-1] - h[t])*u[t]*(1 - u[t])
             du_bar = _e0*_e2*(y_prev[_j] - h[_j])
             # dr_bar[t] = dh_bar[t]*q[t]*r[t]*(1 - r[t])
             dr_bar = dq*q[_j]*(1 - r[_j])
@@ -528,16 +528,16 @@ cdef void _backward_step_f64(Py_ssize_t B, Py_ssize_t N,
         u = _A_u + _b * N
         y_prev = _P_y + _b * N
         for _j in range(N):
-            # dy[t] = Delta[t] + dy[t+1]*u[t+1] + R_h.T @ dq[t+1] + R_r.T @ dr_bar[t+1] + R_u.T @ du_bar[t+1]
+            # dy[t] = Delta[t] + R_r.T @ dr_bar[t+1] + R_u.T @ du_bar[t+1] + R_h.T @ dq[t+1] + dy[t+1]*u[t+1]
             dy = _C_y[_o + _j] + Delta[_j]
             _e0 = 1 - u[_j]
             # dh_bar[t] = dy[t]*(1 - u[t])*(1 - h[t]**2)
             dh_bar = dy*_e0*(1 - h[_j]*h[_j])
             # dq[t] = dh_bar[t]*r[t]
             dq = dh_bar*r[_j]
-            # dy[t-1] gets: dy[t]*u[t] + R_h.T @ dq[t] + R_r.T @ dr_bar[t] + R_u.T @ du_bar[t]
+            # dy[t-1] gets: R_r.T @ dr_bar[t] + R_u.T @ du_bar[t] + R_h.T @ dq[t] + dy[t]*u[t]
             _e2 = dy*u[_j]
-            # du_bar[t] = dy[t]*u[t]*(1 - u[t])*(y[t-1] - h[t])
+            # du_bar[t] = dy[t]*(y[t-1] - h[t])*u[t]*(1 - u[t])
             du_bar = _e0*_e2*(y_prev[_j] - h[_j])
             # dr_bar[t] = dh_bar[t]*q[t]*r[t]*(1 - r[t])
             dr_bar = dq*q[_j]*(1 - r[_j])

@@ -14,10 +14,10 @@ Forward, one step (the spec):
     y[t] = (1 - u) * h + u * y[t-1]
 
 Backward, one step (derived; deltas at t+1 arrive through the carries):
-    dy[t] = Delta[t] + dy[t+1]*u[t+1] + R_h.T @ dq[t+1] + R_r.T @ dr_bar[t+1] + R_u.T @ du_bar[t+1]
+    dy[t] = Delta[t] + R_r.T @ dr_bar[t+1] + R_u.T @ du_bar[t+1] + R_h.T @ dq[t+1] + dy[t+1]*u[t+1]
     dh_bar[t] = dy[t]*(1 - u[t])*(1 - h[t]**2)
     dq[t] = dh_bar[t]*r[t]
-    du_bar[t] = dy[t]*u[t]*(1 - u[t])*(y[t-1] - h[t])
+    du_bar[t] = dy[t]*(y[t-1] - h[t])*u[t]*(1 - u[t])
     dr_bar[t] = dh_bar[t]*q[t]*r[t]*(1 - r[t])
 
 The same plan as the compiled kernel (kernel.pyx beside this file), whole-batch NumPy
@@ -177,16 +177,16 @@ def backward(X, W, V, S, A, dY, dG, C, acc, dW, dX, threads=1):
             r = _A_r[t]
             u = _A_u[t]
             y_prev = _S_y[t]
-            # dy[t] = Delta[t] + dy[t+1]*u[t+1] + R_h.T @ dq[t+1] + R_r.T @ dr_bar[t+1] + R_u.T @ du_bar[t+1]
+            # dy[t] = Delta[t] + R_r.T @ dr_bar[t+1] + R_u.T @ du_bar[t+1] + R_h.T @ dq[t+1] + dy[t+1]*u[t+1]
             dy = carry_y + Delta
             _e0 = 1 - u
             # dh_bar[t] = dy[t]*(1 - u[t])*(1 - h[t]**2)
             dh_bar = dy*_e0*(1 - h*h)
             # dq[t] = dh_bar[t]*r[t]
             dq = dh_bar*r
-            # dy[t-1] gets: dy[t]*u[t] + R_h.T @ dq[t] + R_r.T @ dr_bar[t] + R_u.T @ du_bar[t]
+            # dy[t-1] gets: R_r.T @ dr_bar[t] + R_u.T @ du_bar[t] + R_h.T @ dq[t] + dy[t]*u[t]
             _e2 = dy*u
-            # du_bar[t] = dy[t]*u[t]*(1 - u[t])*(y[t-1] - h[t])
+            # du_bar[t] = dy[t]*(y[t-1] - h[t])*u[t]*(1 - u[t])
             du_bar = _e0*_e2*(y_prev - h)
             # dr_bar[t] = dh_bar[t]*q[t]*r[t]*(1 - r[t])
             dr_bar = dq*q*(1 - r)

@@ -15,10 +15,10 @@ Forward, one step (the spec):
     y[t] = o * tanh(c)
 
 Backward, one step (derived; deltas at t+1 arrive through the carries):
-    dy[t] = Delta[t] + R_i.T @ di_bar[t+1] + R_o.T @ do_bar[t+1] + R_z.T @ dz_bar[t+1]
-    do_bar[t] = dy[t]*o[t]*(1 - o[t])*tanh(c[t])
-    dc[t] = dc[t+1]*f[t+1] + di_bar[t+1]*p_i + do_bar[t]*p_o + dy[t]*o[t]*(1 - tanh(c[t])**2)
-    di_bar[t] = dc[t]*i[t]*z[t]*(1 - i[t]) - c[t-1]*dc[t]*i[t]*(1 - i[t])
+    dy[t] = Delta[t] + R_z.T @ dz_bar[t+1] + R_i.T @ di_bar[t+1] + R_o.T @ do_bar[t+1]
+    do_bar[t] = dy[t]*tanh(c[t])*o[t]*(1 - o[t])
+    dc[t] = dy[t]*o[t]*(1 - tanh(c[t])**2) + p_o*do_bar[t] + p_i*di_bar[t+1] + dc[t+1]*f[t+1]
+    di_bar[t] = dc[t]*z[t]*i[t]*(1 - i[t]) - dc[t]*c[t-1]*i[t]*(1 - i[t])
     dz_bar[t] = dc[t]*i[t]*(1 - z[t]**2)
 
 The same plan as the compiled kernel (kernel.pyx beside this file), whole-batch NumPy
@@ -200,20 +200,20 @@ def backward(X, W, V, S, A, dY, dG, C, acc, dW, dX, threads=1):
             p_o = _V_p_o
             tanh_c = _A_tanh_c[t]
             z = _A_z[t]
-            # dy[t] = Delta[t] + R_i.T @ di_bar[t+1] + R_o.T @ do_bar[t+1] + R_z.T @ dz_bar[t+1]
+            # dy[t] = Delta[t] + R_z.T @ dz_bar[t+1] + R_i.T @ di_bar[t+1] + R_o.T @ do_bar[t+1]
             dy = carry_y + Delta
             _e0 = dy*o
-            # do_bar[t] = dy[t]*o[t]*(1 - o[t])*tanh(c[t])
+            # do_bar[t] = dy[t]*tanh(c[t])*o[t]*(1 - o[t])
             do_bar = tanh_c*_e0*(1 - o)
-            # dc[t] = dc[t+1]*f[t+1] + di_bar[t+1]*p_i + do_bar[t]*p_o + dy[t]*o[t]*(1 - tanh(c[t])**2)
+            # dc[t] = dy[t]*o[t]*(1 - tanh(c[t])**2) + p_o*do_bar[t] + p_i*di_bar[t+1] + dc[t+1]*f[t+1]
             dc = carry_c + do_bar*p_o + _e0*(1 - tanh_c*tanh_c)
             _e1 = 1 - i
             _e2 = dc*i
-            # di_bar[t] = dc[t]*i[t]*z[t]*(1 - i[t]) - c[t-1]*dc[t]*i[t]*(1 - i[t])
+            # di_bar[t] = dc[t]*z[t]*i[t]*(1 - i[t]) - dc[t]*c[t-1]*i[t]*(1 - i[t])
             di_bar = dc*_e1*i*z - c_prev*_e1*_e2
             # dz_bar[t] = dc[t]*i[t]*(1 - z[t]**2)
             dz_bar = _e2*(1 - z*z)
-            # dc[t-1] gets: dc[t]*f[t] + di_bar[t]*p_i
+            # dc[t-1] gets: p_i*di_bar[t] + dc[t]*f[t]
             carry_c_next = dc*f + di_bar*p_i
             # dp_i += c[t-1]*di_bar[t]
             g_p_i = di_bar*c_prev

@@ -18,12 +18,12 @@ Forward, one step (the spec):
     y[t] = o * tanh(c)
 
 Backward, one step (derived; deltas at t+1 arrive through the carries):
-    dy[t] = Delta[t] + R_f.T @ df_bar[t+1] + R_i.T @ di_bar[t+1] + R_o.T @ do_bar[t+1] + R_z.T @ dz_bar[t+1]
-    do[t] = dy[t]*tanh(c[t]) + R_fo.T @ df_bar[t+1] + R_io.T @ di_bar[t+1] + R_oo.T @ do_bar[t+1]
+    dy[t] = Delta[t] + R_z.T @ dz_bar[t+1] + R_i.T @ di_bar[t+1] + R_f.T @ df_bar[t+1] + R_o.T @ do_bar[t+1]
+    do[t] = dy[t]*tanh(c[t]) + R_io.T @ di_bar[t+1] + R_fo.T @ df_bar[t+1] + R_oo.T @ do_bar[t+1]
     do_bar[t] = do[t]*o[t]*(1 - o[t])
-    dc[t] = dc[t+1]*f[t+1] + df_bar[t+1]*p_f + di_bar[t+1]*p_i + do_bar[t]*p_o + dy[t]*o[t]*(1 - tanh(c[t])**2)
-    df[t] = c[t-1]*dc[t] + R_ff.T @ df_bar[t+1] + R_if.T @ di_bar[t+1] + R_of.T @ do_bar[t+1]
-    di[t] = dc[t]*z[t] + R_fi.T @ df_bar[t+1] + R_ii.T @ di_bar[t+1] + R_oi.T @ do_bar[t+1]
+    dc[t] = dy[t]*o[t]*(1 - tanh(c[t])**2) + p_o*do_bar[t] + p_i*di_bar[t+1] + p_f*df_bar[t+1] + dc[t+1]*f[t+1]
+    df[t] = dc[t]*c[t-1] + R_if.T @ di_bar[t+1] + R_ff.T @ df_bar[t+1] + R_of.T @ do_bar[t+1]
+    di[t] = dc[t]*z[t] + R_ii.T @ di_bar[t+1] + R_fi.T @ df_bar[t+1] + R_oi.T @ do_bar[t+1]
     df_bar[t] = df[t]*f[t]*(1 - f[t])
     di_bar[t] = di[t]*i[t]*(1 - i[t])
     dz_bar[t] = dc[t]*i[t]*(1 - z[t]**2)
@@ -498,17 +498,17 @@ cdef void _backward_step_f32(Py_ssize_t B, Py_ssize_t N,
         tanh_c = _A_tanh_c + _b * N
         z = _A_z + _b * N
         for _j in range(N):
-            # dy[t] = Delta[t] + R_f.T @ df_bar[t+1] + R_i.T @ di_bar[t+1] + R_o.T @ do_bar[t+1] + R_z.T @ dz_bar[t+1]
+            # dy[t] = Delta[t] + R_z.T @ dz_bar[t+1] + R_i.T @ di_bar[t+1] + R_f.T @ df_bar[t+1] + R_o.T @ do_bar[t+1]
             dy = _C_y[_o + _j] + Delta[_j]
-            # do[t] = dy[t]*tanh(c[t]) + R_fo.T @ df_bar[t+1] + R_io.T @ di_bar[t+1] + R_oo.T @ do_bar[t+1]
+            # do[t] = dy[t]*tanh(c[t]) + R_io.T @ di_bar[t+1] + R_fo.T @ df_bar[t+1] + R_oo.T @ do_bar[t+1]
             do_ = tanh_c[_j]*dy + _C_o[_o + _j]
             # do_bar[t] = do[t]*o[t]*(1 - o[t])
             do_bar = do_*o[_j]*(1 - o[_j])
-            # dc[t] = dc[t+1]*f[t+1] + df_bar[t+1]*p_f + di_bar[t+1]*p_i + do_bar[t]*p_o + dy[t]*o[t]*(1 - tanh(c[t])**2)
+            # dc[t] = dy[t]*o[t]*(1 - tanh(c[t])**2) + p_o*do_bar[t] + p_i*di_bar[t+1] + p_f*df_bar[t+1] + dc[t+1]*f[t+1]
             dc = _C_c[_o + _j] + do_bar*_V_p_o[_j] + dy*o[_j]*(1 - tanh_c[_j]*tanh_c[_j])
-            # df[t] = c[t-1]*dc[t] + R_ff.T @ df_bar[t+1] + R_if.T @ di_bar[t+1] + R_of.T @ do_bar[t+1]
+            # df[t] = dc[t]*c[t-1] + R_if.T @ di_bar[t+1] + R_ff.T @ df_bar[t+1] + R_of.T @ do_bar[t+1]
             df = _C_f[_o + _j] + dc*c_prev[_j]
-            # di[t] = dc[t]*z[t] + R_fi.T @ df_bar[t+1] + R_ii.T @ di_bar[t+1] + R_oi.T @ do_bar[t+1]
+            # di[t] = dc[t]*z[t] + R_ii.T @ di_bar[t+1] + R_fi.T @ df_bar[t+1] + R_oi.T @ do_bar[t+1]
             di = _C_i[_o + _j] + dc*z[_j]
             # df_bar[t] = df[t]*f[t]*(1 - f[t])
             df_bar = df*f[_j]*(1 - f[_j])
@@ -516,7 +516,7 @@ cdef void _backward_step_f32(Py_ssize_t B, Py_ssize_t N,
             di_bar = di*i[_j]*(1 - i[_j])
             # dz_bar[t] = dc[t]*i[t]*(1 - z[t]**2)
             dz_bar = dc*i[_j]*(1 - z[_j]*z[_j])
-            # dc[t-1] gets: dc[t]*f[t] + df_bar[t]*p_f + di_bar[t]*p_i
+            # dc[t-1] gets: p_i*di_bar[t] + p_f*df_bar[t] + dc[t]*f[t]
             carry_c_next = dc*f[_j] + df_bar*_V_p_f[_j] + di_bar*_V_p_i[_j]
             # dp_i += c[t-1]*di_bar[t]
             g_p_i = di_bar*c_prev[_j]
@@ -709,17 +709,17 @@ cdef void _backward_step_f64(Py_ssize_t B, Py_ssize_t N,
         tanh_c = _A_tanh_c + _b * N
         z = _A_z + _b * N
         for _j in range(N):
-            # dy[t] = Delta[t] + R_f.T @ df_bar[t+1] + R_i.T @ di_bar[t+1] + R_o.T @ do_bar[t+1] + R_z.T @ dz_bar[t+1]
+            # dy[t] = Delta[t] + R_z.T @ dz_bar[t+1] + R_i.T @ di_bar[t+1] + R_f.T @ df_bar[t+1] + R_o.T @ do_bar[t+1]
             dy = _C_y[_o + _j] + Delta[_j]
-            # do[t] = dy[t]*tanh(c[t]) + R_fo.T @ df_bar[t+1] + R_io.T @ di_bar[t+1] + R_oo.T @ do_bar[t+1]
+            # do[t] = dy[t]*tanh(c[t]) + R_io.T @ di_bar[t+1] + R_fo.T @ df_bar[t+1] + R_oo.T @ do_bar[t+1]
             do_ = tanh_c[_j]*dy + _C_o[_o + _j]
             # do_bar[t] = do[t]*o[t]*(1 - o[t])
             do_bar = do_*o[_j]*(1 - o[_j])
-            # dc[t] = dc[t+1]*f[t+1] + df_bar[t+1]*p_f + di_bar[t+1]*p_i + do_bar[t]*p_o + dy[t]*o[t]*(1 - tanh(c[t])**2)
+            # dc[t] = dy[t]*o[t]*(1 - tanh(c[t])**2) + p_o*do_bar[t] + p_i*di_bar[t+1] + p_f*df_bar[t+1] + dc[t+1]*f[t+1]
             dc = _C_c[_o + _j] + do_bar*_V_p_o[_j] + dy*o[_j]*(1 - tanh_c[_j]*tanh_c[_j])
-            # df[t] = c[t-1]*dc[t] + R_ff.T @ df_bar[t+1] + R_if.T @ di_bar[t+1] + R_of.T @ do_bar[t+1]
+            # df[t] = dc[t]*c[t-1] + R_if.T @ di_bar[t+1] + R_ff.T @ df_bar[t+1] + R_of.T @ do_bar[t+1]
             df = _C_f[_o + _j] + dc*c_prev[_j]
-            # di[t] = dc[t]*z[t] + R_fi.T @ df_bar[t+1] + R_ii.T @ di_bar[t+1] + R_oi.T @ do_bar[t+1]
+            # di[t] = dc[t]*z[t] + R_ii.T @ di_bar[t+1] + R_fi.T @ df_bar[t+1] + R_oi.T @ do_bar[t+1]
             di = _C_i[_o + _j] + dc*z[_j]
             # df_bar[t] = df[t]*f[t]*(1 - f[t])
             df_bar = df*f[_j]*(1 - f[_j])
@@ -727,7 +727,7 @@ cdef void _backward_step_f64(Py_ssize_t B, Py_ssize_t N,
             di_bar = di*i[_j]*(1 - i[_j])
             # dz_bar[t] = dc[t]*i[t]*(1 - z[t]**2)
             dz_bar = dc*i[_j]*(1 - z[_j]*z[_j])
-            # dc[t-1] gets: dc[t]*f[t] + df_bar[t]*p_f + di_bar[t]*p_i
+            # dc[t-1] gets: p_i*di_bar[t] + p_f*df_bar[t] + dc[t]*f[t]
             carry_c_next = dc*f[_j] + df_bar*_V_p_f[_j] + di_bar*_V_p_i[_j]
             # dp_i += c[t-1]*di_bar[t]
             g_p_i = di_bar*c_prev[_j]

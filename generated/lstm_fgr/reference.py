@@ -16,12 +16,12 @@ Forward, one step (the spec):
     y[t] = o * tanh(c)
 
 Backward, one step (derived; deltas at t+1 arrive through the carries):
-    dy[t] = Delta[t] + R_f.T @ df_bar[t+1] + R_i.T @ di_bar[t+1] + R_o.T @ do_bar[t+1] + R_z.T @ dz_bar[t+1]
-    do[t] = dy[t]*tanh(c[t]) + R_fo.T @ df_bar[t+1] + R_io.T @ di_bar[t+1] + R_oo.T @ do_bar[t+1]
+    dy[t] = Delta[t] + R_z.T @ dz_bar[t+1] + R_i.T @ di_bar[t+1] + R_f.T @ df_bar[t+1] + R_o.T @ do_bar[t+1]
+    do[t] = dy[t]*tanh(c[t]) + R_io.T @ di_bar[t+1] + R_fo.T @ df_bar[t+1] + R_oo.T @ do_bar[t+1]
     do_bar[t] = do[t]*o[t]*(1 - o[t])
-    dc[t] = dc[t+1]*f[t+1] + df_bar[t+1]*p_f + di_bar[t+1]*p_i + do_bar[t]*p_o + dy[t]*o[t]*(1 - tanh(c[t])**2)
-    df[t] = c[t-1]*dc[t] + R_ff.T @ df_bar[t+1] + R_if.T @ di_bar[t+1] + R_of.T @ do_bar[t+1]
-    di[t] = dc[t]*z[t] + R_fi.T @ df_bar[t+1] + R_ii.T @ di_bar[t+1] + R_oi.T @ do_bar[t+1]
+    dc[t] = dy[t]*o[t]*(1 - tanh(c[t])**2) + p_o*do_bar[t] + p_i*di_bar[t+1] + p_f*df_bar[t+1] + dc[t+1]*f[t+1]
+    df[t] = dc[t]*c[t-1] + R_if.T @ di_bar[t+1] + R_ff.T @ df_bar[t+1] + R_of.T @ do_bar[t+1]
+    di[t] = dc[t]*z[t] + R_ii.T @ di_bar[t+1] + R_fi.T @ df_bar[t+1] + R_oi.T @ do_bar[t+1]
     df_bar[t] = df[t]*f[t]*(1 - f[t])
     di_bar[t] = di[t]*i[t]*(1 - i[t])
     dz_bar[t] = dc[t]*i[t]*(1 - z[t]**2)
@@ -285,17 +285,17 @@ def backward(X, W, V, S, A, dY, dG, C, acc, dW, dX, threads=1):
             p_o = _V_p_o
             tanh_c = _A_tanh_c[t]
             z = _A_z[t]
-            # dy[t] = Delta[t] + R_f.T @ df_bar[t+1] + R_i.T @ di_bar[t+1] + R_o.T @ do_bar[t+1] + R_z.T @ dz_bar[t+1]
+            # dy[t] = Delta[t] + R_z.T @ dz_bar[t+1] + R_i.T @ di_bar[t+1] + R_f.T @ df_bar[t+1] + R_o.T @ do_bar[t+1]
             dy = carry_y + Delta
-            # do[t] = dy[t]*tanh(c[t]) + R_fo.T @ df_bar[t+1] + R_io.T @ di_bar[t+1] + R_oo.T @ do_bar[t+1]
+            # do[t] = dy[t]*tanh(c[t]) + R_io.T @ di_bar[t+1] + R_fo.T @ df_bar[t+1] + R_oo.T @ do_bar[t+1]
             do_ = tanh_c*dy + carry_o
             # do_bar[t] = do[t]*o[t]*(1 - o[t])
             do_bar = do_*o*(1 - o)
-            # dc[t] = dc[t+1]*f[t+1] + df_bar[t+1]*p_f + di_bar[t+1]*p_i + do_bar[t]*p_o + dy[t]*o[t]*(1 - tanh(c[t])**2)
+            # dc[t] = dy[t]*o[t]*(1 - tanh(c[t])**2) + p_o*do_bar[t] + p_i*di_bar[t+1] + p_f*df_bar[t+1] + dc[t+1]*f[t+1]
             dc = carry_c + do_bar*p_o + dy*o*(1 - tanh_c*tanh_c)
-            # df[t] = c[t-1]*dc[t] + R_ff.T @ df_bar[t+1] + R_if.T @ di_bar[t+1] + R_of.T @ do_bar[t+1]
+            # df[t] = dc[t]*c[t-1] + R_if.T @ di_bar[t+1] + R_ff.T @ df_bar[t+1] + R_of.T @ do_bar[t+1]
             df = carry_f + dc*c_prev
-            # di[t] = dc[t]*z[t] + R_fi.T @ df_bar[t+1] + R_ii.T @ di_bar[t+1] + R_oi.T @ do_bar[t+1]
+            # di[t] = dc[t]*z[t] + R_ii.T @ di_bar[t+1] + R_fi.T @ df_bar[t+1] + R_oi.T @ do_bar[t+1]
             di = carry_i + dc*z
             # df_bar[t] = df[t]*f[t]*(1 - f[t])
             df_bar = df*f*(1 - f)
@@ -303,7 +303,7 @@ def backward(X, W, V, S, A, dY, dG, C, acc, dW, dX, threads=1):
             di_bar = di*i*(1 - i)
             # dz_bar[t] = dc[t]*i[t]*(1 - z[t]**2)
             dz_bar = dc*i*(1 - z*z)
-            # dc[t-1] gets: dc[t]*f[t] + df_bar[t]*p_f + di_bar[t]*p_i
+            # dc[t-1] gets: p_i*di_bar[t] + p_f*df_bar[t] + dc[t]*f[t]
             carry_c_next = dc*f + df_bar*p_f + di_bar*p_i
             # dp_i += c[t-1]*di_bar[t]
             g_p_i = di_bar*c_prev

@@ -18,11 +18,11 @@ Forward, one step (the spec):
     y[t] = o * c
 
 Backward, one step (derived; deltas at t+1 arrive through the carries):
-    dy[t] = Delta[t] + R_f.T @ df_bar[t+1] + R_i.T @ di_bar[t+1] + R_o.T @ do_bar[t+1] + R_z.T @ dz_bar[t+1]
-    do_bar[t] = c[t]*dy[t]*o[t]*(1 - o[t])
-    dc[t] = dc[t+1]*f[t+1] + df_bar[t+1]*p_f + di_bar[t+1]*p_i + do_bar[t]*p_o + dy[t]*o[t]
-    df_bar[t] = c[t-1]*dc[t]*f[t]*(1 - f[t])
-    di_bar[t] = dc[t]*i[t]*z[t]*(1 - i[t])
+    dy[t] = Delta[t] + R_z.T @ dz_bar[t+1] + R_i.T @ di_bar[t+1] + R_f.T @ df_bar[t+1] + R_o.T @ do_bar[t+1]
+    do_bar[t] = dy[t]*c[t]*o[t]*(1 - o[t])
+    dc[t] = dy[t]*o[t] + p_o*do_bar[t] + p_i*di_bar[t+1] + p_f*df_bar[t+1] + dc[t+1]*f[t+1]
+    df_bar[t] = dc[t]*c[t-1]*f[t]*(1 - f[t])
+    di_bar[t] = dc[t]*z[t]*i[t]*(1 - i[t])
     dz_bar[t] = dc[t]*i[t]*(1 - z[t]**2)
 
 Calling convention (derive.runtime allocates, packs and validates every array; each is
@@ -440,22 +440,22 @@ cdef void _backward_step_f32(Py_ssize_t B, Py_ssize_t N,
         o = _A_o + _b * N
         z = _A_z + _b * N
         for _j in range(N):
-            # dy[t] = Delta[t] + R_f.T @ df_bar[t+1] + R_i.T @ di_bar[t+1] + R_o.T @ do_bar[t+1] + R_z.T @ dz_bar[t+1]
+            # dy[t] = Delta[t] + R_z.T @ dz_bar[t+1] + R_i.T @ di_bar[t+1] + R_f.T @ df_bar[t+1] + R_o.T @ do_bar[t+1]
             dy = _C_y[_o + _j] + Delta[_j]
             _e0 = dy*o[_j]
-            # do_bar[t] = c[t]*dy[t]*o[t]*(1 - o[t])
+            # do_bar[t] = dy[t]*c[t]*o[t]*(1 - o[t])
             do_bar = _e0*c[_j]*(1 - o[_j])
-            # dc[t] = dc[t+1]*f[t+1] + df_bar[t+1]*p_f + di_bar[t+1]*p_i + do_bar[t]*p_o + dy[t]*o[t]
+            # dc[t] = dy[t]*o[t] + p_o*do_bar[t] + p_i*di_bar[t+1] + p_f*df_bar[t+1] + dc[t+1]*f[t+1]
             dc = _C_c[_o + _j] + do_bar*_V_p_o[_j] + _e0
             _e1 = dc*f[_j]
-            # df_bar[t] = c[t-1]*dc[t]*f[t]*(1 - f[t])
+            # df_bar[t] = dc[t]*c[t-1]*f[t]*(1 - f[t])
             df_bar = c_prev[_j]*_e1*(1 - f[_j])
             _e2 = dc*i[_j]
-            # di_bar[t] = dc[t]*i[t]*z[t]*(1 - i[t])
+            # di_bar[t] = dc[t]*z[t]*i[t]*(1 - i[t])
             di_bar = _e2*z[_j]*(1 - i[_j])
             # dz_bar[t] = dc[t]*i[t]*(1 - z[t]**2)
             dz_bar = _e2*(1 - z[_j]*z[_j])
-            # dc[t-1] gets: dc[t]*f[t] + df_bar[t]*p_f + di_bar[t]*p_i
+            # dc[t-1] gets: p_i*di_bar[t] + p_f*df_bar[t] + dc[t]*f[t]
             carry_c_next = df_bar*_V_p_f[_j] + di_bar*_V_p_i[_j] + _e1
             # dp_i += c[t-1]*di_bar[t]
             g_p_i = di_bar*c_prev[_j]
@@ -612,22 +612,22 @@ cdef void _backward_step_f64(Py_ssize_t B, Py_ssize_t N,
         o = _A_o + _b * N
         z = _A_z + _b * N
         for _j in range(N):
-            # dy[t] = Delta[t] + R_f.T @ df_bar[t+1] + R_i.T @ di_bar[t+1] + R_o.T @ do_bar[t+1] + R_z.T @ dz_bar[t+1]
+            # dy[t] = Delta[t] + R_z.T @ dz_bar[t+1] + R_i.T @ di_bar[t+1] + R_f.T @ df_bar[t+1] + R_o.T @ do_bar[t+1]
             dy = _C_y[_o + _j] + Delta[_j]
             _e0 = dy*o[_j]
-            # do_bar[t] = c[t]*dy[t]*o[t]*(1 - o[t])
+            # do_bar[t] = dy[t]*c[t]*o[t]*(1 - o[t])
             do_bar = _e0*c[_j]*(1 - o[_j])
-            # dc[t] = dc[t+1]*f[t+1] + df_bar[t+1]*p_f + di_bar[t+1]*p_i + do_bar[t]*p_o + dy[t]*o[t]
+            # dc[t] = dy[t]*o[t] + p_o*do_bar[t] + p_i*di_bar[t+1] + p_f*df_bar[t+1] + dc[t+1]*f[t+1]
             dc = _C_c[_o + _j] + do_bar*_V_p_o[_j] + _e0
             _e1 = dc*f[_j]
-            # df_bar[t] = c[t-1]*dc[t]*f[t]*(1 - f[t])
+            # df_bar[t] = dc[t]*c[t-1]*f[t]*(1 - f[t])
             df_bar = c_prev[_j]*_e1*(1 - f[_j])
             _e2 = dc*i[_j]
-            # di_bar[t] = dc[t]*i[t]*z[t]*(1 - i[t])
+            # di_bar[t] = dc[t]*z[t]*i[t]*(1 - i[t])
             di_bar = _e2*z[_j]*(1 - i[_j])
             # dz_bar[t] = dc[t]*i[t]*(1 - z[t]**2)
             dz_bar = _e2*(1 - z[_j]*z[_j])
-            # dc[t-1] gets: dc[t]*f[t] + df_bar[t]*p_f + di_bar[t]*p_i
+            # dc[t-1] gets: p_i*di_bar[t] + p_f*df_bar[t] + dc[t]*f[t]
             carry_c_next = df_bar*_V_p_f[_j] + di_bar*_V_p_i[_j] + _e1
             # dp_i += c[t-1]*di_bar[t]
             g_p_i = di_bar*c_prev[_j]

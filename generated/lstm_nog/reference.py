@@ -14,10 +14,10 @@ Forward, one step (the spec):
     y[t] = tanh(c)
 
 Backward, one step (derived; deltas at t+1 arrive through the carries):
-    dy[t] = Delta[t] + R_f.T @ df_bar[t+1] + R_i.T @ di_bar[t+1] + R_z.T @ dz_bar[t+1]
-    dc[t] = dc[t+1]*f[t+1] + df_bar[t+1]*p_f + di_bar[t+1]*p_i + dy[t]*(1 - y[t]**2)
-    df_bar[t] = c[t-1]*dc[t]*f[t]*(1 - f[t])
-    di_bar[t] = dc[t]*i[t]*z[t]*(1 - i[t])
+    dy[t] = Delta[t] + R_z.T @ dz_bar[t+1] + R_i.T @ di_bar[t+1] + R_f.T @ df_bar[t+1]
+    dc[t] = dy[t]*(1 - y[t]**2) + p_i*di_bar[t+1] + p_f*df_bar[t+1] + dc[t+1]*f[t+1]
+    df_bar[t] = dc[t]*c[t-1]*f[t]*(1 - f[t])
+    di_bar[t] = dc[t]*z[t]*i[t]*(1 - i[t])
     dz_bar[t] = dc[t]*i[t]*(1 - z[t]**2)
 
 The same plan as the compiled kernel (kernel.pyx beside this file), whole-batch NumPy
@@ -185,19 +185,19 @@ def backward(X, W, V, S, A, dY, dG, C, acc, dW, dX, threads=1):
             p_i = _V_p_i
             y = _S_y[t + 1]
             z = _A_z[t]
-            # dy[t] = Delta[t] + R_f.T @ df_bar[t+1] + R_i.T @ di_bar[t+1] + R_z.T @ dz_bar[t+1]
+            # dy[t] = Delta[t] + R_z.T @ dz_bar[t+1] + R_i.T @ di_bar[t+1] + R_f.T @ df_bar[t+1]
             dy = carry_y + Delta
-            # dc[t] = dc[t+1]*f[t+1] + df_bar[t+1]*p_f + di_bar[t+1]*p_i + dy[t]*(1 - y[t]**2)
+            # dc[t] = dy[t]*(1 - y[t]**2) + p_i*di_bar[t+1] + p_f*df_bar[t+1] + dc[t+1]*f[t+1]
             dc = carry_c + dy*(1 - y*y)
             _e0 = dc*f
-            # df_bar[t] = c[t-1]*dc[t]*f[t]*(1 - f[t])
+            # df_bar[t] = dc[t]*c[t-1]*f[t]*(1 - f[t])
             df_bar = c_prev*_e0*(1 - f)
             _e1 = dc*i
-            # di_bar[t] = dc[t]*i[t]*z[t]*(1 - i[t])
+            # di_bar[t] = dc[t]*z[t]*i[t]*(1 - i[t])
             di_bar = _e1*z*(1 - i)
             # dz_bar[t] = dc[t]*i[t]*(1 - z[t]**2)
             dz_bar = _e1*(1 - z*z)
-            # dc[t-1] gets: dc[t]*f[t] + df_bar[t]*p_f + di_bar[t]*p_i
+            # dc[t-1] gets: p_i*di_bar[t] + p_f*df_bar[t] + dc[t]*f[t]
             carry_c_next = df_bar*p_f + di_bar*p_i + _e0
             # dp_i += c[t-1]*di_bar[t]
             g_p_i = di_bar*c_prev

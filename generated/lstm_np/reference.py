@@ -16,11 +16,11 @@ Forward, one step (the spec):
     y[t] = o * tanh(c)
 
 Backward, one step (derived; deltas at t+1 arrive through the carries):
-    dy[t] = Delta[t] + R_f.T @ df_bar[t+1] + R_i.T @ di_bar[t+1] + R_o.T @ do_bar[t+1] + R_z.T @ dz_bar[t+1]
-    dc[t] = dc[t+1]*f[t+1] + dy[t]*o[t]*(1 - tanh(c[t])**2)
-    do_bar[t] = dy[t]*o[t]*(1 - o[t])*tanh(c[t])
-    df_bar[t] = c[t-1]*dc[t]*f[t]*(1 - f[t])
-    di_bar[t] = dc[t]*i[t]*z[t]*(1 - i[t])
+    dy[t] = Delta[t] + R_z.T @ dz_bar[t+1] + R_i.T @ di_bar[t+1] + R_f.T @ df_bar[t+1] + R_o.T @ do_bar[t+1]
+    dc[t] = dy[t]*o[t]*(1 - tanh(c[t])**2) + dc[t+1]*f[t+1]
+    do_bar[t] = dy[t]*tanh(c[t])*o[t]*(1 - o[t])
+    df_bar[t] = dc[t]*c[t-1]*f[t]*(1 - f[t])
+    di_bar[t] = dc[t]*z[t]*i[t]*(1 - i[t])
     dz_bar[t] = dc[t]*i[t]*(1 - z[t]**2)
 
 The same plan as the compiled kernel (kernel.pyx beside this file), whole-batch NumPy
@@ -205,19 +205,19 @@ def backward(X, W, V, S, A, dY, dG, C, acc, dW, dX, threads=1):
             o = _A_o[t]
             tanh_c = _A_tanh_c[t]
             z = _A_z[t]
-            # dy[t] = Delta[t] + R_f.T @ df_bar[t+1] + R_i.T @ di_bar[t+1] + R_o.T @ do_bar[t+1] + R_z.T @ dz_bar[t+1]
+            # dy[t] = Delta[t] + R_z.T @ dz_bar[t+1] + R_i.T @ di_bar[t+1] + R_f.T @ df_bar[t+1] + R_o.T @ do_bar[t+1]
             dy = carry_y + Delta
             _e0 = dy*o
-            # dc[t] = dc[t+1]*f[t+1] + dy[t]*o[t]*(1 - tanh(c[t])**2)
+            # dc[t] = dy[t]*o[t]*(1 - tanh(c[t])**2) + dc[t+1]*f[t+1]
             dc = carry_c + _e0*(1 - tanh_c*tanh_c)
-            # do_bar[t] = dy[t]*o[t]*(1 - o[t])*tanh(c[t])
+            # do_bar[t] = dy[t]*tanh(c[t])*o[t]*(1 - o[t])
             do_bar = tanh_c*_e0*(1 - o)
             # dc[t-1] gets: dc[t]*f[t]
             _e1 = dc*f
-            # df_bar[t] = c[t-1]*dc[t]*f[t]*(1 - f[t])
+            # df_bar[t] = dc[t]*c[t-1]*f[t]*(1 - f[t])
             df_bar = c_prev*_e1*(1 - f)
             _e2 = dc*i
-            # di_bar[t] = dc[t]*i[t]*z[t]*(1 - i[t])
+            # di_bar[t] = dc[t]*z[t]*i[t]*(1 - i[t])
             di_bar = _e2*z*(1 - i)
             # dz_bar[t] = dc[t]*i[t]*(1 - z[t]**2)
             dz_bar = _e2*(1 - z*z)
