@@ -3,7 +3,7 @@
 Everything else about the package is declared in pyproject.toml. Each shipped cell's
 committed generated/<cell>/kernel.pyx becomes the extension module
 `derive._kernels.<cell>` (float32 and float64 in one module), with BUILD_INFO appended:
-the fingerprint of the generator that wrote it, which derive.build compares with the
+the fingerprint of the generator that wrote it, which derive.kernel.build compares with the
 installed generator before using the module (see derive/build.py). They link the BLAS
 of the scipy-openblas32 wheel, which derive loads before importing them. The extensions are
 optional: a machine where they do not compile still installs derive, and the kernels
@@ -24,7 +24,7 @@ STAMPED = Path("build") / "derive-kernels"   # relative: setuptools wants relati
 def _kernel_build():
     sys.path.insert(0, str(HERE))
     try:
-        from derive import build as kernel_build   # standard library only at import
+        from derive.kernel import build as kernel_build   # standard library only at import
     finally:
         sys.path.pop(0)
     return kernel_build

@@ -17,11 +17,11 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Cell": "spec", "load_cell": "spec", "shipped_cells": "spec",
+    "Cell": "cell", "load_cell": "cell", "shipped_cells": "cell",
     "Derivation": "derivation", "derive": "derivation",
     "ExpressionError": "errors", "SpecError": "errors", "UserError": "errors",
-    "verify": "verification", "Verification": "verification",
-    "load_kernel": "runtime", "Kernel": "runtime",
+    "verify": "verify", "Verification": "verify",
+    "load_kernel": "kernel.runtime", "Kernel": "kernel.runtime",
 }
 
 __all__ = sorted(_EXPORTS)

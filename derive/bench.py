@@ -104,7 +104,7 @@ def interleaved_ms(peers: dict, repeats: int, warmup: int = 2, pause: float = 0.
 # --- peers: each returns (forward, forward+backward) callables ------------------------------
 
 def _derive_peer(cell, backend, dtype, shape, rng):
-    from .runtime import load_kernel
+    from derive.kernel.runtime import load_kernel
     T, B, M, N = shape
     k = load_kernel(cell, dtype=dtype, backend=backend)
     params = k.init_params(input_size=M, hidden_size=N, seed=0)
@@ -115,7 +115,7 @@ def _derive_peer(cell, backend, dtype, shape, rng):
 
 def _gemm_peer(cell, dtype, shape, rng):
     """The matrix products of one forward+backward pass, alone (NumPy's BLAS)."""
-    from .spec import load_cell
+    from derive.cell.spec import load_cell
     c = load_cell(cell)
     T, B, M, N = shape
     k_in = sum(1 for n in c.nodes.values() for p in n.projections if p.operand in c.inputs)
@@ -254,7 +254,7 @@ def table(result: Result) -> str:
 
 def run_bench(cells=None, as_json=False, quick=False) -> int:
     """`derive bench`: print a table (or JSON) of medians and ratios."""
-    from .spec import load_cell
+    from derive.cell.spec import load_cell
     names = list(cells or [])
     for c in names:
         load_cell(c)  # a bad name or spec is a UserError (exit 2) before anything is timed

@@ -125,7 +125,7 @@ def _d_outputs(kernel, P):
 def gradient_check(cell, backend: str = "cython", dtype: str = "float64", *,
                    seed: int = 0, sizes: dict | None = None) -> CheckReport:
     """Check every gradient of CELL's kernel; see the module docstring for the method."""
-    from .runtime import load_kernel
+    from derive.kernel.runtime import load_kernel
     dtype = np.dtype(dtype).name
     if dtype not in TOLERANCE:
         raise ValueError(f"dtype must be float32 or float64, not {dtype!r}")
@@ -167,7 +167,7 @@ def _finite_differences(k, params, x, state0, P, sizes, seed) -> CheckReport:
 
 
 def _against_float64(cell, k64, backend, params, x, state0, P, sizes, seed) -> CheckReport:
-    from .runtime import load_kernel
+    from derive.kernel.runtime import load_kernel
     k32 = load_kernel(cell, "float32", backend)
     f32 = np.float32
     p32 = {n: v.astype(f32) for n, v in params.items()}

@@ -1,6 +1,6 @@
 """Numeric evaluation of derive's SymPy vocabulary, and an unrolled reference of a derivation.
 
-**Evaluation.** An expression of `derive.symbols` is evaluated in NumPy float64 on a
+**Evaluation.** An expression of `derive.cell.symbols` is evaluated in NumPy float64 on a
 batch: a vector is a ``(B, n)`` array (one row per sequence of the batch; a vector
 parameter is ``(n,)`` and broadcasts), a matrix parameter is its real ``(r, c)`` array,
 and
@@ -39,8 +39,8 @@ from typing import Callable
 import numpy as np
 import sympy as sp
 
-from . import symbols as S
-from .errors import UserError
+from derive.cell import symbols as S
+from derive.errors import UserError
 
 # --- shapes ------------------------------------------------------------------------------
 
@@ -69,7 +69,7 @@ SCALAR = Shape("scalar")
 
 
 def _text(expr) -> str:
-    from .notation import format_expression
+    from derive.printing.text import format_expression
     return format_expression(expr)
 
 
@@ -324,7 +324,7 @@ def random_problem(cell, *, T: int = 4, B: int = 2, M: int = 2, N: int = 3,
                    seed: int = 0, scale: float = 0.5) -> Problem:
     """Parameters ~ U(−scale, scale)/√fan-in·√3 (gates stay away from saturation), inputs and
     a non-zero initial state ~ N(0, 0.5²), a random output projection ~ N(0, 1)."""
-    from .spec import load_cell
+    from derive.cell.spec import load_cell
     cell = load_cell(cell)
     rng = np.random.default_rng(seed)
     sizes = {"N": N, "M": M}
@@ -496,8 +496,8 @@ def gradient_check(cell, derivation=None, *, T: int = 4, B: int = 2, M: int = 2,
 
     `derivation` defaults to `derive(cell)`; pass a modified one to see the check bite.
     """
-    from .derivation import derive
-    from .spec import load_cell
+    from derive.cell.spec import load_cell
+    from derive.derivation import derive
     cell = load_cell(cell)
     d = derivation if derivation is not None else derive(cell)
     problem = random_problem(cell, T=T, B=B, M=M, N=N, seed=seed)

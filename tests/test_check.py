@@ -7,7 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from derive import check, runtime
+from derive import check
+from derive.kernel import runtime
 
 
 def test_report_is_complete_and_json_able():

@@ -4,8 +4,8 @@ import pytest
 import sympy as sp
 
 import derive
-from derive import symbols as S
-from derive.notation import parse_expression
+from derive.cell import symbols as S
+from derive.verify.notation import parse_expression
 
 # lstm-equations.md, written as a person would type them (text notation of design.md)
 PAPER = {

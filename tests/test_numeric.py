@@ -14,8 +14,8 @@ import sympy as sp
 
 import derive
 from derive import numeric
-from derive import symbols as S
-from derive.notation import parse_expression
+from derive.cell import symbols as S
+from derive.verify.notation import parse_expression
 
 SETTINGS = dict(T=4, B=2, M=2, N=3, seed=7)
 TOL, FLOOR = 1e-6, 1e-4

@@ -8,9 +8,13 @@ import pytest
 import sympy as sp
 
 import derive
-from derive import printing as P
-from derive import symbols as S
-from derive.notation import parse_equation, parse_expression
+from derive.docs.equations import EXPANDED, STRUCTURED, equations
+from derive.docs.layout import COLUMN, latex_rows, latex_width
+from derive.printing.latex import latex, latex_param, latex_vector
+from derive.printing.presentation import delta_latex, expanded_forms, forward, initial_latex, structured
+from derive.printing.text import plain, text
+from derive.cell import symbols as S
+from derive.verify.notation import parse_equation, parse_expression
 
 
 def same(d, a, b) -> bool:
@@ -31,7 +35,7 @@ def equations_by_section(text: str):
 @pytest.mark.parametrize("expanded", [False, True])
 def test_every_text_line_parses_and_equals_the_derivation(cell_name, expanded):
     d = derive.derive(cell_name)
-    text = P.equations(d, "text", expanded=expanded)
+    text = equations(d, "text", expanded=expanded)
     seen = {"structured": 0, "expanded": 0, "param": 0, "initial": 0}
     for section, line in equations_by_section(text):
         target, expr = parse_equation(d.cell, line)
@@ -39,10 +43,10 @@ def test_every_text_line_parses_and_equals_the_derivation(cell_name, expanded):
             truth, key = d.params[target.name].step, "param"
         elif target.kind == "initial":
             truth, key = d.initial[target.name], "initial"
-        elif section == P.EXPANDED:
+        elif section == EXPANDED:
             truth, key = d.expanded(target.name), "expanded"
         else:
-            assert section == P.STRUCTURED, line
+            assert section == STRUCTURED, line
             truth, key = d.structured(target.name), "structured"
         assert same(d, expr, truth), line
         seen[key] += 1
@@ -52,7 +56,7 @@ def test_every_text_line_parses_and_equals_the_derivation(cell_name, expanded):
 
 
 def test_lstm_text_is_written_in_flow_order_as_the_paper():
-    text = P.equations(derive.derive("lstm"), "text")
+    text = equations(derive.derive("lstm"), "text")
     assert ("dc[t] = dy[t]*o[t]*(1 - tanh(c[t])**2) + p_o*do_bar[t] + p_i*di_bar[t+1]"
             " + p_f*df_bar[t+1] + dc[t+1]*f[t+1]\n") in text
     assert ("dy[t] = Delta[t] + R_z.T @ dz_bar[t+1] + R_i.T @ di_bar[t+1]"
@@ -94,7 +98,7 @@ LSTM_LATEX = [
 
 
 def test_lstm_latex_has_the_papers_forms():
-    lines = P.equations(derive.derive("lstm"), "latex").splitlines()
+    lines = equations(derive.derive("lstm"), "latex").splitlines()
     for form in LSTM_LATEX:
         assert form in lines, form
 
@@ -102,7 +106,7 @@ def test_lstm_latex_has_the_papers_forms():
 @pytest.mark.parametrize("expanded", [False, True])
 def test_latex_is_one_equation_a_line_for_every_delta(cell_name, expanded):
     d = derive.derive(cell_name)
-    lines = [ln for ln in P.equations(d, "latex", expanded).splitlines()
+    lines = [ln for ln in equations(d, "latex", expanded).splitlines()
              if not ln.startswith("%")]
     assert len(lines) == len(d.deltas) * (1 + expanded) + len(d.params) + len(d.cell.states)
     for line in lines:
@@ -113,7 +117,7 @@ def test_latex_is_one_equation_a_line_for_every_delta(cell_name, expanded):
 @pytest.mark.parametrize("expanded", [False, True])
 def test_json_document(cell_name, expanded):
     d = derive.derive(cell_name)
-    doc = json.loads(P.equations(d, "json", expanded))
+    doc = json.loads(equations(d, "json", expanded))
     assert doc["cell"] == d.cell.name and doc["hash"] == d.cell.hash
     assert [e["node"] for e in doc["deltas"]] == list(d.deltas)
     assert [p["name"] for p in doc["parameters"]] == list(d.params)
@@ -135,29 +139,29 @@ def test_json_document(cell_name, expanded):
 
 
 def test_json_marks_the_terms_that_read_the_initial_state():
-    doc = json.loads(P.equations(derive.derive("lstm"), "json"))
+    doc = json.loads(equations(derive.derive("lstm"), "json"))
     reads = {p["name"] for p in doc["parameters"] if p["reads_initial_state"]}
     assert reads == {"R_z", "R_i", "R_f", "R_o", "p_i", "p_f"}
 
 
 def test_markdown_format_is_the_document():
     d = derive.derive("rnn")
-    short, full = P.equations(d, "markdown"), P.equations(d, "markdown", expanded=True)
+    short, full = equations(d, "markdown"), equations(d, "markdown", expanded=True)
     assert "## Backward pass, structured" in short and "## Backward pass, expanded" not in short
     assert "## Backward pass, expanded" in full and "Flows of" in full
 
 
 def test_unknown_format_is_a_user_error():
     with pytest.raises(derive.UserError, match="unknown format"):
-        P.equations(derive.derive("rnn"), "html")
+        equations(derive.derive("rnn"), "html")
 
 
 def test_expanded_forms_keep_no_delta_of_step_t(cell_name):
     d = derive.derive(cell_name)
-    for name, form in P.expanded_forms(d).items():
-        plain = P.plain(form)
-        assert same(d, plain, d.expanded(name)), name
-        for sym in plain.free_symbols:
+    for name, form in expanded_forms(d).items():
+        flat = plain(form)
+        assert same(d, flat, d.expanded(name)), name
+        for sym in flat.free_symbols:
             r = S.ref(sym)
             assert not (r.kind == "delta" and r.shift <= 0), (name, sym)
 
@@ -165,12 +169,12 @@ def test_expanded_forms_keep_no_delta_of_step_t(cell_name):
 def test_forward_pass_keeps_the_specs_order(cell_name):
     cell = derive.load_cell(cell_name)
     for name, node in cell.nodes.items():
-        assert sp.expand(P.plain(P.forward(cell, name)) - node.expr) == 0, name
+        assert sp.expand(plain(forward(cell, name)) - node.expr) == 0, name
     if cell_name == "lstm":
-        assert P.latex(P.forward(cell, "c")) == r"z^{(t)} \odot i^{(t)} + c^{(t-1)} \odot f^{(t)}"
-        assert P.text(P.forward(cell, "i_bar")) == "W_i @ x[t] + R_i @ y[t-1] + p_i*c[t-1] + b_i"
+        assert latex(forward(cell, "c")) == r"z^{(t)} \odot i^{(t)} + c^{(t-1)} \odot f^{(t)}"
+        assert text(forward(cell, "i_bar")) == "W_i @ x[t] + R_i @ y[t-1] + p_i*c[t-1] + b_i"
     if cell_name == "gru":
-        assert P.text(P.forward(cell, "y")) == "(1 - u[t])*h[t] + u[t]*y[t-1]"
+        assert text(forward(cell, "y")) == "(1 - u[t])*h[t] + u[t]*y[t-1]"
 
 
 # --- the printers on their own ---------------------------------------------------------
@@ -200,54 +204,54 @@ TRICKY = [
 def test_text_printer_round_trips(k):
     d = derive.derive("lstm")
     expr = TRICKY[k](*_lstm_vocabulary())
-    assert same(d, parse_expression(d.cell, P.text(expr)), expr), P.text(expr)
+    assert same(d, parse_expression(d.cell, text(expr)), expr), text(expr)
 
 
 def test_text_printer_parenthesizes_matrix_products():
     v, dl, p = _lstm_vocabulary()
-    assert P.text(-S.MatTVec(p("R_z"), dl("z_bar", 1))) == "-(R_z.T @ dz_bar[t+1])"
-    assert P.text(S.MatVec(p("W_z"), v("x") * v("o"))) == "W_z @ (o[t]*x[t])"
+    assert text(-S.MatTVec(p("R_z"), dl("z_bar", 1))) == "-(R_z.T @ dz_bar[t+1])"
+    assert text(S.MatVec(p("W_z"), v("x") * v("o"))) == "W_z @ (o[t]*x[t])"
 
 
 def test_latex_names():
-    assert P.latex_vector("o_bar") == r"\bar{o}"
-    assert P.latex_vector("gate_bar") == r"\bar{\mathit{gate}}"
-    assert P.latex_vector("h_0") == r"\mathit{h\_0}"
-    assert P.latex_param("R_ii") == "R_{ii}" and P.latex_param("b_hr") == "b_{hr}"
-    assert P.latex_param("W") == "W" and P.latex_param("Wx_a_b") == r"\mathit{Wx}_{a\_b}"
-    assert P.initial_latex("c") == r"\delta c_{0}"
-    assert P.delta_latex("i_bar") == r"\delta\bar{i}^{(t)}"
+    assert latex_vector("o_bar") == r"\bar{o}"
+    assert latex_vector("gate_bar") == r"\bar{\mathit{gate}}"
+    assert latex_vector("h_0") == r"\mathit{h\_0}"
+    assert latex_param("R_ii") == "R_{ii}" and latex_param("b_hr") == "b_{hr}"
+    assert latex_param("W") == "W" and latex_param("Wx_a_b") == r"\mathit{Wx}_{a\_b}"
+    assert initial_latex("c") == r"\delta c_{0}"
+    assert delta_latex("i_bar") == r"\delta\bar{i}^{(t)}"
 
 
 def test_latex_printer_forms():
     v, dl, p = _lstm_vocabulary()
-    assert P.latex(v("c", -1), step=0) == "c^{(-1)}"
-    assert P.latex(-S.MatTVec(p("R_z"), dl("z_bar", 1))) == r"-R_{z}^{\top} \delta\bar{z}^{(t+1)}"
-    assert P.latex(v("z") ** 2) == r"\left(z^{(t)}\right)^{2}"
-    assert P.latex(v("c") / 2) == r"\frac{c^{(t)}}{2}"
-    assert (P.latex(S.MatVec(p("W_z"), v("x") + v("c")))
+    assert latex(v("c", -1), step=0) == "c^{(-1)}"
+    assert latex(-S.MatTVec(p("R_z"), dl("z_bar", 1))) == r"-R_{z}^{\top} \delta\bar{z}^{(t+1)}"
+    assert latex(v("z") ** 2) == r"\left(z^{(t)}\right)^{2}"
+    assert latex(v("c") / 2) == r"\frac{c^{(t)}}{2}"
+    assert (latex(S.MatVec(p("W_z"), v("x") + v("c")))
             == r"W_{z} \left(c^{(t)} + x^{(t)}\right)")
-    assert (P.latex(v("o") * S.MatTVec(p("R_z"), dl("z_bar", 1)))
+    assert (latex(v("o") * S.MatTVec(p("R_z"), dl("z_bar", 1)))
             == r"\left(R_{z}^{\top} \delta\bar{z}^{(t+1)}\right) \odot o^{(t)}")
-    assert P.latex(S.sigmoid(v("i_bar"))) == r"\sigma\left(\bar{i}^{(t)}\right)"
+    assert latex(S.sigmoid(v("i_bar"))) == r"\sigma\left(\bar{i}^{(t)}\right)"
 
 
 def test_several_outputs_name_their_external_gradient():
-    assert P.latex(S.incoming("h", single=False)) == r"\Delta_{h}^{(t)}"
-    assert P.text(S.incoming("h", single=False)) == "Delta_h[t]"
+    assert latex(S.incoming("h", single=False)) == r"\Delta_{h}^{(t)}"
+    assert text(S.incoming("h", single=False)) == "Delta_h[t]"
 
 
 def test_long_equations_are_broken_into_rows_that_fit():
     d = derive.derive("lstm_fgr")
-    rows = P.latex_rows(P.delta_latex("x"), P.expanded_forms(d)["x"])
+    rows = latex_rows(delta_latex("x"), expanded_forms(d)["x"])
     assert len(rows) > 10 and rows[0].startswith(r"\delta x^{(t)} &= ")
     assert all(r.startswith(r"&\qquad") for r in rows[1:])
-    assert max(P.latex_width(r) for r in rows) <= P.COLUMN + 8
+    assert max(latex_width(r) for r in rows) <= COLUMN + 8
     body = " ".join(r.split("&", 1)[1].lstrip("= ") for r in rows).replace(r"\qquad", "")
     assert body.count(r"\bigl(") == body.count(r"\bigr)")
     # the rows hold the same expression as the one-line form, up to parentheses and spaces
     squash = lambda s: re.sub(r"\\left\(|\\right\)|\\bigl\(|\\bigr\)|\s", "", s)  # noqa: E731
-    assert squash(body) == squash(P.latex(P.expanded_forms(d)["x"]))
+    assert squash(body) == squash(latex(expanded_forms(d)["x"]))
 
 
 def test_outputs_come_first_only_within_step_t(tmp_path):
@@ -257,7 +261,7 @@ def test_outputs_come_first_only_within_step_t(tmp_path):
     path.write_text(spec.replace('outputs = ["y"]', 'outputs = ["y", "c"]')
                     .replace('name = "lstm"', 'name = "two"'))
     d = derive.derive(str(path))
-    assert P.text(P.structured(d, "c")) == (
+    assert text(structured(d, "c")) == (
         "Delta_c[t] + dy[t]*o[t]*(1 - tanh(c[t])**2) + p_o*do_bar[t] + p_i*di_bar[t+1]"
         " + p_f*df_bar[t+1] + dc[t+1]*f[t+1]")
-    assert P.latex(P.structured(d, "y")).startswith(r"\Delta_{y}^{(t)} + R_{z}^{\top}")
+    assert latex(structured(d, "y")).startswith(r"\Delta_{y}^{(t)} + R_{z}^{\top}")

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 import derive
-from derive import render
+from derive import generate as render
 from derive.cli import main
-from derive.render import MARKER, generate
+from derive.generate import generate
+from derive.printing.templates import MARKER
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = ROOT / "generated"

@@ -2,12 +2,12 @@
 
 import textwrap
 
-import numpy as np
 import pytest
 import sympy as sp
 
 import derive
-from derive import codegen, rewrite
+from derive.kernel import emit as codegen
+from derive.kernel import plan as rewrite
 from derive.errors import UserError
 
 # A spec that stresses the printers: an input not called x, two outputs (one not a
@@ -167,7 +167,7 @@ def test_two_inputs_are_not_supported(tmp_path):
 
 
 # a recurrence without any recurrent matrix: the state is read element-wise only
-# (the output is called y: derive.symbols keeps one meaning per symbol name per process,
+# (the output is called y: derive.cell.symbols keeps one meaning per symbol name per process,
 # and Delta[t] of a single-output cell is registered with the output's name)
 ELEMENTWISE = textwrap.dedent("""\
     name    = "leaky"

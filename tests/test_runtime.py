@@ -225,7 +225,7 @@ def test_the_compiled_module_itself_rejects_inconsistent_arrays(rng):
 @pytest.mark.parametrize("cell", ["lstm", "gru", "lstm_fgr"])
 def test_thread_counts_agree(rng, cell, monkeypatch):
     """Each thread owns batch rows: any thread count gives the same numbers (to rounding)."""
-    monkeypatch.setattr(derive.runtime, "SERIAL_BELOW", 0)   # small shapes, real threads
+    monkeypatch.setattr(derive.kernel.runtime, "SERIAL_BELOW", 0)   # small shapes, real threads
     k = derive.load_kernel(cell, backend="cython")
     Bodd = 5
     params = k.init_params(M, N, seed=2)
@@ -237,7 +237,7 @@ def test_thread_counts_agree(rng, cell, monkeypatch):
         k.threads = threads
         tr = k.forward(x, params, state0)
         results.append((tr.outputs.copy(), k.backward(tr, dy)))
-    k.threads = derive.runtime.default_threads()
+    k.threads = derive.kernel.runtime.default_threads()
     out1, g1 = results[0]
     for out, g in results[1:]:
         np.testing.assert_allclose(out, out1, rtol=0, atol=1e-13)
@@ -249,8 +249,8 @@ FORKED_CHILD = """
 import os, sys, time, warnings
 import numpy as np
 import derive
-import derive.runtime
-derive.runtime.SERIAL_BELOW = 0      # small shapes, real threads
+import derive.kernel.runtime
+derive.kernel.runtime.SERIAL_BELOW = 0      # small shapes, real threads
 k = derive.load_kernel("lstm", dtype="float64")
 k.threads = 2
 p = k.init_params(input_size=3, hidden_size=4, seed=0)
@@ -281,7 +281,7 @@ def test_a_forked_child_runs_the_kernel_after_the_parent_did():
 
 
 def test_small_calls_run_on_one_thread_and_never_more_threads_than_rows():
-    from derive.runtime import SERIAL_BELOW, _threads
+    from derive.kernel.runtime import SERIAL_BELOW, _threads
     assert _threads(8, 4, 3, 5, 4) == 1                       # a gradient check's shapes
     assert _threads(8, 100, 3, 128, 256) == 3                 # one batch row per thread
     assert _threads(2, 100, 32, 128, 256) == 2

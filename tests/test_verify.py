@@ -10,11 +10,11 @@ import pytest
 import sympy as sp
 
 import derive
-from derive import symbols as S
+from derive.cell import symbols as S
 from derive.cli import main
-from derive.notation import parse_expression
-from derive.printing import equations
-from derive.verification import KINDS, verify
+from derive.verify.notation import parse_expression
+from derive.docs.equations import equations
+from derive.verify.verification import KINDS, verify
 
 C = ("dy[t]*o[t]*dtanh(c[t]) + p_o*do_bar[t] + p_i*di_bar[t+1] + p_f*df_bar[t+1]"
      " + dc[t+1]*f[t+1]")
@@ -419,7 +419,7 @@ def test_verifying_one_lstm_equation_takes_under_two_seconds():
 
 def test_left_sides_of_the_notation():
     from derive.errors import ExpressionError
-    from derive.notation import parse_target
+    from derive.verify.notation import parse_target
     cell = derive.load_cell("lstm")
     assert parse_target(cell, "dc0").kind == "initial"
     assert parse_target(cell, "dW_z").kind == parse_target(cell, "dW_z[t+1]").kind == "param"

@@ -22,7 +22,7 @@ Backward, one step (derived; deltas at t+1 arrive through the carries):
     du_bar[t] = dy[t]*(y[t-1] - h[t])*u[t]*(1 - u[t])
     dr_bar[t] = dh_bar[t]*q[t]*r[t]*(1 - r[t])
 
-Calling convention (derive.runtime allocates, packs and validates every array; each is
+Calling convention (derive.kernel.runtime allocates, packs and validates every array; each is
 C-contiguous and of one dtype, float32 or float64):
 
     forward(X, W, V, S, A, G, threads)

@@ -23,7 +23,7 @@ Backward, one step (derived; deltas at t+1 arrive through the carries):
     di_bar[t] = dc[t]*z[t]*i[t]*(1 - i[t]) - dc[t]*c[t-1]*i[t]*(1 - i[t])
     dz_bar[t] = dc[t]*i[t]*(1 - z[t]**2)
 
-Calling convention (derive.runtime allocates, packs and validates every array; each is
+Calling convention (derive.kernel.runtime allocates, packs and validates every array; each is
 C-contiguous and of one dtype, float32 or float64):
 
     forward(X, W, V, S, A, G, threads)

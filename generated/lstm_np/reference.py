@@ -31,7 +31,7 @@ operations per step and the same fused GEMMs, with the same calling convention:
 
 (threads is accepted and ignored: NumPy's BLAS decides its own).
 
-(see kernel.pyx for the arrays; derive.runtime allocates and validates them).
+(see kernel.pyx for the arrays; derive.kernel.runtime allocates and validates them).
 """
 
 import numpy as np

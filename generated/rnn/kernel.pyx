@@ -13,7 +13,7 @@ Backward, one step (derived; deltas at t+1 arrive through the carries):
     dy[t] = Delta[t] + R.T @ da[t+1]
     da[t] = dy[t]*(1 - y[t]**2)
 
-Calling convention (derive.runtime allocates, packs and validates every array; each is
+Calling convention (derive.kernel.runtime allocates, packs and validates every array; each is
 C-contiguous and of one dtype, float32 or float64):
 
     forward(X, W, V, S, A, G, threads)

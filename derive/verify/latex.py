@@ -33,7 +33,7 @@ documents the forms) plus the spellings of papers:
   equation are ignored.
 
 Nothing is evaluated: the text is split into tokens and parsed by a recursive-descent
-grammar; names are resolved by `derive.notation.NotationScope`. Errors are
+grammar; names are resolved by `derive.verify.notation.NotationScope`. Errors are
 `ExpressionError` with the column.
 """
 
@@ -45,12 +45,18 @@ from dataclasses import dataclass
 
 import sympy as sp
 
-from . import symbols as S
-from .errors import ExpressionError
-from .expr import Matrix
-from .notation import (MAX_TERMS, NotationScope, Target, expansion_size, format_expression,
-                       parse_target)
-from .spec import Cell
+from derive.cell import symbols as S
+from derive.cell.grammar import Matrix
+from derive.cell.spec import Cell
+from derive.errors import ExpressionError
+from derive.printing.text import format_expression
+from derive.verify.notation import (
+    MAX_TERMS,
+    NotationScope,
+    Target,
+    expansion_size,
+    parse_target,
+)
 
 MAX_LENGTH = 20_000
 MAX_DEPTH = 100

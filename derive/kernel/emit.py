@@ -1,7 +1,7 @@
 """Kernel sources of a cell (Cython kernel, NumPy reference), rendered from its plan.
 
 `sources(d)` maps a file name inside generated/<cell>/ to its text; `derive generate`
-writes whatever it returns beside the documents. The plan (`derive.rewrite`) decides
+writes whatever it returns beside the documents. The plan (`derive.kernel.plan`) decides
 what is computed, stored and fused; this module only prints it:
 
 * `CythonPrinter` — SymPy's C99 printer adapted to the Cython loop bodies: symbols are
@@ -14,105 +14,20 @@ Both modules carry the plan's layout as a constant (`LAYOUT`), so loading a buil
 kernel needs neither SymPy nor the derivation.
 """
 
+
 from __future__ import annotations
 
 import pprint
 
 import sympy as sp
-from sympy.printing.c import C99CodePrinter
-from sympy.printing.numpy import NumPyPrinter
 
-from . import symbols as S
-from .rewrite import Plan, Program, plan as make_plan
-
-from .build import KERNEL_API  # the calling convention between modules and runtime
-
-#: the C types of the two kernels in one module (float32, float64)
-CTYPES = ("float", "double")
-
-_FUNCS = {"sigmoid": "_sigmoid", "tanh": "_tanh", "exp": "_exp", "log": "_log"}
-
-
-class CythonPrinter(C99CodePrinter):
-    """Expressions of a plan program as Cython (C syntax, fused `floating` type)."""
-
-    def __init__(self, plan: Plan, reads: dict[sp.Symbol, str], ctype: str = "floating"):
-        super().__init__({"strict": False})
-        self.plan = plan
-        self.reads = reads          # symbol -> code (pointer reads like `c_prev[_j]`)
-        self.ctype = ctype          # "float" or "double": the type numbers are cast to
-
-    def _print_Symbol(self, expr):
-        if expr in self.reads:
-            return self.reads[expr]
-        return self.plan.access[expr].ident
-
-    def _print_Integer(self, expr):
-        return str(int(expr))
-
-    def _print_Rational(self, expr):
-        return f"(<{self.ctype}>{float(expr.p)!r} / <{self.ctype}>{float(expr.q)!r})"
-
-    def _print_Float(self, expr):
-        return f"(<{self.ctype}>{float(expr)!r})"
-
-    def _print_Half(self, expr):
-        return f"(<{self.ctype}>0.5)"
-
-    def _print_Pow(self, expr):
-        base, e = expr.args
-        if e == -1:
-            return f"1/{self.parenthesize(base, 1000)}"
-        if e == sp.S.Half:
-            return f"_sqrt({self._print(base)})"
-        return f"_pow({self._print(base)}, {self._print(e)})"
-
-    def _print_Function(self, expr):
-        name = type(expr).__name__
-        if name in _FUNCS:
-            return f"{_FUNCS[name]}({self._print(expr.args[0])})"
-        raise NotImplementedError(f"no kernel code for the function {name}")  # pragma: no cover
-
-    _print_sigmoid = _print_tanh = _print_exp = _print_log = _print_Function
-
-    def _print_Exp1(self, expr):
-        return f"_exp(<{self.ctype}>1)"
-
-
-class NumpyPrinter(NumPyPrinter):
-    """Expressions of a plan program over whole (B, N) NumPy arrays."""
-
-    def __init__(self, plan: Plan):
-        super().__init__({"strict": False})
-        self.plan = plan
-
-    def _print_Symbol(self, expr):
-        return self.plan.access[expr].ident
-
-    def _print_Pow(self, expr, rational=False):
-        base, e = expr.args
-        if e == -1:
-            return f"1/{self.parenthesize(base, 1000)}"
-        if e == sp.S.Half:
-            return f"np.sqrt({self._print(base)})"
-        return f"{self.parenthesize(base, 1000)}**{self.parenthesize(e, 1000)}"
-
-    def _print_Function(self, expr):
-        name = type(expr).__name__
-        fn = {"sigmoid": "_sigmoid", "tanh": "np.tanh", "exp": "np.exp", "log": "np.log"}
-        return f"{fn[name]}({self._print(expr.args[0])})"
-
-    _print_sigmoid = _print_tanh = _print_exp = _print_log = _print_Function
-
-    def _print_Rational(self, expr):
-        return f"({int(expr.p)}/{int(expr.q)})"
-
-    def _print_Float(self, expr):
-        return repr(float(expr))
-
-    def _print_Exp1(self, expr):
-        return "np.e"
-
+from derive.kernel.abi import (
+    KERNEL_API,  # the calling convention between modules and runtime
+)
+from derive.kernel.plan import Plan, Program
+from derive.kernel.plan import plan as make_plan
+from derive.printing.code import CTYPES, CythonPrinter, NumpyPrinter
+from derive.printing.templates import environment, header_lines
 
 # --- what the templates receive ----------------------------------------------------------
 
@@ -204,7 +119,7 @@ def kernel_context(p: Plan) -> dict:
     # --- backward step
     b_reads: dict[sp.Symbol, str] = {}
     b_rows: list[tuple[str, str]] = []
-    state_syms = {s: next((sym for sym, a in acc.items() if a.kind == "value" and
+    {s: next((sym for sym, a in acc.items() if a.kind == "value" and
                            a.array == s), None) for s in p.states}
     stored_syms = {st.symbol: st for st in p.stored}
     b_params = {"value": [], "prev": [], "stored": [], "incoming": [], "carry": []}
@@ -343,7 +258,6 @@ def reference_context(p: Plan) -> dict:
 
 def sources(d) -> dict[str, str]:
     """{"kernel.pyx": ..., "reference.py": ...} for the derivation `d`."""
-    from .render import environment, header_lines
     p = make_plan(d)
     env = environment()
     out = {}
@@ -356,7 +270,6 @@ def sources(d) -> dict[str, str]:
 
 def kernel_source(d) -> str:
     """The Cython source of a cell's kernel (a derivation, cell name or spec path)."""
-    from .render import environment, header_lines
     p = make_plan(d)
     context = dict(kernel_context(p), header=header_lines(p.cell, "kernel.pyx.j2"))
     return environment().get_template("kernel.pyx.j2").render(**context)
@@ -364,7 +277,6 @@ def kernel_source(d) -> str:
 
 def reference_source(d) -> str:
     """The NumPy reference module of a cell."""
-    from .render import environment, header_lines
     p = make_plan(d)
     context = dict(reference_context(p), header=header_lines(p.cell, "reference.py.j2"))
     return environment().get_template("reference.py.j2").render(**context)

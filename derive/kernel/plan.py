@@ -1,7 +1,7 @@
 """Stage 3 — rewrite: from a Derivation, the kernel *plan* both backends are printed from.
 
 Every decision about what a kernel computes, stores and fuses lives here; the printers
-(`derive.codegen`) and the templates only lay the plan out.
+(`derive.kernel.emit`) and the templates only lay the plan out.
 
 The plan of a cell:
 
@@ -39,10 +39,11 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
-from . import printing
-from . import symbols as S
-from .derivation import Derivation, derive
-from .errors import UserError
+from derive.cell import symbols as S
+from derive.derivation import Derivation, derive
+from derive.errors import UserError
+from derive.printing import presentation
+from derive.printing.text import text
 
 #: functions of the element-wise programs (applied to one vector)
 FUNCTIONS = (S.sigmoid, sp.tanh, sp.exp, sp.log)
@@ -346,7 +347,7 @@ class _Planner:
                 expr = expr + carries[n]
             if expr.has(S.MatTVec, S.MatVec):  # pragma: no cover - multi-phase is rejected
                 raise unsupported(cell, f"δ{n} needs a matrix product inside the step")
-            comments[f"d{n}"] = f"d{n}[t] = {printing.text(printing.structured(d, n))}"
+            comments[f"d{n}"] = f"d{n}[t] = {text(presentation.structured(d, n))}"
             bwd_statements.append(Statement(delta_sym[n], expr.xreplace(bwd_map),
                                             comments[f"d{n}"]))
         writes = []
@@ -372,7 +373,7 @@ class _Planner:
             carry_set[s] = ew != 0
             if ew != 0:
                 target = self.sym(f"new:{s}", "temp", f"carry_{s}_next")
-                comment = f"d{s}[t-1] gets: {printing.text(printing.initial_state(d, s))}"
+                comment = f"d{s}[t-1] gets: {text(presentation.initial_state(d, s))}"
                 comments[f"carry_{s}"] = comment
                 bwd_statements.append(Statement(target, ew.xreplace(bwd_map), comment))
                 writes.append(Write("carry", s, target, 0, comment))
@@ -383,7 +384,7 @@ class _Planner:
             if expr.has(S.Outer, S.MatTVec, S.MatVec):  # pragma: no cover
                 raise AssertionError(f"vector parameter {v} has a matrix gradient term")
             target = self.sym(f"acc:{v}", "temp", f"g_{v}")
-            comment = f"d{v} += {printing.text(printing.parameter_term(d, v))}"
+            comment = f"d{v} += {text(presentation.parameter_term(d, v))}"
             bwd_statements.append(Statement(target, expr.xreplace(bwd_map), comment))
             writes.append(Write("acc", v, target, 0, comment))
 
@@ -453,7 +454,7 @@ class _Planner:
             if a is not None and a.kind in ("value", "prev", "vector"):
                 back[sym] = (S.value(a.array, -1 if a.kind == "prev" else 0)
                              if a.kind != "vector" else S.param(a.array))
-        return printing.text(expr.xreplace(back))
+        return text(expr.xreplace(back))
 
     def check_matrix_gradients(self, operands):
         """Every matrix gradient is ⟨δnode, operand⟩ of exactly the blocks of the plan."""

@@ -33,8 +33,8 @@ from functools import cached_property
 
 import sympy as sp
 
-from . import symbols as S
-from .spec import Cell, load_cell
+from derive.cell import symbols as S
+from derive.cell.spec import Cell, load_cell
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ from typing import Callable, Protocol
 
 import sympy as sp
 
-from .errors import ExpressionError, suggest
-from .symbols import MatTVec, MatVec
+from derive.cell.symbols import MatTVec, MatVec
+from derive.errors import ExpressionError, suggest
 
 MAX_LENGTH = 20_000
 

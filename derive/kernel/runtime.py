@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
+from derive.errors import UserError
 
 BACKENDS = ("cython", "numpy")
 _INT32 = 2 ** 31 - 1
@@ -60,7 +60,7 @@ def load_kernel(cell, dtype="float64", backend: str | None = None) -> "Kernel":
     if backend not in (None, *BACKENDS):
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)} (or None), "
                          f"not {backend!r}")
-    from . import build
+    from derive.kernel import build
     if backend == "numpy":
         module, path = _reference_module(cell)
         return Kernel(module, "numpy", dt, path)
@@ -89,7 +89,7 @@ def _dtype(dtype) -> np.dtype:
 
 def _reference_module(cell):
     """The NumPy reference module of a cell, generated once into the cache."""
-    from . import build
+    from derive.kernel import build
     name, text, _ = build.spec_source(cell)
     key = build.fingerprint(text, kind="reference")[:20]
     folder = build.cache_dir() / "reference"
@@ -98,9 +98,9 @@ def _reference_module(cell):
     if modname in sys.modules:
         return sys.modules[modname], path
     if not path.exists():
-        from .codegen import reference_source
-        from .derivation import derive
-        from .spec import load_cell
+        from derive.cell.spec import load_cell
+        from derive.derivation import derive
+        from derive.kernel.emit import reference_source
         source = reference_source(derive(load_cell(cell)))
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".py", dir=folder)
@@ -133,7 +133,7 @@ class Kernel:
     """Forward and backward of one cell, one dtype, one backend."""
 
     def __init__(self, module, backend: str, dtype, path):
-        from .build import KERNEL_API
+        from derive.kernel.abi import KERNEL_API
         if getattr(module, "KERNEL_API", None) != KERNEL_API:
             raise UserError(f"{path}: kernel built for another version of derive; rebuild "
                             f"it (derive build CELL --force)")

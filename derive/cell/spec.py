@@ -16,7 +16,7 @@ A cell file is TOML and pure data; nothing in it is executed. One step of the ce
     z_bar = "W_z @ x + R_z @ y[t-1] + b_z"
     z     = "tanh(z_bar)"
 
-A node's expression uses the grammar of `derive.expr`: a bare name is the value at
+A node's expression uses the grammar of `derive.cell.grammar`: a bare name is the value at
 step t, `c[t-1]` the previous value of a state. Matrix products `A @ v` must be
 top-level terms of a node and multiply a single named vector: they are the linear
 nodes (GEMMs); everything else is element-wise.
@@ -34,9 +34,9 @@ from pathlib import Path
 
 import sympy as sp
 
-from . import symbols as S
-from .errors import ExpressionError, SpecError, suggest
-from .expr import Matrix, parse
+from derive.cell import symbols as S
+from derive.cell.grammar import Matrix, parse
+from derive.errors import ExpressionError, SpecError, suggest
 
 SIZES = ("N", "M")
 _IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")

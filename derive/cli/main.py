@@ -11,7 +11,7 @@ import json
 import sys
 import textwrap
 
-from .errors import UserError
+from derive.errors import UserError
 
 EPILOG = """\
 CELL is a shipped cell name (see `derive cells`) or a path to a .toml cell spec.
@@ -137,14 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from . import __version__
+    from derive import __version__
     return f"derive {__version__}"
 
 
 # --- commands --------------------------------------------------------------------------
 
 def cmd_cells(args) -> int:
-    from .spec import load_cell, shipped_cells
+    from derive.cell.spec import load_cell, shipped_cells
     cells = [load_cell(n) for n in shipped_cells()]
     if args.json:
         print(json.dumps([{"name": c.name, "title": c.title, "states": list(c.states),
@@ -157,43 +157,43 @@ def cmd_cells(args) -> int:
 
 
 def cmd_equations(args) -> int:
-    from .derivation import derive
+    from derive.derivation import derive
     d = derive(args.cell)
-    from .printing import equations
+    from derive.docs.equations import equations
     sys.stdout.write(equations(d, args.format, expanded=args.expanded))
     return 0
 
 
 def cmd_generate(args) -> int:
-    from .render import generate
+    from derive.generate import generate
     return generate(args.cells or None, out=args.out, check=args.check)
 
 
 def cmd_build(args) -> int:
-    from .build import build
+    from derive.kernel.build import build
     path = build(args.cell, force=args.force)
     print(path)
     return 0
 
 
 def cmd_check(args) -> int:
-    from .check import run_check
+    from derive.check import run_check
     return run_check(args.cell, dtype=args.dtype, backend=args.backend, as_json=args.json)
 
 
 def cmd_verify(args) -> int:
-    from .verification import run_verify
+    from derive.verify.verification import run_verify
     return run_verify(args.cell, args.equations, file=args.file, latex=args.latex,
                       as_json=args.json)
 
 
 def cmd_bench(args) -> int:
-    from .bench import run_bench
+    from derive.bench import run_bench
     return run_bench(args.cells or None, as_json=args.json, quick=args.quick)
 
 
 def cmd_main(args) -> int:
-    from .mainjob import main_job
+    from derive.cli.mainjob import main_job
     return main_job()
 
 

@@ -24,7 +24,7 @@ Right side:
   pre-activation argument: ``dsigmoid(f_bar[t])`` = ``f[t]*(1-f[t])``,
   ``dtanh(c[t])`` = ``1-tanh(c[t])**2``.
 
-Parsing never evaluates anything (see `derive.expr`): the text is parsed against this
+Parsing never evaluates anything (see `derive.cell.grammar`): the text is parsed against this
 grammar and anything else is an `ExpressionError` naming the column.
 """
 
@@ -36,14 +36,13 @@ from dataclasses import dataclass
 
 import sympy as sp
 
-from . import symbols as S
-from .errors import ExpressionError, suggest
-from .expr import Matrix, parse
-from .printing import DSIGMOID, DTANH, TextPrinter
-from .spec import Cell
+from derive.cell import symbols as S
+from derive.cell.grammar import Matrix, parse
+from derive.cell.spec import Cell
+from derive.cell.symbols import MAX_SHIFT
+from derive.errors import ExpressionError, suggest
 
 FUNCTIONS = {**S.ACTIVATIONS, "dsigmoid": S.dsigmoid, "dtanh": S.dtanh, "outer": S.Outer}
-MAX_SHIFT = 8          # |k| in name[t+k]
 MAX_EXPONENT = 16      # |n| in a ** n
 MAX_TERMS = 20_000     # terms a right side may expand into
 _LHS = re.compile(r"^\s*(d[A-Za-z][A-Za-z0-9_]*)\s*(\[\s*t\s*(?:([+-])\s*(\d+))?\s*\])?\s*$")
@@ -249,77 +248,3 @@ def top_level_terms(text: str) -> list[tuple[int, str]]:
     return out
 
 
-# --- printing in the text notation (by derive.printing's TextPrinter) -------------------
-
-def _term_key(term: sp.Expr, order: dict[str, int]):
-    """Order of terms in a sum: Δ first, then by the delta they carry (step, forward order)."""
-    syms = sorted(((0 if r.kind == "incoming" else 1, r.shift or 0, order.get(r.name, 99), s.name)
-                   for s in term.free_symbols for r in [S.ref(s)]
-                   if r is not None and r.kind in ("delta", "incoming", "carried")))
-    if not syms:
-        negative = term.could_extract_minus_sign()
-        return (2, 0 if term.is_Number else 1 + negative, 0, "", str(term))
-    return syms[0] + (str(term),)
-
-
-def fold_derivatives(expr: sp.Expr, cell: Cell | None = None) -> sp.Expr:
-    """For display: v*(1 − v) → dsigmoid(v̄) and 1 − v² → dtanh(v̄) when v = σ(v̄) / tanh(v̄)
-    is a node of `cell`, and 1 − tanh(a)² → dtanh(a)."""
-    acts: dict[sp.Symbol, tuple[str, sp.Expr]] = {}
-    if cell is not None:
-        for node in cell.nodes.values():
-            e = node.elementwise
-            if node.projections or not isinstance(e, (S.sigmoid, sp.tanh)):
-                continue
-            for k in range(-MAX_SHIFT - 2, MAX_SHIFT + 3):
-                kind = "s" if isinstance(e, S.sigmoid) else "t"
-                acts[S.value(node.name, k)] = (kind, S.shift_time(e.args[0], k))
-
-    def fold_mul(m: sp.Expr) -> sp.Expr:
-        factors = list(sp.Mul.make_args(m))
-        changed = True
-        while changed:
-            changed = False
-            for i, f in enumerate(factors):
-                if f in acts and acts[f][0] == "s":
-                    for j, g in enumerate(factors):
-                        if j != i and sp.expand(g - (1 - f)) == 0:
-                            new = DSIGMOID(acts[f][1])
-                            factors = [h for k, h in enumerate(factors) if k not in (i, j)]
-                            factors.append(new)
-                            changed = True
-                            break
-                if changed:
-                    break
-        out = []
-        for f in factors:
-            if isinstance(f, sp.Add) and len(f.args) == 2 and 1 in f.args:
-                other = f - 1
-                if isinstance(other, sp.Mul) and other.args[0] == -1 and len(other.args) == 2:
-                    sq = other.args[1]
-                    if isinstance(sq, sp.Pow) and sq.exp == 2:
-                        b = sq.base
-                        if isinstance(b, sp.tanh):
-                            out.append(DTANH(b.args[0]))
-                            continue
-                        if b in acts and acts[b][0] == "t":
-                            out.append(DTANH(acts[b][1]))
-                            continue
-            out.append(f)
-        return sp.Mul(*out)
-
-    def rule(e):
-        return fold_mul(e) if isinstance(e, sp.Mul) else e
-
-    out = sp.sympify(expr).replace(lambda e: isinstance(e, sp.Mul), rule)
-    return out if isinstance(out, sp.Mul) else fold_mul(out)
-
-
-def format_expression(expr: sp.Expr, cell: Cell | None = None) -> str:
-    """`expr` in the text notation (parses back); derivatives folded when `cell` is given."""
-    expr = sp.sympify(expr)
-    order: dict[str, int] = {}
-    if cell is not None:
-        expr = fold_derivatives(expr, cell)
-        order = {n: i for i, n in enumerate([*cell.inputs, *cell.nodes])}
-    return TextPrinter({"sum_key": lambda term: _term_key(term, order)}).doprint(expr)

@@ -35,6 +35,9 @@ class Ref:
 
 _REFS: dict[sp.Symbol, Ref] = {}
 
+#: the largest |k| of a time shift name[t+k] that the notation reads
+MAX_SHIFT = 8
+
 
 def time_label(shift: int, var: str = "t") -> str:
     """'t', 't+1', 't-1'."""

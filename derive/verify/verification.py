@@ -5,7 +5,7 @@
     v.differences      # each wrong term: its flow, a classification, expected and found
     v.counterexample   # values at which the two sides differ, and by how much
 
-The notation of equations is `derive.notation` (text) or `derive.latex` (LaTeX).
+The notation of equations is `derive.verify.notation` (text) or `derive.verify.latex` (LaTeX).
 
 **Meaning of "equal".** The derived right side of the target (the structured form,
 shifted to the target's step) and the hand-written one are each brought to a canonical
@@ -54,13 +54,20 @@ from functools import lru_cache
 import numpy as np
 import sympy as sp
 
-from . import numeric
-from . import symbols as S
-from .derivation import Derivation, derive
-from .errors import ExpressionError, UserError
-from .notation import (MAX_SHIFT, Target, format_expression, parse_expression, parse_target,
-                       split_equation, top_level_terms)
-from .spec import Cell, load_cell
+from derive import numeric
+from derive.cell import symbols as S
+from derive.cell.spec import Cell, load_cell
+from derive.derivation import Derivation, derive
+from derive.errors import ExpressionError, UserError
+from derive.printing.text import format_expression
+from derive.verify.notation import (
+    MAX_SHIFT,
+    Target,
+    parse_expression,
+    parse_target,
+    split_equation,
+    top_level_terms,
+)
 
 KINDS = ("missing", "extra", "wrong time step", "wrong gate or parameter",
          "wrong coefficient or sign", "missing or doubled activation derivative",
@@ -395,7 +402,7 @@ def verify(cell, equation: str, latex: bool = False) -> "Verification":
 def _parse(cell: Cell, equation: str, latex: bool):
     """(target, right side, [(sign·term expr, origin text)]) of an equation."""
     if latex:
-        from .latex import parse_latex_equation
+        from derive.verify.latex import parse_latex_equation
         target, rhs, terms = parse_latex_equation(cell, equation)
         return target, rhs, terms
     lhs, rhs_text = split_equation(equation)
@@ -526,7 +533,7 @@ class _Verifier:
         if span > 3:
             return None
         diff = self._replace(truth - self.rhs, last)
-        from .notation import expansion_size
+        from derive.verify.notation import expansion_size
         if expansion_size(diff) > MAX_CANONICAL_TERMS:
             return None
         canon = ctx.prepare(diff)
@@ -548,7 +555,7 @@ class _Verifier:
         reduced = ctx.prepare(ctx.forward_reduced(diff, lowest))
         if reduced == 0:
             return "symbolically, using the forward definitions of the element-wise nodes"
-        from .notation import expansion_size
+        from derive.verify.notation import expansion_size
         if expansion_size(reduced) > 200:
             return ""
         inverse = {v: f for f, v in ctx.acts.items()}

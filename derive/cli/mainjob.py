@@ -21,9 +21,9 @@ def _step(text: str):
 
 
 def main_job(cell: str = DEFAULT_CELL, out: str | None = None) -> int:
-    from .check import gradient_check
-    from .derivation import derive
-    from .render import generate
+    from derive.check import gradient_check
+    from derive.derivation import derive
+    from derive.generate import generate
 
     t0 = _step(f"deriving the backward pass of {cell}")
     d = derive(cell)
@@ -34,7 +34,7 @@ def main_job(cell: str = DEFAULT_CELL, out: str | None = None) -> int:
     t_generate = time.perf_counter() - t0
 
     t0 = _step("building the compiled kernel (cached after the first build)")
-    from .runtime import load_kernel
+    from derive.kernel.runtime import load_kernel
     kernel = load_kernel(cell, dtype="float64")
     t_build = time.perf_counter() - t0
 

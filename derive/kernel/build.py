@@ -40,15 +40,16 @@ from functools import lru_cache
 from importlib import metadata, resources
 from pathlib import Path
 
-from . import __version__
-from .errors import UserError
-
-#: version of the calling convention between generated modules and derive.runtime
-KERNEL_API = 2
+from derive import __version__
+from derive.errors import UserError
+from derive.files import template_dir
+from derive.kernel.abi import KERNEL_API
 
 #: the modules and templates whose bytes decide what a kernel's generated source is
-GENERATOR_MODULES = ("spec.py", "expr.py", "symbols.py", "derivation.py", "rewrite.py",
-                     "codegen.py")
+#: what shapes a kernel's source: every module of these packages (found by listing them,
+#: so a new module is covered without being named) and the kernel path's generator
+GENERATOR_PACKAGES = ("cell", "derivation", "printing")
+GENERATOR_MODULES = ("errors.py", "kernel/plan.py", "kernel/emit.py")
 TEMPLATES = {"kernel": "kernel.pyx.j2", "reference": "reference.py.j2"}
 
 LOCK_TIMEOUT = 1800  # seconds a process waits for another one's build of the same kernel
@@ -94,7 +95,7 @@ def spec_source(cell) -> tuple[str, str, bool]:
             raise ValueError(name)
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, KeyError, ValueError,
             TypeError):
-        from .spec import load_cell
+        from derive.cell.spec import load_cell
         load_cell(cell)  # raises the precise SpecError
         raise UserError(f"{cell}: not a usable cell spec") from None  # pragma: no cover
     return name, text, False
@@ -103,19 +104,23 @@ def spec_source(cell) -> tuple[str, str, bool]:
 # --- fingerprints and keys ---------------------------------------------------------------------
 
 def _template_dir() -> Path:
-    try:
-        return Path(str(resources.files("derive.templates")))
-    except ModuleNotFoundError:  # pragma: no cover - a source tree without install
-        return Path(__file__).resolve().parent.parent / "templates"
+    return template_dir()
+
+
+def generator_files(package_dir: Path) -> list[str]:
+    """The modules that shape a kernel's source, relative to the package folder, sorted."""
+    found = {str(p.relative_to(package_dir)) for pkg in GENERATOR_PACKAGES
+             for p in (package_dir / pkg).rglob("*.py")}
+    return sorted(found | set(GENERATOR_MODULES))
 
 
 def generator_fingerprint(kind: str = "kernel", package_dir: Path | None = None,
                           template_dir: Path | None = None) -> str:
     """sha256 of derive's version and the bytes of the generator (modules + template)."""
-    package_dir = package_dir or Path(__file__).resolve().parent
+    package_dir = package_dir or Path(__file__).resolve().parent.parent
     template_dir = template_dir or _template_dir()
     h = hashlib.sha256(f"derive {__version__} api {KERNEL_API} {kind}\n".encode())
-    for name in GENERATOR_MODULES:
+    for name in generator_files(package_dir):
         h.update(name.encode() + b"\0" + (package_dir / name).read_bytes() + b"\0")
     h.update((template_dir / TEMPLATES[kind]).read_bytes())
     return h.hexdigest()
@@ -365,9 +370,9 @@ def _build_into_cache(cell, name, text, folder: Path, modname: str, force: bool,
             return ext, modname, None
         t0 = time.perf_counter()
         _progress(f"generating the kernel of {name} …", quiet)
-        from .codegen import kernel_source
-        from .derivation import derive
-        from .spec import load_cell
+        from derive.cell.spec import load_cell
+        from derive.derivation import derive
+        from derive.kernel.emit import kernel_source
         source = kernel_source(derive(load_cell(cell)))
         tmp = Path(tempfile.mkdtemp(prefix=f".build-{name}-", dir=folder.parent))
         try:
