@@ -279,10 +279,8 @@ class Kernel:
         W = self._fused(params, N, M)
         V = tuple(params[v] for v in self.vectors)
         A = tuple(np.empty((T, B, N), self.dtype) for _ in self.stored)
-        G = tuple(np.empty((T, B, len(o["blocks"]) * N) if o["kind"] == "input"
-                           else (B, len(o["blocks"]) * N), self.dtype) for o in self.operands)
         S = tuple(S)
-        self.module.forward(x, W, V, S, A, G, _threads(self.threads, T, B, M, N))
+        self.forward_buffers(x, W, V, S, A)
         outputs = {}
         for o in self.outputs:
             arr = S[self.states.index(o)][1:] if o in self.states else A[self.stored.index(o)]
@@ -321,15 +319,8 @@ class Kernel:
             name = "d_outputs" if len(self.outputs) == 1 else f"d_outputs[{o!r}]"
             _check_array(name, d_outputs[o], (T, B, N), self.dtype, "(T, B, N)")
             dY.append(d_outputs[o])
-        dG = tuple(np.empty((T, B, len(g["nodes"]) * N), self.dtype) for g in self.groups)
-        C = tuple(np.empty((B, N), self.dtype) for _ in self.states)
-        acc = tuple(np.empty(N, self.dtype) for _ in self.vectors)
-        sizes = {"N": N, "M": M}
-        dW = tuple(np.empty((len(o["blocks"]) * N, sizes[o["size"]]), self.dtype)
-                   for o in self.operands)
-        dX = np.empty((T, B, M), self.dtype)
-        self.module.backward(trace.x, trace.W, trace.V, trace.S, trace.A, tuple(dY), dG, C,
-                             acc, dW, dX, _threads(self.threads, T, B, M, N))
+        g = self.backward_buffers(trace.x, trace.W, trace.V, trace.S, trace.A, dY)
+        dW, acc, dX, C = g["W"], g["V"], g["x"], g["S"]
         grads = {}
         for name, shape in self.parameters.items():
             if len(shape) == 1:
@@ -341,6 +332,48 @@ class Kernel:
         for s, c in zip(self.states, C):
             grads[f"{s}0"] = c
         return grads
+
+    # --- caller-owned buffers (derive.torch) ----------------------------------------------------
+    def forward_buffers(self, x, W, V, S, A) -> None:
+        """`forward` on buffers the caller allocated and checked, without copies or a Trace.
+
+        x (T, B, M); W the fused weights of each operand (self.operands: k·N rows, its
+        blocks in order); V the vector parameters (self.vectors), (N,) each; S one
+        (T+1, B, N) buffer per state holding the initial state in S[k][0]; A one (T, B, N)
+        buffer per stored value (self.stored). Fills S[k][1:] and A. Every array
+        C-contiguous and of this kernel's dtype; the kernel checks the shapes.
+        """
+        T, B, M = x.shape
+        N = S[0].shape[2]
+        G = tuple(np.empty((T, B, len(o["blocks"]) * N) if o["kind"] == "input"
+                           else (B, len(o["blocks"]) * N), self.dtype) for o in self.operands)
+        self.module.forward(x, W, V, S, A, G, _threads(self.threads, T, B, M, N))
+
+    def backward_buffers(self, x, W, V, S, A, dY, needs=None) -> dict:
+        """`backward` on the buffers of `forward_buffers`; dY one (T, B, N) per output.
+
+        Returns {"W": fused weight gradients per operand, "V": vector gradients, "x": dX,
+        "S": gradient of each initial state}, entries not in `needs` set to None. `needs`
+        names what the caller wants ("x", "W<k>" for operand k, "V<k>", "S<k>"; None:
+        everything). The kernel does not take these flags yet: it computes every gradient
+        and only the unwanted ones are dropped here (they cost their products still).
+        """
+        T, B, M = x.shape
+        N = S[0].shape[2]
+        sizes = {"N": N, "M": M}
+        dG = tuple(np.empty((T, B, len(g["nodes"]) * N), self.dtype) for g in self.groups)
+        C = tuple(np.empty((B, N), self.dtype) for _ in self.states)
+        acc = tuple(np.empty(N, self.dtype) for _ in self.vectors)
+        dW = tuple(np.empty((len(o["blocks"]) * N, sizes[o["size"]]), self.dtype)
+                   for o in self.operands)
+        dX = np.empty((T, B, M), self.dtype)
+        self.module.backward(x, W, V, S, A, tuple(dY), dG, C, acc, dW, dX,
+                             _threads(self.threads, T, B, M, N))
+        want = (lambda key: True) if needs is None else (lambda key: key in needs)
+        return {"W": [g if want(f"W{k}") else None for k, g in enumerate(dW)],
+                "V": [g if want(f"V{k}") else None for k, g in enumerate(acc)],
+                "x": dX if want("x") else None,
+                "S": [g if want(f"S{k}") else None for k, g in enumerate(C)]}
 
 
 _forked = False
