@@ -1,0 +1,399 @@
+"""Recurrent modules on the cells' operators: drop-ins for nn.LSTM, nn.GRU, nn.RNN, and any cell.
+
+    LSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+         bidirectional=False, proj_size=0, device=None, dtype=None)    # cell lstm_np
+    GRU(...same...)                                                    # cell gru
+    RNN(input_size, hidden_size, num_layers=1, nonlinearity="tanh", ...)   # cell rnn
+    Recurrent(cell, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+              dropout=0.0, bidirectional=False)                        # any cell
+
+The drop-ins have PyTorch's parameters (weight_ih_l0, weight_hh_l0, bias_ih_l0,
+bias_hh_l0, …_reverse; gate order i,f,g,o for LSTM and r,z,n for GRU), so a state_dict
+moves between them and nn.LSTM/GRU/RNN unchanged, and PyTorch's returns: `output, (h_n,
+c_n)` for LSTM, `output, h_n` otherwise. The map to the cells (the same math, checked to
+1e-10 against PyTorch in the tests):
+
+    LSTM  i,f,g,o  ->  lstm_np  W_i, W_f, W_z, W_o (and R_★); b_★ = b_ih + b_hh
+    GRU   r,z,n    ->  gru      W_r, W_u, W_h (and R_★); b_r = b_ir + b_hr,
+                                b_u = b_iz + b_hz, b_h = b_in, b_hr = b_hn (inside r·(…))
+    RNN            ->  rnn      W = weight_ih, R = weight_hh, b = b_ih + b_hh
+
+Inputs: (T, B, M), or (B, T, M) with batch_first, or unbatched (T, M); a PackedSequence
+of unequal lengths, each row run for its own length (padded steps give zeros and send no
+gradient): rows of equal length are run together, one operator call per distinct
+length (the kernels take no per-row lengths). Dropout between layers as PyTorch applies
+it (on every layer's output but the last, in training mode).
+
+Recurrent has the cell's own parameter names with PyTorch's suffixes (W_z_l0, R_i_l1,
+p_f_l0_reverse, …), initialised like `Kernel.init_params` (uniform in ±1/√N), takes an
+initial state as a dict {state: (num_layers·num_directions, B, N)} and returns
+`output, final_states`: the cell's (first) output over the sequence, (T, B, D·N), and a
+dict {state: (num_layers·num_directions, B, N)} of the final states.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from derive.torch.ops import DTYPES, operators
+
+
+class _Stack(nn.Module):
+    """Layers × directions of one cell over a sequence: what every module here shares.
+
+    A subclass names its parameters and says, per layer and direction, which tensor is
+    each of the cell's parameters (`_cell_params`); `_states_in`/`_states_out` convert
+    PyTorch's initial/final state conventions.
+    """
+
+    def __init__(self, cell, input_size, hidden_size, num_layers=1, bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False):
+        super().__init__()
+        for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
+                            ("num_layers", num_layers)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        if (isinstance(dropout, bool) or not isinstance(dropout, numbers.Number)
+                or not 0 <= dropout <= 1):
+            raise ValueError(f"dropout must be a number in [0, 1], not {dropout!r}")
+        if dropout > 0 and num_layers == 1:
+            warnings.warn(f"dropout option adds dropout after all but last recurrent layer, "
+                          f"so non-zero dropout expects num_layers greater than 1, but got "
+                          f"dropout={dropout} and num_layers={num_layers}", stacklevel=3)
+        self.input_size, self.hidden_size = int(input_size), int(hidden_size)
+        self.num_layers, self.bias = int(num_layers), bool(bias)
+        self.batch_first, self.dropout = bool(batch_first), float(dropout)
+        self.bidirectional = bool(bidirectional)
+        self.ops = operators(cell)
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def _suffixes(self):
+        """(layer, direction, suffix) in PyTorch's order: _l0, _l0_reverse, _l1, …"""
+        for layer in range(self.num_layers):
+            for d in range(self.num_directions):
+                yield layer, d, f"_l{layer}" + ("_reverse" if d else "")
+
+    def _layer_input(self, layer) -> int:
+        return self.input_size if layer == 0 else self.hidden_size * self.num_directions
+
+    def extra_repr(self):
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        for name, default in (("bias", True), ("batch_first", False), ("dropout", 0.0),
+                              ("bidirectional", False)):
+            if getattr(self, name) != default:
+                s += f", {name}={getattr(self, name)}"
+        return s + f", cell={self.ops.name}"
+
+    def flatten_parameters(self):
+        """nn.RNNBase's cuDNN hook: nothing to do here."""
+
+    # --- the cell's parameters, fused as its kernel takes them --------------------------------
+    def _cell_params(self, suffix: str, dtype) -> dict:
+        raise NotImplementedError
+
+    def _weights(self, suffix, dtype):
+        p = self._cell_params(suffix, dtype)
+        W = [p[b[0]] if len(b) == 1 else torch.cat([p[m] for m in b]) for b in self.ops.blocks]
+        return W, [p[v] for v in self.ops.vectors]
+
+    # --- forward -----------------------------------------------------------------------------
+    def _dtype(self):
+        return next(self.parameters()).dtype
+
+    def _check_input(self, x):
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"input must be a torch.Tensor or a PackedSequence, not "
+                             f"{type(x).__name__}")
+        if x.device.type != "cpu":
+            raise ValueError(f"input must be a CPU tensor (derive's kernels run on the CPU), "
+                             f"not on {x.device}")
+        dtype = self._dtype()
+        if x.dtype != dtype:
+            raise ValueError(f"input must have dtype {dtype} (the parameters' dtype), not "
+                             f"{x.dtype}")
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"input must have input_size={self.input_size} features in its "
+                             f"last dimension, not {x.shape[-1]} (shape {tuple(x.shape)})")
+
+    def _run(self, input, hx):
+        """(output, {state: (L·D, B, N)}, batched) for a tensor or a PackedSequence."""
+        if isinstance(input, PackedSequence):
+            self._check_input(input.data)
+            x, lengths = pad_packed_sequence(input)
+            lengths = lengths.tolist()
+            state0 = self._initial(hx, x.shape[1], True, x)
+            y, finals = self._layers(x, state0, lengths)
+            if input.sorted_indices is not None:
+                y = y.index_select(1, input.sorted_indices)
+                lengths = [lengths[i] for i in input.sorted_indices.tolist()]
+            data = pack_padded_sequence(y, lengths).data
+            out = PackedSequence(data, input.batch_sizes, input.sorted_indices,
+                                 input.unsorted_indices)
+            return out, finals, True
+        self._check_input(input)
+        if input.dim() not in (2, 3):
+            raise ValueError(f"input must have 3 dimensions ({'B, T' if self.batch_first else 'T, B'}"
+                             f", input_size) or 2 (T, input_size) unbatched, not "
+                             f"{input.dim()} (shape {tuple(input.shape)})")
+        batched = input.dim() == 3
+        x = input if not batched or not self.batch_first else input.transpose(0, 1)
+        x = x if batched else x.unsqueeze(1)
+        if min(x.shape) < 1:
+            raise ValueError(f"input must not be empty (shape {tuple(input.shape)})")
+        state0 = self._initial(hx, x.shape[1], batched, x)
+        y, finals = self._layers(x, state0, None)
+        if not batched:
+            return y.squeeze(1), {s: f.squeeze(1) for s, f in finals.items()}, False
+        return (y.transpose(0, 1) if self.batch_first else y), finals, True
+
+    def _initial(self, hx, B, batched, x):
+        """{state: (L·D, B, N)} from the module's hx (None: zeros)."""
+        states = self._states_in(hx)
+        want = (self.num_layers * self.num_directions, B, self.hidden_size)
+        out = {}
+        for s, (label, t) in states.items():
+            if t is None:
+                continue
+            if not isinstance(t, torch.Tensor):
+                raise ValueError(f"{label} must be a torch.Tensor, not {type(t).__name__}")
+            shape = want if batched else (want[0], want[2])
+            if t.device.type != "cpu":
+                raise ValueError(f"{label} must be a CPU tensor, not on {t.device}")
+            if t.dtype != x.dtype:
+                raise ValueError(f"{label} must have dtype {x.dtype} (the input's), not "
+                                 f"{t.dtype}")
+            if tuple(t.shape) != shape:
+                raise ValueError(f"{label} must have shape {shape} (num_layers*num_directions"
+                                 f"{', batch' if batched else ''}, hidden_size), not "
+                                 f"{tuple(t.shape)}")
+            out[s] = t if batched else t.unsqueeze(1)
+        return out
+
+    def _layers(self, x, state0, lengths):
+        """Run every layer and direction; x (T, B, M). Returns (T, B, D·N), finals."""
+        finals = {s: [] for s in self.ops.states}
+        first = self.ops.outputs[0]
+        for layer in range(self.num_layers):
+            outs = []
+            for d in range(self.num_directions):
+                suffix = f"_l{layer}" + ("_reverse" if d else "")
+                W, V = self._weights(suffix, x.dtype)
+                i = layer * self.num_directions + d
+                s0 = {s: v[i] for s, v in state0.items()}
+                y, fin = self._direction(x, W, V, s0, lengths, bool(d))
+                outs.append(y[first])
+                for s in self.ops.states:
+                    finals[s].append(fin[s])
+            x = outs[0] if len(outs) == 1 else torch.cat(outs, 2)
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                x = F.dropout(x, self.dropout, True)
+        return x, {s: torch.stack(v) for s, v in finals.items()}
+
+    def _direction(self, x, W, V, s0, lengths, reverse):
+        """One direction of one layer: a single operator call, or one per distinct length."""
+        T, B, _ = x.shape
+        if lengths is None or all(n == T for n in lengths):
+            y, fin = self.ops.run(x.flip(0) if reverse else x, W, V, s0)
+            return ({o: v.flip(0) for o, v in y.items()} if reverse else y), fin
+        N = self.hidden_size
+        ys = {o: x.new_zeros((T, B, N)) for o in self.ops.outputs}
+        finals = {s: x.new_zeros((B, N)) for s in self.ops.states}
+        for n in sorted(set(lengths), reverse=True):
+            rows = torch.tensor([b for b, m in enumerate(lengths) if m == n])
+            xg = x[:n].index_select(1, rows)
+            sg = {s: v.index_select(0, rows) for s, v in s0.items()}
+            y, fin = self.ops.run(xg.flip(0) if reverse else xg, W, V, sg)
+            for o, v in y.items():
+                v = v.flip(0) if reverse else v
+                ys[o] = ys[o].index_copy(1, rows, F.pad(v, (0, 0, 0, 0, 0, T - n)))
+            for s, v in fin.items():
+                finals[s] = finals[s].index_copy(0, rows, v)
+        return ys, finals
+
+    def _states_in(self, hx) -> dict:
+        """{state: (label, tensor or None)} from the module's hx argument."""
+        raise NotImplementedError
+
+
+class Recurrent(_Stack):
+    """Any cell (a shipped name or a cell file) as a recurrent module: see the module doc.
+
+    forward(input, hx=None) -> (output, final_states): input (T, B, M) ((B, T, M) with
+    batch_first; (T, M) unbatched; or a PackedSequence); hx None or a dict
+    {state: (num_layers·num_directions, B, N)}; output (T, B, D·N) (the cell's first
+    output); final_states {state: (num_layers·num_directions, B, N)}.
+    """
+
+    def __init__(self, cell, input_size, hidden_size, num_layers=1, bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False):
+        super().__init__(cell, input_size, hidden_size, num_layers, bias, batch_first,
+                         dropout, bidirectional)
+        kernel = self.ops.kernel(torch.float64)
+        self.shapes = dict(kernel.parameters)
+        self.biases = set(self.ops.vectors) if not bias else set()
+        sizes = {"N": self.hidden_size}
+        for layer, _d, suffix in self._suffixes():
+            sizes["M"] = self._layer_input(layer)
+            for name, shape in self.shapes.items():
+                if name in self.biases:
+                    continue
+                self.register_parameter(name + suffix, nn.Parameter(
+                    torch.empty(tuple(sizes[s] for s in shape))))
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """Uniform in ±1/√N, like Kernel.init_params (and nn.LSTM)."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for p in self.parameters():
+            nn.init.uniform_(p, -bound, bound)
+
+    def _cell_params(self, suffix, dtype):
+        return {name: getattr(self, name + suffix) if name not in self.biases
+                else torch.zeros(self.hidden_size, dtype=dtype) for name in self.shapes}
+
+    def _states_in(self, hx):
+        if hx is None:
+            return {}
+        if not isinstance(hx, dict):
+            raise ValueError(f"hx must be None or a dict of state name -> tensor "
+                             f"({', '.join(self.ops.states)}), not {type(hx).__name__}")
+        unknown = [s for s in hx if s not in self.ops.states]
+        if unknown:
+            raise ValueError(f"hx has unknown states {', '.join(map(str, unknown))} (the "
+                             f"states of {self.ops.name}: {', '.join(self.ops.states)})")
+        return {s: (f"hx[{s!r}]", v) for s, v in hx.items()}
+
+    def forward(self, input, hx=None):
+        out, finals, _ = self._run(input, hx)
+        return out, finals
+
+
+class _TorchStack(_Stack):
+    """nn.RNNBase's parameters (weight_ih_l0, …, gates stacked) mapped onto a cell."""
+
+    cell: str
+    gates: int
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None):
+        if proj_size:
+            raise NotImplementedError(
+                f"derive.torch.{type(self).__name__}: proj_size={proj_size} needs the LSTM "
+                f"with projection (a cell with a same-step product), which is not shipped "
+                f"yet; use proj_size=0 or torch.nn.LSTM")
+        if device is not None and torch.device(device).type != "cpu":
+            raise ValueError(f"device must be the CPU (derive's kernels run on the CPU), "
+                             f"not {device}")
+        if dtype is not None and dtype not in DTYPES:
+            raise ValueError(f"dtype must be torch.float32 or torch.float64, not {dtype}")
+        super().__init__(self.cell, input_size, hidden_size, num_layers, bias, batch_first,
+                         dropout, bidirectional)
+        self.proj_size = 0
+        G, N = self.gates * self.hidden_size, self.hidden_size
+        for layer, _d, suffix in self._suffixes():
+            shapes = [("weight_ih", (G, self._layer_input(layer))), ("weight_hh", (G, N))]
+            if self.bias:
+                shapes += [("bias_ih", (G,)), ("bias_hh", (G,))]
+            for name, shape in shapes:
+                self.register_parameter(name + suffix, nn.Parameter(
+                    torch.empty(shape, dtype=dtype or torch.get_default_dtype())))
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """Uniform in ±1/√N, as nn.RNNBase."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for p in self.parameters():
+            nn.init.uniform_(p, -bound, bound)
+
+    def _torch_params(self, suffix, dtype):
+        """(weight_ih chunks, weight_hh chunks, bias_ih chunks, bias_hh chunks) per gate."""
+        w_ih = getattr(self, "weight_ih" + suffix).chunk(self.gates)
+        w_hh = getattr(self, "weight_hh" + suffix).chunk(self.gates)
+        if self.bias:
+            b_ih = getattr(self, "bias_ih" + suffix).chunk(self.gates)
+            b_hh = getattr(self, "bias_hh" + suffix).chunk(self.gates)
+        else:
+            b_ih = b_hh = (torch.zeros(self.hidden_size, dtype=dtype),) * self.gates
+        return w_ih, w_hh, b_ih, b_hh
+
+    def _states_in(self, hx):
+        return {"y": ("hx", hx)}
+
+    def forward(self, input, hx=None):
+        out, finals, _ = self._run(input, hx)
+        return out, finals["y"]
+
+
+class LSTM(_TorchStack):
+    """Drop-in for torch.nn.LSTM on the cell lstm_np (see the module docstring)."""
+
+    cell, gates = "lstm_np", 4
+
+    def _cell_params(self, suffix, dtype):
+        (Wi, Wf, Wz, Wo), (Ri, Rf, Rz, Ro), b_ih, b_hh = self._torch_params(suffix, dtype)
+        bi, bf, bz, bo = (a + b for a, b in zip(b_ih, b_hh))
+        return dict(W_z=Wz, W_i=Wi, W_f=Wf, W_o=Wo, R_z=Rz, R_i=Ri, R_f=Rf, R_o=Ro,
+                    b_z=bz, b_i=bi, b_f=bf, b_o=bo)
+
+    def _states_in(self, hx):
+        if hx is None:
+            return {}
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise ValueError(f"hx must be None or a tuple (h_0, c_0) for LSTM, not "
+                             f"{type(hx).__name__}")
+        return {"y": ("hx[0] (h_0)", hx[0]), "c": ("hx[1] (c_0)", hx[1])}
+
+    def forward(self, input, hx=None):
+        out, finals, _ = self._run(input, hx)
+        return out, (finals["y"], finals["c"])
+
+
+class GRU(_TorchStack):
+    """Drop-in for torch.nn.GRU on the cell gru (see the module docstring)."""
+
+    cell, gates = "gru", 3
+
+    def _cell_params(self, suffix, dtype):
+        (Wr, Wu, Wh), (Rr, Ru, Rh), (bir, biu, bih), (bhr, bhu, bhh) = \
+            self._torch_params(suffix, dtype)
+        return dict(W_r=Wr, W_u=Wu, W_h=Wh, R_r=Rr, R_u=Ru, R_h=Rh,
+                    b_r=bir + bhr, b_u=biu + bhu, b_h=bih, b_hr=bhh)
+
+
+class RNN(_TorchStack):
+    """Drop-in for torch.nn.RNN on the cell rnn (tanh; relu has no shipped cell yet)."""
+
+    cell, gates = "rnn", 1
+
+    def __init__(self, *args, **kwargs):
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        if len(args) > 3:
+            nonlinearity, args = args[3], args[:3] + args[4:]
+        else:
+            nonlinearity = kwargs.pop("nonlinearity", "tanh")
+        if nonlinearity == "relu":
+            raise NotImplementedError("derive.torch.RNN: nonlinearity='relu' needs a relu "
+                                      "cell, which is not shipped yet; use 'tanh' or "
+                                      "torch.nn.RNN")
+        if nonlinearity != "tanh":
+            raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or "
+                             f"'relu'.")
+        super().__init__(*args, **kwargs)
+        self.nonlinearity = nonlinearity
+
+    def _cell_params(self, suffix, dtype):
+        (W,), (R,), (b_ih,), (b_hh,) = self._torch_params(suffix, dtype)
+        return dict(W=W, R=R, b=b_ih + b_hh)

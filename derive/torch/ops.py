@@ -1,0 +1,343 @@
+"""A cell's kernel as two PyTorch custom operators: one forward, one backward per sequence.
+
+    ops = operators("lstm_np")                      # a shipped name or a cell file; once each
+    outputs, finals = ops.run(x, W, V, state0)      # differentiable; what the modules call
+
+`torch.library.custom_op` registers, per cell (named by the cell and its spec hash):
+
+    derive::<cell>_<hash>_forward(x, W0.., V0.., s0_0..) -> (S_0.., A_0..)
+    derive::<cell>_<hash>_backward(x, W0.., V0.., S_0.., A_0.., dS_0.., dA_0.., needs)
+        -> (dx, dW0.., dV0.., ds0_0..)
+
+x (T, B, M) the input; W<k> the fused weights of operand k of the kernel's layout (k·N rows,
+its blocks in order, e.g. lstm_np: [W_z; W_i; W_f; W_o] for x, [R_z; …] for y); V<k> the
+vector parameters (N,); s0_<k> the initial state k (B, N). The forward returns what the
+backward needs: every state over the sequence S_k (T+1, B, N) (row 0 the initial state,
+row T the final one) and the kernel's stored values A_k (T, B, N). `run` returns views of
+them: the outputs (T, B, N) and the final states (B, N). The stored values are not
+differentiable (they exist for the backward operator).
+
+Both operators have fake (meta) implementations and the pair is registered with
+`register_autograd`, so autograd, `torch.compile(fullgraph=True)` and `torch.export` see
+one opaque operator per sequence: compile time does not grow with T.
+
+The gradient flags: `needs` (one bool per input of the forward operator, from autograd's
+`needs_input_grad`) reaches `Kernel.backward_buffers`; gradients nobody needs come back as
+None (no parameter gradient for a frozen parameter, none for an input that does not
+require grad). The compiled kernels do not take the flags yet, so they still compute
+every gradient (the δx product of the first layer, the weight products of frozen
+weights) and the unneeded ones are dropped.
+
+Undefined output gradients (a final state nobody uses) count as zeros. The gradient of a
+final state that is not an output of the cell (lstm's c_n) enters the backward pass
+through a second kernel of the same cell with every state declared an output (same
+layout, compiled on first use, loaded only when such a gradient is non-zero): the
+compiled kernels have no entry for the final carries.
+
+Tensors are used in place, without copies, when they are contiguous: x, the fused
+weights and the vectors are handed to the kernel as they are (`run` makes a
+non-contiguous one contiguous); the states over the sequence are allocated once by the
+forward operator.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import torch
+
+from derive.errors import UserError
+from derive.kernel.runtime import load_kernel
+
+DTYPES = {torch.float32: "float32", torch.float64: "float64"}
+
+_registry: dict[tuple[str, str], "CellOperators"] = {}
+
+
+def operators(cell) -> "CellOperators":
+    """The registered operators of `cell` (a shipped name, a cell file or a loaded Cell)."""
+    kernel = load_kernel(cell, "float64")
+    key = (kernel.cell, kernel.layout["spec_hash"])
+    if key not in _registry:
+        _registry[key] = CellOperators(cell, kernel)
+    return _registry[key]
+
+
+class CellOperators:
+    """The forward and backward operators of one cell (float32 and float64, CPU)."""
+
+    def __init__(self, cell, kernel64):
+        self.cell = cell
+        self.kernels = {"float64": kernel64}
+        self.variants: dict[str, object] = {}
+        k = kernel64
+        self.name = k.cell
+        self.states = k.states
+        self.outputs = k.outputs
+        self.stored = tuple(k.stored)
+        self.operands = tuple(o["name"] for o in k.operands)
+        self.vectors = k.vectors
+        self.blocks = tuple(tuple(m for _node, m in o["blocks"]) for o in k.operands)
+        self.sizes = tuple(o["size"] for o in k.operands)
+        nW, nV, nS, nA = len(self.operands), len(self.vectors), len(self.states), len(self.stored)
+        self.n_inputs = 1 + nW + nV + nS
+        self.stored_outputs = tuple(o for o in self.outputs if o not in self.states)
+        base = f"derive::{self.name}_{k.layout['spec_hash']}"
+        W = [f"Tensor W{i}" for i in range(nW)]
+        V = [f"Tensor V{i}" for i in range(nV)]
+        s0 = [f"Tensor s0_{i}" for i in range(nS)]
+        S = [f"Tensor S{i}" for i in range(nS)]
+        A = [f"Tensor A{i}" for i in range(nA)]
+        dS = [f"Tensor? dS{i}" for i in range(nS)]
+        dA = [f"Tensor? dA{i}" for i in range(len(self.stored_outputs))]
+        fwd_schema = (f"(Tensor x, {', '.join(W + V + s0)}) -> "
+                      f"({', '.join(['Tensor'] * (nS + nA))})")
+        self.n_outputs = nS + nA  # one output (rnn: the state y, nothing stored) is a Tensor
+        bwd_schema = (f"(Tensor x, {', '.join(W + V + S + A + dS + dA)}, bool[] needs) -> "
+                      f"({', '.join(['Tensor'] * self.n_inputs)})")
+        self.forward = torch.library.custom_op(f"{base}_forward", self._forward_impl,
+                                               mutates_args=(), device_types="cpu",
+                                               schema=fwd_schema)
+        self.forward.register_fake(self._forward_fake)
+        self.backward = torch.library.custom_op(f"{base}_backward", self._backward_impl,
+                                                mutates_args=(), device_types="cpu",
+                                                schema=bwd_schema)
+        self.backward.register_fake(self._backward_fake)
+        self.forward.register_autograd(self._autograd_backward,
+                                       setup_context=self._setup_context)
+
+    def __repr__(self):
+        return f"<derive.torch operators of {self.name}: {self.forward}, {self.backward}>"
+
+    # --- kernels -----------------------------------------------------------------------------
+    def kernel(self, dtype):
+        name = DTYPES[dtype]
+        if name not in self.kernels:
+            self.kernels[name] = load_kernel(self.cell, name)
+        return self.kernels[name]
+
+    def variant(self, dtype):
+        """The kernel of this cell with every state an output (same layout): its backward
+        takes a gradient for each state at each step, so a final state's gradient enters as
+        that state's output gradient at the last step."""
+        name = DTYPES[dtype]
+        if name not in self.variants:
+            self.variants[name] = load_kernel(_states_as_outputs(self.cell, self.states), name)
+            k, v = self.kernel(dtype).layout, self.variants[name].layout
+            same = ("states", "parameters", "vectors", "operands", "groups", "stored")
+            if any(k[key] != v[key] for key in same):  # pragma: no cover - a plan change
+                raise UserError(f"{self.name}: the kernel with every state an output has "
+                                f"another layout; final-state gradients of "
+                                f"{', '.join(s for s in self.states if s not in self.outputs)}"
+                                f" cannot be taken")
+        return self.variants[name]
+
+    # --- argument lists ----------------------------------------------------------------------
+    def _split(self, args, counts):
+        out, i = [], 0
+        for n in counts:
+            out.append(list(args[i:i + n]))
+            i += n
+        return out
+
+    def _forward_args(self, args):
+        x = args[0]
+        W, V, s0 = self._split(args[1:], (len(self.operands), len(self.vectors),
+                                          len(self.states)))
+        return x, W, V, s0
+
+    def _backward_args(self, args):
+        x = args[0]
+        nW, nV, nS, nA = len(self.operands), len(self.vectors), len(self.states), len(self.stored)
+        W, V, S, A, dS, dA = self._split(args[1:], (nW, nV, nS, nA, nS,
+                                                    len(self.stored_outputs)))
+        return x, W, V, S, A, dS, dA, list(args[-1])
+
+    # --- forward -----------------------------------------------------------------------------
+    def _forward_impl(self, *args):
+        x, W, V, s0 = self._forward_args(args)
+        kernel = self.kernel(x.dtype)
+        T, B, _ = x.shape
+        N = s0[0].shape[1]
+        S = [torch.empty((T + 1, B, N), dtype=x.dtype) for _ in self.states]
+        for buf, s in zip(S, s0):
+            buf[0].copy_(s)
+        A = [torch.empty((T, B, N), dtype=x.dtype) for _ in self.stored]
+        kernel.forward_buffers(_np(x), tuple(map(_np, W)), tuple(map(_np, V)),
+                               tuple(map(_np, S)), tuple(map(_np, A)))
+        return self._result((*S, *A))
+
+    def _result(self, outputs: tuple):
+        return outputs[0] if self.n_outputs == 1 else outputs
+
+    def _forward_fake(self, *args):
+        x, _W, _V, s0 = self._forward_args(args)
+        T, B, _ = x.shape
+        N = s0[0].shape[1]
+        return self._result((*(x.new_empty((T + 1, B, N)) for _ in self.states),
+                             *(x.new_empty((T, B, N)) for _ in self.stored)))
+
+    # --- backward ----------------------------------------------------------------------------
+    def _backward_impl(self, *args):
+        x, W, V, S, A, dS, dA, needs = self._backward_args(args)
+        T, B, M = x.shape
+        N = S[0].shape[2]
+        zeros = lambda: np.zeros((T, B, N), DTYPES[x.dtype])  # noqa: E731
+        dY = []
+        for o in self.outputs:
+            if o in self.states:  # S has the initial state in row 0
+                d = dS[self.states.index(o)]
+                dY.append(zeros() if d is None else _np(d)[1:])
+            else:
+                d = dA[self.stored_outputs.index(o)]
+                dY.append(zeros() if d is None else _np(d))
+        kernel = self.kernel(x.dtype)
+        extra = [s for s, d in zip(self.states, dS)
+                 if s not in self.outputs and d is not None and bool(d[1:].any())]
+        if extra:  # a final (or inner) state's gradient: the kernel with states as outputs
+            kernel = self.variant(x.dtype)
+            dY += [zeros() if dS[self.states.index(s)] is None
+                   else _np(dS[self.states.index(s)])[1:]
+                   for s in kernel.outputs[len(self.outputs):]]
+        keys = (["x"] + [f"W{i}" for i in range(len(W))] + [f"V{i}" for i in range(len(V))]
+                + [f"S{i}" for i in range(len(S))])
+        g = kernel.backward_buffers(_np(x), tuple(map(_np, W)), tuple(map(_np, V)),
+                                    tuple(map(_np, S)), tuple(map(_np, A)), dY,
+                                    needs={k for k, n in zip(keys, needs) if n})
+        ds0 = []
+        for c, d in zip(g["S"], dS):
+            if c is not None and d is not None:
+                c += _np(d)[0]  # the initial row of S is the initial state itself
+            ds0.append(c)
+        grads = [g["x"], *g["W"], *g["V"], *ds0]
+        return tuple(torch.from_numpy(a) if a is not None else x.new_empty((0,))
+                     for a in grads)
+
+    def _backward_fake(self, *args):
+        x, W, V, S, _A, _dS, _dA, needs = self._backward_args(args)
+        shapes = [x.shape, *(w.shape for w in W), *(v.shape for v in V),
+                  *(s.shape[1:] for s in S)]
+        return tuple(x.new_empty(shape if n else (0,)) for shape, n in zip(shapes, needs))
+
+    # --- autograd ----------------------------------------------------------------------------
+    def _setup_context(self, ctx, inputs, output):
+        x, W, V, _s0 = self._forward_args(inputs)
+        nS = len(self.states)
+        output = (output,) if self.n_outputs == 1 else output
+        ctx.save_for_backward(x, *W, *V, *output)
+        ctx.mark_non_differentiable(*output[nS:])
+        ctx.set_materialize_grads(False)
+
+    def _autograd_backward(self, ctx, *grads):
+        needs = list(ctx.needs_input_grad)
+        if not any(needs):
+            return (None,) * self.n_inputs
+        nS = len(self.states)
+        dS = [g if g is None else g.contiguous() for g in grads[:nS]]
+        dA = [grads[nS + self.stored.index(o)] for o in self.stored_outputs]
+        dA = [g if g is None else g.contiguous() for g in dA]
+        out = self.backward(*ctx.saved_tensors, *dS, *dA, needs)
+        return tuple(g if n else None for g, n in zip(out, needs))
+
+    # --- the differentiable call -------------------------------------------------------------
+    def run(self, x, W, V, state0):
+        """Run the cell over x (T, B, M) from state0 ({state: (B, N)}, zeros if missing).
+
+        W: the fused weights per operand, V: the vector parameters (see the module
+        docstring). Returns ({output: (T, B, N)}, {state: (B, N)}), views of what the
+        forward operator returned. Checks every argument first (ValueError naming it).
+        """
+        x, W, V, s0 = self.check(x, W, V, state0)
+        res = self.forward(x, *W, *V, *s0)
+        res = (res,) if self.n_outputs == 1 else res
+        S = res[:len(self.states)]
+        A = res[len(self.states):]
+        outputs = {o: S[self.states.index(o)][1:] if o in self.states
+                   else A[self.stored.index(o)] for o in self.outputs}
+        finals = {s: S[i][-1] for i, s in enumerate(self.states)}
+        return outputs, finals
+
+    def check(self, x, W, V, state0):
+        """The arguments of `run`, checked, contiguous and with every initial state."""
+        _tensor("x", x, "(T, B, M)")
+        if x.dtype not in DTYPES:
+            raise ValueError(f"x must have dtype float32 or float64, not {x.dtype}")
+        if x.dim() != 3 or min(x.shape) < 1:
+            raise ValueError(f"x must have shape (T, B, M) with T, B, M >= 1, not "
+                             f"{tuple(x.shape)}")
+        T, B, M = x.shape
+        if len(W) != len(self.operands) or len(V) != len(self.vectors):
+            raise ValueError(f"{self.name} takes {len(self.operands)} fused weights "
+                             f"({', '.join(self.operands)}) and {len(self.vectors)} vectors "
+                             f"({', '.join(self.vectors)}), not {len(W)} and {len(V)}")
+        N = None
+        for i, w in enumerate(W):
+            _tensor(f"W{i}", w, "(k·N, size)", x.dtype)
+            if w.dim() != 2 or w.shape[0] % len(self.blocks[i]):
+                raise ValueError(f"W{i} (operand {self.operands[i]}: "
+                                 f"{', '.join(self.blocks[i])}) must be a matrix of "
+                                 f"{len(self.blocks[i])}·N rows, not {tuple(w.shape)}")
+            n = w.shape[0] // len(self.blocks[i])
+            N = n if N is None else N
+            want = (len(self.blocks[i]) * N, {"M": M, "N": N}[self.sizes[i]])
+            if tuple(w.shape) != want:
+                raise ValueError(f"W{i} (operand {self.operands[i]}: "
+                                 f"{', '.join(self.blocks[i])}) must have shape {want} "
+                                 f"with N={N} and M={M} (from x), not {tuple(w.shape)}")
+        for name, v in zip(self.vectors, V):
+            _tensor(name, v, "(N,)", x.dtype, (N,))
+        state0 = {} if state0 is None else state0
+        unknown = [s for s in state0 if s not in self.states]
+        if unknown:
+            raise ValueError(f"state0 has unknown states {', '.join(map(str, unknown))} "
+                             f"(the states of {self.name}: {', '.join(self.states)})")
+        s0 = []
+        for s in self.states:
+            v = state0.get(s)
+            if v is None:
+                v = x.new_zeros((B, N))
+            _tensor(f"initial state {s}", v, "(B, N)", x.dtype, (B, N))
+            s0.append(v)
+        return (x.contiguous(), [w.contiguous() for w in W], [v.contiguous() for v in V],
+                s0)
+
+
+def _np(t):
+    return t.detach().numpy()
+
+
+def _tensor(name, t, meaning, dtype=None, shape=None):
+    """A CPU tensor of `dtype` and `shape`, or a ValueError naming it and what was expected."""
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor of shape {meaning}, not "
+                         f"{type(t).__name__}")
+    if t.device.type != "cpu":
+        raise ValueError(f"{name} must be a CPU tensor (derive's kernels run on the CPU), "
+                         f"not on {t.device}")
+    if dtype is not None and t.dtype != dtype:
+        raise ValueError(f"{name} must have dtype {dtype} (the dtype of x), not {t.dtype}")
+    if shape is not None and tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)} {meaning}, not "
+                         f"{tuple(t.shape)}")
+
+
+def _states_as_outputs(cell, states):
+    """The cell with every state declared an output (a Cell, named <cell>_states)."""
+    from derive.cell.spec import parse_spec
+    from derive.kernel.build import spec_source
+    import tomllib
+    name, text, _shipped = spec_source(cell)
+    outputs = list(tomllib.loads(text)["outputs"])
+    outputs += [s for s in states if s not in outputs]
+    new, n1 = re.subn(r"(?m)^outputs\s*=\s*\[[^\]]*\]", f"outputs = {json.dumps(outputs)}",
+                      text)
+    new, n2 = re.subn(r"(?m)^name\s*=\s*\"[^\"]*\"", f"name = \"{name}_states\"", new)
+    if (n1, n2) != (1, 1):
+        raise UserError(f"{name}: cannot declare its states outputs (its file has no single "
+                        f"'name = ...' and 'outputs = [...]' line); the gradient of a final "
+                        f"state that is not an output cannot be taken")
+    result = parse_spec(new, f"{name} (every state an output)")
+    result.shipped = False
+    return result
