@@ -142,11 +142,11 @@ class _Stack(nn.Module):
             out = PackedSequence(data, input.batch_sizes, input.sorted_indices,
                                  input.unsorted_indices)
             return out, finals, True
-        self._check_input(input)
-        if input.dim() not in (2, 3):
+        if isinstance(input, torch.Tensor) and input.dim() not in (2, 3):
             raise ValueError(f"input must have 3 dimensions ({'B, T' if self.batch_first else 'T, B'}"
                              f", input_size) or 2 (T, input_size) unbatched, not "
                              f"{input.dim()} (shape {tuple(input.shape)})")
+        self._check_input(input)
         batched = input.dim() == 3
         x = input if not batched or not self.batch_first else input.transpose(0, 1)
         x = x if batched else x.unsqueeze(1)
@@ -351,8 +351,9 @@ class LSTM(_TorchStack):
         if hx is None:
             return {}
         if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-            raise ValueError(f"hx must be None or a tuple (h_0, c_0) for LSTM, not "
-                             f"{type(hx).__name__}")
+            got = (f"a {type(hx).__name__} of {len(hx)}" if isinstance(hx, (tuple, list))
+                   else type(hx).__name__)
+            raise ValueError(f"hx must be None or a tuple (h_0, c_0) for LSTM, not {got}")
         return {"y": ("hx[0] (h_0)", hx[0]), "c": ("hx[1] (c_0)", hx[1])}
 
     def forward(self, input, hx=None):

@@ -1,0 +1,409 @@
+"""derive.torch: the cells' custom operators and the modules built on them, against PyTorch.
+
+Oracles: torch.autograd.gradcheck (float64 central differences) for the operators and
+modules, torch.library.opcheck for the registrations, and nn.LSTM / nn.GRU / nn.RNN
+with the same state_dict for the drop-ins (outputs and every gradient within 1e-10).
+"""
+
+import importlib.util
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import derive  # noqa: E402
+import derive.torch as dt  # noqa: E402
+from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
+
+from conftest import SHIPPED  # noqa: E402
+
+F64 = torch.float64
+T, B, M, N = 4, 3, 5, 2          # T >= 3, B >= 2, M != N
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def _operator_args(ops, g, dtype=F64):
+    """Random x, fused weights, vectors and non-zero initial states of a cell."""
+    x = torch.randn(T, B, M, dtype=dtype, generator=g)
+    W = [0.5 * torch.randn(len(b) * N, M if s == "M" else N, dtype=dtype, generator=g)
+         for b, s in zip(ops.blocks, ops.sizes)]
+    V = [0.5 * torch.randn(N, dtype=dtype, generator=g) for _ in ops.vectors]
+    s0 = [0.5 * torch.randn(B, N, dtype=dtype, generator=g) for _ in ops.states]
+    return x, W, V, s0
+
+
+def _operator_fn(ops, final_states):
+    """The operator as a function of its inputs: outputs and the chosen final states."""
+    nW, nV = len(ops.blocks), len(ops.vectors)
+
+    def fn(x, *rest):
+        W, V, s0 = rest[:nW], rest[nW:nW + nV], rest[nW + nV:]
+        outputs, finals = ops.run(x, W, V, dict(zip(ops.states, s0)))
+        return (*outputs.values(), *(finals[s] for s in final_states))
+    return fn
+
+
+@pytest.mark.parametrize("cell", SHIPPED)
+def test_operator_passes_gradcheck(cell):
+    """Every shipped cell; the final states that are also outputs are used, the others
+    (lstm's c_n) left unused: an undefined gradient counts as zero."""
+    ops = dt.operators(cell)
+    args = [a.requires_grad_() for a in _flatten(_operator_args(ops, _gen(1)))]
+    used = [s for s in ops.states if s in ops.outputs]
+    assert torch.autograd.gradcheck(_operator_fn(ops, used), args, atol=1e-8, rtol=1e-6)
+
+
+def test_final_state_that_is_not_an_output_gets_its_gradient():
+    """lstm_np's c_n: its gradient enters through the kernel with every state an output."""
+    ops = dt.operators("lstm_np")
+    args = [a.requires_grad_() for a in _flatten(_operator_args(ops, _gen(2)))]
+    assert torch.autograd.gradcheck(_operator_fn(ops, ["c"]), args, atol=1e-8, rtol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cell", SHIPPED)
+def test_operator_passes_gradcheck_with_every_final_state(cell):
+    ops = dt.operators(cell)
+    args = [a.requires_grad_() for a in _flatten(_operator_args(ops, _gen(3)))]
+    assert torch.autograd.gradcheck(_operator_fn(ops, ops.states), args, atol=1e-8,
+                                    rtol=1e-6)
+
+
+@pytest.mark.parametrize("cell", ["lstm_np", "gru", "rnn", "lstm"])
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_opcheck(cell, dtype):
+    ops = dt.operators(cell)
+    args = [a.requires_grad_() for a in _flatten(_operator_args(ops, _gen(4), dtype))]
+    torch.library.opcheck(ops.forward, tuple(args))
+
+
+def test_operator_float32_agrees_with_float64():
+    ops = dt.operators("lstm_np")
+    args64 = _flatten(_operator_args(ops, _gen(5)))
+    fn = _operator_fn(ops, ops.states)
+    out64 = fn(*args64)
+    out32 = fn(*(a.float() for a in args64))
+    for a, b in zip(out32, out64):
+        assert a.dtype == torch.float32
+        assert (a.double() - b).abs().max() < 1e-5
+
+
+def test_operator_uses_contiguous_inputs_without_copies():
+    ops = dt.operators("gru")
+    x, W, V, s0 = _operator_args(ops, _gen(6))
+    cx, cW, cV, _ = ops.check(x, W, V, dict(zip(ops.states, s0)))
+    assert cx is x and all(a is b for a, b in zip(cW, W)) and all(a is b for a, b in zip(cV, V))
+    xt = x.transpose(0, 1).contiguous().transpose(0, 1)       # a strided view: copied once
+    assert ops.check(xt, W, V, None)[0].is_contiguous()
+
+
+def test_backward_operator_returns_only_what_is_needed():
+    """needs: no δx for an input without grad, no gradient for a frozen weight."""
+    ops = dt.operators("lstm_np")
+    x, W, V, s0 = _operator_args(ops, _gen(7))
+    res = ops.forward(x, *W, *V, *s0)
+    S, A = res[:2], res[2:]
+    dS = [torch.randn(s.shape, dtype=F64, generator=_gen(8)) for s in S]
+    needs = [False, False, True] + [True] * len(V) + [False, True]
+    grads = ops.backward(x, *W, *V, *S, *A, *dS, needs)
+    for g, n, a in zip(grads, needs, [x, *W, *V, *s0]):
+        assert g.shape == (a.shape if n else (0,))
+
+
+def test_frozen_parameters_and_input_get_no_gradient():
+    torch.manual_seed(0)
+    ref, mine = _pair("LSTM", num_layers=2)
+    for m in (ref, mine):
+        m.weight_ih_l0.requires_grad_(False)
+    x = torch.randn(T, B, M, dtype=F64)
+    for m in (ref, mine):
+        out, _ = m(x)
+        out.sum().backward()
+    assert mine.weight_ih_l0.grad is None
+    for (name, p), q in zip(ref.named_parameters(), mine.parameters()):
+        if p.requires_grad:
+            assert (p.grad - q.grad).abs().max() <= 1e-10, name
+
+
+# --- drop-in modules against PyTorch ---------------------------------------------------------
+
+def _pair(kind, **kw):
+    """nn.<kind> and derive.torch.<kind> with the same state_dict, in float64."""
+    ref = getattr(torch.nn, kind)(M, N, **kw).double()
+    mine = getattr(dt, kind)(M, N, **kw).double()
+    mine.load_state_dict(ref.state_dict())
+    assert [n for n, _ in mine.named_parameters()] == [n for n, _ in ref.named_parameters()]
+    return ref, mine
+
+
+def _run_both(ref, mine, x, hx, packed_lengths=None):
+    """Outputs and every gradient of both modules under a random projection of every output."""
+    results = []
+    for m in (ref, mine):
+        m.zero_grad()
+        xs = x.detach().clone().requires_grad_(True)
+        h = None if hx is None else tuple(t.detach().clone().requires_grad_(True) for t in hx)
+        inp = xs if packed_lengths is None else pack_padded_sequence(
+            xs, packed_lengths, batch_first=m.batch_first, enforce_sorted=False)
+        arg = None if h is None else (h if isinstance(m, (torch.nn.LSTM, dt.LSTM)) else h[0])
+        out, fin = m(inp, arg)
+        out = out.data if packed_lengths is not None else out
+        fins = fin if isinstance(fin, tuple) else (fin,)
+        g = _gen(11)
+        loss = sum((t * torch.randn(t.shape, dtype=F64, generator=g)).sum()
+                   for t in (out, *fins))
+        loss.backward()
+        results.append(dict(out=out.detach(), fins=[f.detach() for f in fins],
+                            dx=xs.grad, dh=[t.grad for t in h] if h else [],
+                            dp={n: p.grad for n, p in m.named_parameters()}))
+    return results
+
+
+def _assert_same(r, d, tol=1e-10):
+    assert (r["out"] - d["out"]).abs().max() <= tol
+    for a, b in zip(r["fins"], d["fins"]):
+        assert (a - b).abs().max() <= tol
+    assert (r["dx"] - d["dx"]).abs().max() <= tol
+    for a, b in zip(r["dh"], d["dh"]):
+        assert (a - b).abs().max() <= tol
+    for name, g in r["dp"].items():
+        assert (g - d["dp"][name]).abs().max() <= tol, name
+
+
+def _hx(kind, layers_dirs, batch, g):
+    n = 2 if kind == "LSTM" else 1
+    return tuple(torch.randn(layers_dirs, batch, N, dtype=F64, generator=g) for _ in range(n))
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+def test_module_matches_torch(kind):
+    """num_layers=2, bidirectional, batch_first, initial state given (float64, 1e-10)."""
+    torch.manual_seed(1)
+    ref, mine = _pair(kind, num_layers=2, bidirectional=True, batch_first=True)
+    g = _gen(12)
+    x = torch.randn(B, T, M, dtype=F64, generator=g)
+    _assert_same(*_run_both(ref, mine, x, _hx(kind, 4, B, g)))
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+def test_module_matches_torch_on_a_packed_sequence(kind):
+    """Unequal lengths, unsorted: padded steps give zeros and receive no gradient."""
+    torch.manual_seed(2)
+    ref, mine = _pair(kind, num_layers=2, bidirectional=True)
+    g = _gen(13)
+    x = torch.randn(6, 4, M, dtype=F64, generator=g)
+    lengths = [3, 6, 1, 3]
+    r, d = _run_both(ref, mine, x, _hx(kind, 4, 4, g), packed_lengths=lengths)
+    _assert_same(r, d)
+    assert d["dx"][3:, 0].abs().max() == 0 and d["dx"][1:, 2].abs().max() == 0
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_module_matches_torch_unbatched_and_without_state(kind):
+    torch.manual_seed(3)
+    ref, mine = _pair(kind, bias=False)
+    x = torch.randn(T, M, dtype=F64, generator=_gen(14))
+    _assert_same(*_run_both(ref, mine, x, None))
+
+
+def test_dropout_between_layers_as_torch():
+    torch.manual_seed(4)
+    ref, mine = _pair("GRU", num_layers=3, dropout=0.5)
+    x = torch.randn(T, B, M, dtype=F64, generator=_gen(15))
+    torch.manual_seed(99)
+    a, _ = ref(x)
+    torch.manual_seed(99)
+    b, _ = mine(x)
+    assert (a - b).abs().max() <= 1e-10          # the same masks from the same RNG state
+    mine.eval()
+    torch.manual_seed(99)
+    c, _ = mine(x)
+    assert (b - c).abs().max() > 1e-3            # eval: no dropout
+
+
+def _module_fn(module, kind, lengths=None):
+    names = [n for n, _ in module.named_parameters()]
+
+    def fn(x, h0, c0, *params):
+        inp = x if lengths is None else pack_padded_sequence(x, lengths, enforce_sorted=False)
+        hx = (h0, c0) if kind == "LSTM" else h0
+        out, fin = torch.func.functional_call(module, dict(zip(names, params)), (inp, hx))
+        out = out if lengths is None else out.data
+        return out, (fin[0] if kind == "LSTM" else fin)   # c_n unused
+    return fn
+
+
+@pytest.mark.parametrize("kind,lengths", [("LSTM", None), ("LSTM", [3, 1, 4]),
+                                          ("GRU", [2, 4, 4])])
+def test_module_passes_gradcheck(kind, lengths):
+    """2 layers, bidirectional, initial state given; a PackedSequence; c_n unused."""
+    torch.manual_seed(5)
+    m = getattr(dt, kind)(M, N, num_layers=2, bidirectional=True).double()
+    g = _gen(16)
+    x = torch.randn(T, B, M, dtype=F64, generator=g, requires_grad=True)
+    h0, c0 = (torch.randn(4, B, N, dtype=F64, generator=g, requires_grad=True)
+              for _ in range(2))
+    params = [p.detach().clone().requires_grad_() for p in m.parameters()]
+    assert torch.autograd.gradcheck(_module_fn(m, kind, lengths), (x, h0, c0, *params),
+                                    atol=1e-8, rtol=1e-6)
+
+
+def test_recurrent_any_cell():
+    """A peephole LSTM (cell "lstm") and a cell file, with the cells' own parameter names."""
+    rnn = dt.Recurrent(str(Path(derive.__file__).parent / "cells" / "rnn.toml"), M, N,
+                       num_layers=2).double()
+    assert [n for n, _ in rnn.named_parameters()] == ["W_l0", "R_l0", "b_l0",
+                                                      "W_l1", "R_l1", "b_l1"]
+    m = dt.Recurrent("lstm", M, N, bidirectional=True, batch_first=True).double()
+    names = dict(m.named_parameters())
+    assert names["p_f_l0_reverse"].shape == (N,) and names["W_z_l0"].shape == (N, M)
+    bound = 1 / np.sqrt(N)
+    assert all(p.abs().max() <= bound for p in m.parameters())
+    g = _gen(17)
+    x = torch.randn(B, T, M, dtype=F64, generator=g, requires_grad=True)
+    hx = {"c": torch.randn(2, B, N, dtype=F64, generator=g, requires_grad=True)}
+    out, finals = m(x, hx)
+    assert out.shape == (B, T, 2 * N) and set(finals) == {"y", "c"}
+    assert finals["c"].shape == (2, B, N)
+    # the forward direction equals the kernel on the same parameters
+    k = derive.load_kernel("lstm", "float64")
+    params = {n[:-3]: p.detach().numpy() for n, p in names.items() if n.endswith("_l0")}
+    tr = k.forward(np.ascontiguousarray(x.detach().transpose(0, 1).numpy()), params,
+                   {"c": hx["c"][0].detach().numpy()})
+    assert np.abs(tr.outputs - out[:, :, :N].detach().transpose(0, 1).numpy()).max() <= 1e-12
+    params_t = [p.detach().clone().requires_grad_() for p in m.parameters()]
+    fn = lambda x, c0, *ps: torch.func.functional_call(  # noqa: E731
+        m, dict(zip(names, ps)), (x, {"c": c0}))[0]
+    assert torch.autograd.gradcheck(fn, (x, hx["c"], *params_t), atol=1e-8, rtol=1e-6)
+
+
+# --- torch.compile ------------------------------------------------------------------------------
+
+class _Model(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn = dt.LSTM(M, N, num_layers=2, bidirectional=True, batch_first=True)
+        self.head = torch.nn.Linear(2 * N, 1)
+
+    def forward(self, x):
+        out, (h, c) = self.rnn(x)
+        return self.head(out[:, -1]).squeeze(-1) + c.sum()
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor",
+                                                               marks=pytest.mark.slow)])
+def test_compile_fullgraph_matches_eager(backend):
+    torch.manual_seed(6)
+    model = _Model().double()
+    x = torch.randn(B, T, M, dtype=F64, generator=_gen(18))
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend=backend)   # a graph break raises
+    results = []
+    for m in (model, compiled):
+        model.zero_grad()
+        y = m(x)
+        y.sum().backward()
+        results.append((y.detach(), [p.grad.clone() for p in model.parameters()]))
+    (y1, g1), (y2, g2) = results
+    assert (y1 - y2).abs().max() <= 1e-12
+    assert all((a - b).abs().max() <= 1e-12 for a, b in zip(g1, g2))
+
+
+def test_export_sees_one_operator_per_sequence():
+    model = _Model().double().eval()
+    x = torch.randn(B, T, M, dtype=F64, generator=_gen(19))
+    ep = torch.export.export(model, (x,))
+    calls = [n for n in ep.graph.nodes if "derive" in str(n.target)]
+    assert len(calls) == 4                      # 2 layers x 2 directions, whatever T is
+    assert (ep.module()(x) - model(x)).abs().max() <= 1e-12
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("make,message", [
+    (lambda m: (torch.randn(T, B, M + 1, dtype=F64),), "input_size=5"),
+    (lambda m: (torch.randn(T, B, M),), "dtype torch.float64"),
+    (lambda m: (torch.randn(T, B, M, dtype=F64, device="meta"),), "CPU tensor"),
+    (lambda m: (torch.randn(T, B, M, 1, dtype=F64),), "3 dimensions"),
+    (lambda m: (torch.randn(T, B, M, dtype=F64), (torch.zeros(1, B, N, dtype=F64),)),
+     r"tuple \(h_0, c_0\) for LSTM, not a tuple of 1"),
+    (lambda m: (torch.randn(T, B, M, dtype=F64),
+                (torch.zeros(1, B + 1, N, dtype=F64), torch.zeros(1, B, N, dtype=F64))),
+     r"hx\[0\] \(h_0\) must have shape \(1, 3, 2\)"),
+    (lambda m: (torch.randn(T, B, M, dtype=F64),
+                (torch.zeros(1, B, N, dtype=F64), torch.zeros(1, B, N))),
+     r"hx\[1\] \(c_0\) must have dtype torch.float64"),
+    (lambda m: ("not a tensor",), "torch.Tensor or a PackedSequence"),
+])
+def test_bad_input_names_the_argument(make, message):
+    m = dt.LSTM(M, N).double()
+    with pytest.raises(ValueError, match=message):
+        m(*make(m))
+
+
+def test_bad_operator_arguments_name_the_argument():
+    ops = dt.operators("lstm_np")
+    x, W, V, s0 = _operator_args(ops, _gen(20))
+    with pytest.raises(ValueError, match=r"W1 \(operand y: R_z, R_i, R_f, R_o\) must have shape"):
+        ops.run(x, [W[0], W[1][:, :1]], V, None)
+    with pytest.raises(ValueError, match="b_f must have dtype torch.float64"):
+        ops.run(x, W, [V[0], V[1], V[2].float(), V[3]], None)
+    with pytest.raises(ValueError, match=r"initial state c must have shape \(3, 2\)"):
+        ops.run(x, W, V, {"c": s0[1][:1]})
+    with pytest.raises(ValueError, match="unknown states h"):
+        ops.run(x, W, V, {"h": s0[0]})
+    with pytest.raises(ValueError, match="dtype float32 or float64"):
+        ops.run(x.to(torch.int64), W, V, None)
+
+
+def test_unsupported_options_are_clear_errors():
+    with pytest.raises(NotImplementedError, match="proj_size"):
+        dt.LSTM(M, N, proj_size=1)
+    with pytest.raises(NotImplementedError, match="relu"):
+        dt.RNN(M, N, 1, "relu")
+    with pytest.raises(ValueError, match="device must be the CPU"):
+        dt.GRU(M, N, device="meta")
+    with pytest.raises(ValueError, match="hidden_size must be a positive integer"):
+        dt.GRU(M, 0)
+
+
+# --- distributed data parallel ---------------------------------------------------------------
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_processes_match_one_process(tmp_path):
+    """2 gloo processes on 127.0.0.1, each half the batch, against one on the whole batch."""
+    worker = Path(__file__).with_name("torch_ddp_worker.py")
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, str(worker), str(rank), "2", str(port),
+                               str(tmp_path / f"rank{rank}.pt")]) for rank in range(2)]
+    spec = importlib.util.spec_from_file_location("torch_ddp_worker", worker)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(0, 1, 0, str(tmp_path / "single.pt"))       # meanwhile, in this process
+    for p in procs:
+        assert p.wait(timeout=300) == 0
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    one = torch.load(tmp_path / "single.pt")
+    start = ranks[0]["start"]
+    for name, p in one["end"].items():
+        assert (p - start[name]).abs().max() > 1e-6, name          # it trained
+        for r in ranks:
+            assert (r["end"][name] - p).abs().max() <= 1e-10, name
+
+
+def _flatten(args):
+    x, W, V, s0 = args
+    return [x, *W, *V, *s0]
