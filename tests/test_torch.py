@@ -244,7 +244,8 @@ def _module_fn(module, kind, lengths=None):
 @pytest.mark.parametrize("kind,lengths", [("LSTM", None), ("LSTM", [3, 1, 4]),
                                           ("GRU", [2, 4, 4])])
 def test_module_passes_gradcheck(kind, lengths):
-    """2 layers, bidirectional, initial state given; a PackedSequence; c_n unused."""
+    """2 layers, bidirectional, initial state given; a PackedSequence; c_n unused.
+    fast_mode: the Jacobian under random projections of inputs and outputs."""
     torch.manual_seed(5)
     m = getattr(dt, kind)(M, N, num_layers=2, bidirectional=True).double()
     g = _gen(16)
@@ -253,7 +254,7 @@ def test_module_passes_gradcheck(kind, lengths):
               for _ in range(2))
     params = [p.detach().clone().requires_grad_() for p in m.parameters()]
     assert torch.autograd.gradcheck(_module_fn(m, kind, lengths), (x, h0, c0, *params),
-                                    atol=1e-8, rtol=1e-6)
+                                    atol=1e-8, rtol=1e-6, fast_mode=True)
 
 
 def test_recurrent_any_cell():
@@ -262,6 +263,9 @@ def test_recurrent_any_cell():
                        num_layers=2).double()
     assert [n for n, _ in rnn.named_parameters()] == ["W_l0", "R_l0", "b_l0",
                                                       "W_l1", "R_l1", "b_l1"]
+    nobias = dt.Recurrent("lstm", M, N, bias=False)
+    assert sorted(n for n, _ in nobias.named_parameters() if "_l0" in n and n[0] in "bp") \
+        == ["p_f_l0", "p_i_l0", "p_o_l0"]
     m = dt.Recurrent("lstm", M, N, bidirectional=True, batch_first=True).double()
     names = dict(m.named_parameters())
     assert names["p_f_l0_reverse"].shape == (N,) and names["W_z_l0"].shape == (N, M)
@@ -337,11 +341,11 @@ def test_export_sees_one_operator_per_sequence():
      r"tuple \(h_0, c_0\) for LSTM, not a tuple of 1"),
     (lambda m: (torch.randn(T, B, M, dtype=F64),
                 (torch.zeros(1, B + 1, N, dtype=F64), torch.zeros(1, B, N, dtype=F64))),
-     r"hx\[0\] \(h_0\) must have shape \(1, 3, 2\)"),
+     r"hx\[0\] \(h_0\) must have shape \(1, 3, 2\) \(num_layers\*num_directions, batch"),
     (lambda m: (torch.randn(T, B, M, dtype=F64),
                 (torch.zeros(1, B, N, dtype=F64), torch.zeros(1, B, N))),
      r"hx\[1\] \(c_0\) must have dtype torch.float64"),
-    (lambda m: ("not a tensor",), "torch.Tensor or a PackedSequence"),
+    (lambda m: ("not a tensor",), "input must be a torch.Tensor of shape .* or a PackedSequence"),
 ])
 def test_bad_input_names_the_argument(make, message):
     m = dt.LSTM(M, N).double()
@@ -407,3 +411,41 @@ def test_ddp_two_processes_match_one_process(tmp_path):
 def _flatten(args):
     x, W, V, s0 = args
     return [x, *W, *V, *s0]
+
+
+# --- the example and the benchmark, shortened ----------------------------------------------------
+
+def _load(path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_adding_problem_example_short_run(tmp_path):
+    pytest.importorskip("tqdm")
+    pytest.importorskip("matplotlib")
+    example = _load(ROOT / "examples" / "adding_problem.py")
+    png = tmp_path / "adding.png"
+    results = example.main(["lstm", "rnn", "gru", "--steps", "6", "--length", "12",
+                            "--hidden", "8", "--batch", "8", "--quiet", "--out", str(png)])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [r["cell"] for r in results] == ["lstm", "rnn", "gru"]
+    for r in results:
+        assert len(r["loss"]) == len(r["grad_norm"]) == 6
+        assert all(np.isfinite(r["loss"])) and all(n > 0 for n in r["grad_norm"])
+        assert 0 <= r["accuracy"] <= 1
+    x, target = example.adding_batch(5, 12, torch.Generator().manual_seed(0))
+    assert (x[:, :, 1].sum(0) == 2).all()
+    assert torch.allclose((x[:, :, 0] * x[:, :, 1]).sum(0), target)
+
+
+def test_training_step_benchmark_runs():
+    bench = _load(ROOT / "benchmarks" / "torch_bench.py")
+    d, t = bench.training_step("GRU", (5, 3, 4, 6), torch.float64, 1)
+    kern, op = bench.op_overhead("lstm_np", (5, 3, 4, 6), torch.float32, 1)
+    assert min(d, t, kern, op) > 0
+    assert "cpu" in bench.machine()

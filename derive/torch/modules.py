@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from derive.torch.ops import DTYPES, operators
+from derive.torch.ops import DTYPES, check_tensor, operators
 
 
 class _Stack(nn.Module):
@@ -96,6 +96,12 @@ class _Stack(nn.Module):
                 s += f", {name}={getattr(self, name)}"
         return s + f", cell={self.ops.name}"
 
+    def reset_parameters(self):
+        """Every parameter uniform in ±1/√N: Kernel.init_params's and nn.RNNBase's."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for p in self.parameters():
+            nn.init.uniform_(p, -bound, bound)
+
     def flatten_parameters(self):
         """nn.RNNBase's cuDNN hook: nothing to do here."""
 
@@ -113,16 +119,8 @@ class _Stack(nn.Module):
         return next(self.parameters()).dtype
 
     def _check_input(self, x):
-        if not isinstance(x, torch.Tensor):
-            raise ValueError(f"input must be a torch.Tensor or a PackedSequence, not "
-                             f"{type(x).__name__}")
-        if x.device.type != "cpu":
-            raise ValueError(f"input must be a CPU tensor (derive's kernels run on the CPU), "
-                             f"not on {x.device}")
-        dtype = self._dtype()
-        if x.dtype != dtype:
-            raise ValueError(f"input must have dtype {dtype} (the parameters' dtype), not "
-                             f"{x.dtype}")
+        check_tensor("input", x, "(T, B, input_size) or a PackedSequence", self._dtype(),
+                of="the parameters' dtype")
         if x.shape[-1] != self.input_size:
             raise ValueError(f"input must have input_size={self.input_size} features in its "
                              f"last dimension, not {x.shape[-1]} (shape {tuple(x.shape)})")
@@ -166,18 +164,9 @@ class _Stack(nn.Module):
         for s, (label, t) in states.items():
             if t is None:
                 continue
-            if not isinstance(t, torch.Tensor):
-                raise ValueError(f"{label} must be a torch.Tensor, not {type(t).__name__}")
             shape = want if batched else (want[0], want[2])
-            if t.device.type != "cpu":
-                raise ValueError(f"{label} must be a CPU tensor, not on {t.device}")
-            if t.dtype != x.dtype:
-                raise ValueError(f"{label} must have dtype {x.dtype} (the input's), not "
-                                 f"{t.dtype}")
-            if tuple(t.shape) != shape:
-                raise ValueError(f"{label} must have shape {shape} (num_layers*num_directions"
-                                 f"{', batch' if batched else ''}, hidden_size), not "
-                                 f"{tuple(t.shape)}")
+            check_tensor(label, t, f"(num_layers*num_directions{', batch' if batched else ''}, "
+                              f"hidden_size)", x.dtype, shape, of="the input's")
             out[s] = t if batched else t.unsqueeze(1)
         return out
 
@@ -242,7 +231,9 @@ class Recurrent(_Stack):
                          dropout, bidirectional)
         kernel = self.ops.kernel(torch.float64)
         self.shapes = dict(kernel.parameters)
-        self.biases = set(self.ops.vectors) if not bias else set()
+        # bias=False drops the biases (b, b_★), not the other vectors (peepholes p_★)
+        self.biases = {v for v in self.ops.vectors
+                       if v == "b" or v.startswith("b_")} if not bias else set()
         sizes = {"N": self.hidden_size}
         for layer, _d, suffix in self._suffixes():
             sizes["M"] = self._layer_input(layer)
@@ -252,12 +243,6 @@ class Recurrent(_Stack):
                 self.register_parameter(name + suffix, nn.Parameter(
                     torch.empty(tuple(sizes[s] for s in shape))))
         self.reset_parameters()
-
-    def reset_parameters(self):
-        """Uniform in ±1/√N, like Kernel.init_params (and nn.LSTM)."""
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        for p in self.parameters():
-            nn.init.uniform_(p, -bound, bound)
 
     def _cell_params(self, suffix, dtype):
         return {name: getattr(self, name + suffix) if name not in self.biases
@@ -310,12 +295,6 @@ class _TorchStack(_Stack):
                 self.register_parameter(name + suffix, nn.Parameter(
                     torch.empty(shape, dtype=dtype or torch.get_default_dtype())))
         self.reset_parameters()
-
-    def reset_parameters(self):
-        """Uniform in ±1/√N, as nn.RNNBase."""
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        for p in self.parameters():
-            nn.init.uniform_(p, -bound, bound)
 
     def _torch_params(self, suffix, dtype):
         """(weight_ih chunks, weight_hh chunks, bias_ih chunks, bias_hh chunks) per gate."""

@@ -261,7 +261,7 @@ class CellOperators:
 
     def check(self, x, W, V, state0):
         """The arguments of `run`, checked, contiguous and with every initial state."""
-        _tensor("x", x, "(T, B, M)")
+        check_tensor("x", x, "(T, B, M)")
         if x.dtype not in DTYPES:
             raise ValueError(f"x must have dtype float32 or float64, not {x.dtype}")
         if x.dim() != 3 or min(x.shape) < 1:
@@ -274,7 +274,7 @@ class CellOperators:
                              f"({', '.join(self.vectors)}), not {len(W)} and {len(V)}")
         N = None
         for i, w in enumerate(W):
-            _tensor(f"W{i}", w, "(k·N, size)", x.dtype)
+            check_tensor(f"W{i}", w, "(k·N, size)", x.dtype)
             if w.dim() != 2 or w.shape[0] % len(self.blocks[i]):
                 raise ValueError(f"W{i} (operand {self.operands[i]}: "
                                  f"{', '.join(self.blocks[i])}) must be a matrix of "
@@ -287,7 +287,7 @@ class CellOperators:
                                  f"{', '.join(self.blocks[i])}) must have shape {want} "
                                  f"with N={N} and M={M} (from x), not {tuple(w.shape)}")
         for name, v in zip(self.vectors, V):
-            _tensor(name, v, "(N,)", x.dtype, (N,))
+            check_tensor(name, v, "(N,)", x.dtype, (N,))
         state0 = {} if state0 is None else state0
         unknown = [s for s in state0 if s not in self.states]
         if unknown:
@@ -298,7 +298,7 @@ class CellOperators:
             v = state0.get(s)
             if v is None:
                 v = x.new_zeros((B, N))
-            _tensor(f"initial state {s}", v, "(B, N)", x.dtype, (B, N))
+            check_tensor(f"initial state {s}", v, "(B, N)", x.dtype, (B, N))
             s0.append(v)
         return (x.contiguous(), [w.contiguous() for w in W], [v.contiguous() for v in V],
                 s0)
@@ -308,7 +308,7 @@ def _np(t):
     return t.detach().numpy()
 
 
-def _tensor(name, t, meaning, dtype=None, shape=None):
+def check_tensor(name, t, meaning, dtype=None, shape=None, of="the dtype of x"):
     """A CPU tensor of `dtype` and `shape`, or a ValueError naming it and what was expected."""
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor of shape {meaning}, not "
@@ -317,7 +317,7 @@ def _tensor(name, t, meaning, dtype=None, shape=None):
         raise ValueError(f"{name} must be a CPU tensor (derive's kernels run on the CPU), "
                          f"not on {t.device}")
     if dtype is not None and t.dtype != dtype:
-        raise ValueError(f"{name} must have dtype {dtype} (the dtype of x), not {t.dtype}")
+        raise ValueError(f"{name} must have dtype {dtype} ({of}), not {t.dtype}")
     if shape is not None and tuple(t.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)} {meaning}, not "
                          f"{tuple(t.shape)}")

@@ -1,0 +1,155 @@
+"""One training step of derive.torch's modules against PyTorch's, and the operator's overhead.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/torch_bench.py
+    python benchmarks/torch_bench.py --kinds LSTM --shapes S1 --repeats 5 --json
+
+A training step: zero the gradients, run the module over x (T, B, M) (x does not require
+grad, as for a model's first layer), a loss of the output under a fixed random
+projection, backward. derive.torch.LSTM/GRU/RNN against nn.LSTM/GRU/RNN with the same
+state_dict, at S1 (T=100, B=32, M=128, N=256), S2 (T=50, B=64, M=256, N=512) and
+S3 (T=200, B=16, M=64, N=128), float32 and float64, all in this one run, timed
+round-robin (medians after warm-up; derive.bench.interleaved_ms).
+
+The operator's overhead: the raw kernel (Kernel.forward + Kernel.backward on NumPy
+arrays, parameters from init_params) against the same work through the custom operator
+(CellOperators.run + autograd backward on torch tensors, the same fused weights, every
+gradient wanted). `op/kernel - 1` is what torch.library, autograd and the tensor
+plumbing cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import glob
+import json
+import os
+import platform
+import sys
+
+import numpy as np
+import torch
+
+import derive
+import derive.torch as dt
+from derive.bench import SHAPES, interleaved_ms
+
+CELLS = {"LSTM": "lstm_np", "GRU": "gru", "RNN": "rnn"}
+
+
+def machine() -> dict:
+    """CPU model and family, vector extensions, the kernels' OpenBLAS core, threads."""
+    info = {"python": platform.python_version(), "torch": torch.__version__,
+            "numpy": np.__version__, "torch_threads": torch.get_num_threads(),
+            "derive_threads": derive.load_kernel("rnn", "float64").threads}
+    try:
+        text = open("/proc/cpuinfo").read()
+        field = lambda k: next((ln.split(":", 1)[1].strip() for ln in text.splitlines()  # noqa
+                                if ln.startswith(k)), "?")
+        flags = field("flags").split()
+        info["cpu"] = f"{field('model name')} (family {field('cpu family')})"
+        info["vector"] = " ".join(f for f in ("avx2", "avx512f", "avx512_bf16") if f in flags)
+    except OSError:
+        info["cpu"] = platform.processor()
+    try:
+        import scipy_openblas32
+        lib = ctypes.CDLL(glob.glob(os.path.join(scipy_openblas32.get_lib_dir(), "*.so*"))[0])
+        lib.scipy_openblas_get_corename.restype = ctypes.c_char_p
+        info["openblas_core"] = lib.scipy_openblas_get_corename().decode()
+    except Exception:  # noqa: BLE001 - the figure is informative only
+        info["openblas_core"] = "?"
+    info["OPENBLAS_CORETYPE"] = os.environ.get("OPENBLAS_CORETYPE", "(unset)")
+    return info
+
+
+def _step(module, x, proj):
+    def step():
+        module.zero_grad(set_to_none=True)
+        out, _ = module(x)
+        (out * proj).sum().backward()
+    return step
+
+
+def training_step(kind, shape, dtype, repeats):
+    """Medians (ms) of one training step: derive.torch and torch.nn, round-robin."""
+    T, B, M, N = shape
+    torch.manual_seed(0)
+    ref = getattr(torch.nn, kind)(M, N).to(dtype)
+    mine = getattr(dt, kind)(M, N).to(dtype)
+    mine.load_state_dict(ref.state_dict())
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(T, B, M, generator=g).to(dtype)
+    proj = torch.randn(T, B, N, generator=g).to(dtype)
+    res = interleaved_ms({"derive": (lambda: None, _step(mine, x, proj)),
+                          "torch": (lambda: None, _step(ref, x, proj))}, repeats)
+    return res["derive"][1], res["torch"][1]
+
+
+def op_overhead(cell, shape, dtype, repeats):
+    """Medians (ms) of forward+backward: the raw kernel, and the same through the operator."""
+    T, B, M, N = shape
+    name = {torch.float32: "float32", torch.float64: "float64"}[dtype]
+    k = derive.load_kernel(cell, name)
+    params = k.init_params(M, N, seed=0)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((T, B, M)).astype(name)
+    dy = rng.standard_normal((T, B, N)).astype(name)
+
+    def kernel():
+        k.backward(k.forward(x, params), dy)
+
+    ops = dt.operators(cell)
+    W = [torch.from_numpy(k._fused(params, N, M)[i]).requires_grad_() for i in
+         range(len(ops.blocks))]
+    V = [torch.from_numpy(params[v]).requires_grad_() for v in ops.vectors]
+    tx, tdy = torch.from_numpy(x).requires_grad_(), torch.from_numpy(dy)
+
+    def operator():
+        for t in (tx, *W, *V):
+            t.grad = None
+        outputs, _ = ops.run(tx, W, V, None)
+        outputs[ops.outputs[0]].backward(tdy)
+
+    res = interleaved_ms({"kernel": (lambda: None, kernel),
+                          "op": (lambda: None, operator)}, repeats)
+    return res["kernel"][1], res["op"][1]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--kinds", nargs="*", default=list(CELLS))
+    p.add_argument("--shapes", nargs="*", default=list(SHAPES))
+    p.add_argument("--dtypes", nargs="*", default=["float32", "float64"])
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    info = machine()
+    rows = []
+    for kind in args.kinds:
+        for s in args.shapes:
+            for dname in args.dtypes:
+                dtype = getattr(torch, dname)
+                d, t = training_step(kind, SHAPES[s], dtype, args.repeats)
+                kern, op = op_overhead(CELLS[kind], SHAPES[s], dtype, args.repeats)
+                rows.append(dict(module=kind, shape=s, dtype=dname, derive_ms=d, torch_ms=t,
+                                 ratio=d / t, kernel_ms=kern, op_ms=op,
+                                 op_overhead=op / kern - 1))
+                print(f"  {kind} {s} {dname}: {d:.1f} / {t:.1f} ms", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"machine": info, "repeats": args.repeats, "rows": rows}, indent=2))
+        return 0
+    print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
+    print(f"medians of {args.repeats} round-robin runs, ms\n")
+    print("| module | shape | dtype | derive.torch step | torch.nn step | derive/torch | "
+          "raw kernel fwd+bwd | operator fwd+bwd | op overhead |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['module']} | {r['shape']} | {r['dtype']} | {r['derive_ms']:.1f} | "
+              f"{r['torch_ms']:.1f} | {r['ratio']:.2f} | {r['kernel_ms']:.1f} | "
+              f"{r['op_ms']:.1f} | {100 * r['op_overhead']:+.1f} % |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
