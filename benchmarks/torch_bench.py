@@ -121,10 +121,14 @@ def main(argv=None) -> int:
     p.add_argument("--shapes", nargs="*", default=list(SHAPES))
     p.add_argument("--dtypes", nargs="*", default=["float32", "float64"])
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                   help="threads of both torch and derive's kernels (default: the CPUs)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    torch.set_num_threads(args.threads)
+    os.environ["DERIVE_NUM_THREADS"] = str(args.threads)   # read by every Kernel made now
     info = machine()
+    info["load_before"] = os.getloadavg()[0]
     rows = []
     for kind in args.kinds:
         for s in args.shapes:
@@ -136,6 +140,7 @@ def main(argv=None) -> int:
                                  ratio=d / t, kernel_ms=kern, op_ms=op,
                                  op_overhead=op / kern - 1))
                 print(f"  {kind} {s} {dname}: {d:.1f} / {t:.1f} ms", file=sys.stderr)
+    info["load_after"] = os.getloadavg()[0]
     if args.json:
         print(json.dumps({"machine": info, "repeats": args.repeats, "rows": rows}, indent=2))
         return 0

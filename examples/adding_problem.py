@@ -1,6 +1,6 @@
 """Train derive's LSTM against the plain RNN on the adding problem, with gradient clipping.
 
-    python examples/adding_problem.py                          # lstm vs rnn, T = 100
+    python examples/adding_problem.py                          # lstm vs rnn, T = 100, 2000 steps
     python examples/adding_problem.py lstm rnn my_cell.toml    # any cell (file) beside them
     python examples/adding_problem.py --steps 40 --length 20 --out /tmp/adding.png
 
@@ -123,7 +123,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("cells", nargs="*", default=["lstm", "rnn"],
                    help="lstm, rnn, or any shipped cell name or cell file (default: lstm rnn)")
     p.add_argument("--length", type=int, default=100, help="sequence length T (100)")
-    p.add_argument("--steps", type=int, default=1500, help="training steps (1500)")
+    p.add_argument("--steps", type=int, default=2000, help="training steps (2000)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-3)
