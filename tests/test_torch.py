@@ -105,6 +105,14 @@ def test_operator_uses_contiguous_inputs_without_copies():
     assert ops.check(xt, W, V, None)[0].is_contiguous()
 
 
+def test_operator_called_directly_takes_strided_tensors():
+    ops = dt.operators("gru")
+    x, W, V, s0 = _operator_args(ops, _gen(21))
+    strided = x.transpose(0, 1).contiguous().transpose(0, 1)
+    a, b = ops.forward(x, *W, *V, *s0), ops.forward(strided, *W, *V, *s0)
+    assert all(torch.equal(p, q) for p, q in zip(a, b))
+
+
 def test_backward_operator_returns_only_what_is_needed():
     """needs: no δx for an input without grad, no gradient for a frozen weight."""
     ops = dt.operators("lstm_np")

@@ -305,7 +305,8 @@ class CellOperators:
 
 
 def _np(t):
-    return t.detach().numpy()
+    """The tensor's memory as a C-contiguous array (a copy only if it is not contiguous)."""
+    return t.detach().contiguous().numpy()
 
 
 def check_tensor(name, t, meaning, dtype=None, shape=None, of="the dtype of x"):
