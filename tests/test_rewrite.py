@@ -167,13 +167,11 @@ def test_two_inputs_are_not_supported(tmp_path):
 
 
 # a recurrence without any recurrent matrix: the state is read element-wise only
-# (the output is called y: derive.cell.symbols keeps one meaning per symbol name per process,
-# and Delta[t] of a single-output cell is registered with the output's name)
 ELEMENTWISE = textwrap.dedent("""\
     name    = "leaky"
     inputs  = ["x"]
-    state   = ["y"]
-    outputs = ["y"]
+    state   = ["h"]
+    outputs = ["h"]
 
     [parameters]
     W = ["N", "M"]
@@ -181,7 +179,7 @@ ELEMENTWISE = textwrap.dedent("""\
 
     [nodes]
     u = "W @ x"
-    y = "sigmoid(a) * y[t-1] + tanh(u)"
+    h = "sigmoid(a) * h[t-1] + tanh(u)"
     """)
 
 

@@ -185,23 +185,6 @@ def _short(value) -> str:
 
 # --- the per-cell context: derivation, canonical forms, numeric worlds ----------------------
 
-def _carry(state: str, shift: int) -> sp.Symbol:
-    """carry_s[t+k]: the gradient reaching state s at step t+k from steps after it."""
-    return S._symbol(f"carry_{state}[{S.time_label(shift)}]", S.Ref("carried", state, shift))
-
-
-def _shift(expr: sp.Expr, by: int) -> sp.Expr:
-    """`S.shift_time` that also moves carried gradients."""
-    if by == 0:
-        return expr
-    mapping = {}
-    for sym in expr.free_symbols:
-        r = S.ref(sym)
-        if r is not None and r.kind == "carried":
-            mapping[sym] = _carry(r.name, r.shift + by)
-    return S.shift_time(expr.xreplace(mapping) if mapping else expr, by)
-
-
 class _Context:
     """Everything about one cell that verifying its equations needs (cached per cell)."""
 
@@ -232,7 +215,7 @@ class _Context:
             e = same.xreplace({S.delta(u): closed[u] for u in closed})
             if later:
                 carried[n] = sp.Add(*later)
-                e = e + _carry(n, 0)
+                e = e + S.carried(n, 0)
             closed[n] = e
         return closed, carried
 
@@ -240,13 +223,13 @@ class _Context:
         key = (name, step, last)
         got = self._memo.get(key)
         if got is None:
-            e = _shift(self.closed[name], step)
+            e = S.shift_time(self.closed[name], step)
             if step < last:
                 sub = {}
                 for state, flows in self.carried.items():
-                    sym = _carry(state, step)
+                    sym = S.carried(state, step)
                     if sym in e.free_symbols:
-                        sub[sym] = self._replace_deltas(_shift(flows, step), last)
+                        sub[sym] = self._replace_deltas(S.shift_time(flows, step), last)
                 e = e.xreplace(sub)
             self._memo[key] = got = e
         return got
