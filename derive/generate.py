@@ -24,7 +24,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from derive.cell.spec import Cell, load_cell, shipped_cells
+from derive.cell.catalog import shipped_cells
+from derive.cell.spec import Cell, load_cell
 from derive.docs.documents import documents, index
 from derive.errors import UserError
 from derive.files import checkout_root

@@ -29,12 +29,12 @@ import hashlib
 import re
 import tomllib
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import sympy as sp
 
 from derive.cell import symbols as S
+from derive.cell.catalog import resolve
 from derive.cell.grammar import Matrix, parse
 from derive.errors import ExpressionError, SpecError, suggest
 
@@ -140,38 +140,13 @@ class Cell:
 
 # --- loading -----------------------------------------------------------------------
 
-def shipped_cells() -> list[str]:
-    """Names of the cells shipped with the package, sorted with lstm first."""
-    names = sorted(p.name[:-5] for p in resources.files("derive.cells").iterdir()
-                   if p.name.endswith(".toml"))
-    return sorted(names, key=lambda n: (n not in ("lstm",), not n.startswith("lstm"), n))
-
-
-def resolve(cell: str) -> tuple[str, str, bool]:
-    """(text, path, shipped) for a shipped name or a path to a spec file."""
-    if cell in shipped_cells():
-        text = resources.files("derive.cells").joinpath(cell + ".toml").read_text("utf-8")
-        return text, f"derive/cells/{cell}.toml", True
-    path = Path(cell)
-    if path.suffix == ".toml" or path.exists() or "/" in cell:
-        if not path.is_file():
-            raise SpecError(f"no such cell file (shipped cells: {', '.join(shipped_cells())})",
-                            path=cell)
-        try:
-            return path.read_text("utf-8"), str(path), False
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SpecError(f"cannot read the file: {exc}", path=cell) from None
-    raise SpecError(f"unknown cell {cell!r}{suggest(cell, shipped_cells())}; shipped cells: "
-                    f"{', '.join(shipped_cells())}, or give a path to a .toml spec")
-
-
 def load_cell(cell: "str | Path | Cell") -> Cell:
     """Load and validate a cell: a shipped name (`"lstm"`) or a path to a spec file."""
     if isinstance(cell, Cell):
         return cell
-    text, path, shipped = resolve(str(cell))
-    result = parse_spec(text, path)
-    result.shipped = shipped
+    source = resolve(str(cell))
+    result = parse_spec(source.text, source.path)
+    result.shipped = source.shipped
     return result
 
 

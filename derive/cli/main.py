@@ -144,7 +144,8 @@ def _version() -> str:
 # --- commands --------------------------------------------------------------------------
 
 def cmd_cells(args) -> int:
-    from derive.cell.spec import load_cell, shipped_cells
+    from derive.cell.catalog import shipped_cells
+    from derive.cell.spec import load_cell
     cells = [load_cell(n) for n in shipped_cells()]
     if args.json:
         print(json.dumps([{"name": c.name, "title": c.title, "states": list(c.states),

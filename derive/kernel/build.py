@@ -37,10 +37,11 @@ import tempfile
 import time
 import tomllib
 from functools import lru_cache
-from importlib import metadata, resources
+from importlib import metadata
 from pathlib import Path
 
 from derive import __version__
+from derive.cell.catalog import resolve
 from derive.errors import UserError
 from derive.files import template_dir
 from derive.kernel.abi import KERNEL_API
@@ -71,34 +72,27 @@ class BuildError(UserError):
 
 # --- what a cell is, without SymPy ----------------------------------------------------------
 
-def shipped_names() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files("derive.cells").iterdir()
-                  if p.name.endswith(".toml"))
-
-
 def spec_source(cell) -> tuple[str, str, bool]:
-    """(name, spec text, shipped) for a shipped name or a spec path, without SymPy.
+    """(name, spec text, shipped) for a shipped name, a spec path or a loaded Cell, without
+    SymPy (the cell layer's catalog finds the file).
 
-    Anything that is not plainly a shipped name or a readable spec file is handed to
-    the full loader, which raises the error naming the file, line and fix.
+    A spec file whose name cannot be read without SymPy is handed to the full loader,
+    which raises the error naming the file, line and fix.
     """
     if hasattr(cell, "source") and hasattr(cell, "shipped"):  # a loaded Cell
         return cell.name, cell.source, bool(cell.shipped)
-    cell = str(cell)
-    if cell in shipped_names():
-        text = resources.files("derive.cells").joinpath(cell + ".toml").read_text("utf-8")
-        return cell, text, True
+    source = resolve(str(cell))
+    if source.shipped:
+        return str(cell), source.text, True
     try:
-        text = Path(cell).read_text("utf-8")
-        name = tomllib.loads(text)["name"]
+        name = tomllib.loads(source.text)["name"]
         if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name):
             raise ValueError(name)
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, KeyError, ValueError,
-            TypeError):
+    except (tomllib.TOMLDecodeError, KeyError, ValueError, TypeError):
         from derive.cell.spec import load_cell
         load_cell(cell)  # raises the precise SpecError
         raise UserError(f"{cell}: not a usable cell spec") from None  # pragma: no cover
-    return name, text, False
+    return name, source.text, False
 
 
 # --- fingerprints and keys ---------------------------------------------------------------------
