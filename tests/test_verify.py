@@ -14,7 +14,8 @@ from derive.cell import symbols as S
 from derive.cli import main
 from derive.verify.notation import parse_expression
 from derive.docs.equations import equations
-from derive.verify.verification import KINDS, verify
+from derive.verify.diagnosis import KINDS
+from derive.verify.verification import verify
 
 C = ("dy[t]*o[t]*dtanh(c[t]) + p_o*do_bar[t] + p_i*di_bar[t+1] + p_f*df_bar[t+1]"
      " + dc[t+1]*f[t+1]")

@@ -183,7 +183,7 @@ def cmd_check(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from derive.verify.verification import run_verify
+    from derive.cli.verify import run_verify
     return run_verify(args.cell, args.equations, file=args.file, latex=args.latex,
                       as_json=args.json)
 

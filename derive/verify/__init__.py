@@ -1,5 +1,14 @@
-"""Stage 8 — verify: hand derivations (text notation or LaTeX) against the derived truth."""
+"""Stage 8 — verify: hand derivations (text notation or LaTeX) against the derived truth.
 
-from derive.verify.verification import Verification, verify
+* `notation`, `latex` read the text notation and LaTeX; `equation` reads one equation
+  in either;
+* `context` holds what one cell's verifications share: the derived truth of a target,
+  the canonical form across steps, random unrolled sequences;
+* `verification` decides the verdict (`verify`), `diagnosis` names and classifies the
+  wrong terms, `report` is the result as text or JSON.
+"""
+
+from derive.verify.report import Verification
+from derive.verify.verification import verify
 
 __all__ = ["Verification", "verify"]

@@ -502,14 +502,6 @@ class _Parser:
             raise ExpressionError(exc.detail, text=self.text, column=tok.col) from None
 
 
-def parse_latex(cell: Cell, text: str) -> sp.Expr:
-    """Parse a LaTeX expression for `cell` (never evaluated)."""
-    try:
-        return _parse_rhs(cell, _checked(text))[0]
-    except RecursionError:
-        raise ExpressionError("expression too deeply nested") from None
-
-
 def _checked(text: str) -> str:
     if len(text) > MAX_LENGTH:
         raise ExpressionError(f"expression longer than {MAX_LENGTH} characters")

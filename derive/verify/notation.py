@@ -47,18 +47,6 @@ MAX_EXPONENT = 16      # |n| in a ** n
 MAX_TERMS = 20_000     # terms a right side may expand into
 _LHS = re.compile(r"^\s*(d[A-Za-z][A-Za-z0-9_]*)\s*(\[\s*t\s*(?:([+-])\s*(\d+))?\s*\])?\s*$")
 
-GRAMMAR = """\
-notation (one equation a line, # starts a comment):
-  dc[t]   = <expression>    delta of a node or input at step t (dc[t+1] = ... shifts it)
-  dW_z[t] = <expression>    per-step term of a parameter gradient, e.g.
-                            dp_f[t] = c[t-1]*df_bar[t], dR_f[t] = outer(df_bar[t+1], y[t]);
-                            equal up to a uniform time shift (the gradient sums over t)
-  dc0     = <expression>    gradient of the initial state c, right side written at t = 0
-  name[t], name[t+1], name[t-1]: forward values; dname[t]: deltas; Delta[t]: the external
-  gradient; parameters without index; * / + - ** element-wise; @ matrix product; .T
-  transpose; outer(a, b); sigmoid tanh exp log dsigmoid dtanh."""
-
-
 @dataclass(frozen=True)
 class Target:
     """The left-hand side of an equation.
