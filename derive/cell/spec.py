@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import graphlib
 import hashlib
+import heapq
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -114,7 +115,7 @@ class Cell:
     states: tuple[str, ...]
     outputs: tuple[str, ...]
     parameters: dict[str, Parameter]
-    nodes: dict[str, Node]  # in a topological order of step t
+    nodes: dict[str, Node]  # step t in the spec's order, moved only where a node reads a later one
     shipped: bool = False
     _sizes: dict[str, str] = field(default_factory=dict, repr=False)
 
@@ -326,14 +327,18 @@ class _SpecReader:
             self.error(f"cycle in step t: {' <- '.join(cycle)}; one of these must read the "
                        f"previous step (as {cycle[0]}[t-1], if it is a state)",
                        self.line_of(cycle[0], "nodes"))
-        # a stable order: the spec's order wherever the dependencies allow
-        position = {n: i for i, n in enumerate(nodes)}
+        # the spec's order wherever the dependencies allow: always the earliest node of
+        # the file whose inputs are computed (a file already in order stays as it is)
+        names = list(nodes)
+        position = {n: i for i, n in enumerate(names)}
+        ready: list[int] = []
         order = []
         while sorter.is_active():
-            ready = sorted(sorter.get_ready(), key=position.get)
-            for n in ready:
-                order.append(n)
-                sorter.done(n)
+            for n in sorter.get_ready():
+                heapq.heappush(ready, position[n])
+            n = names[heapq.heappop(ready)]
+            order.append(n)
+            sorter.done(n)
         return order
 
     def check_usage(self, cell: Cell):

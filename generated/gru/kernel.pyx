@@ -7,10 +7,10 @@
 
 Forward, one step (the spec):
     r_bar[t] = W_r @ x + R_r @ y[t-1] + b_r
-    u_bar[t] = W_u @ x + R_u @ y[t-1] + b_u
-    q[t] = R_h @ y[t-1] + b_hr
     r[t] = sigmoid(r_bar)
+    u_bar[t] = W_u @ x + R_u @ y[t-1] + b_u
     u[t] = sigmoid(u_bar)
+    q[t] = R_h @ y[t-1] + b_hr
     h_bar[t] = W_h @ x + r * q + b_h
     h[t] = tanh(h_bar)
     y[t] = (1 - u) * h + u * y[t-1]
@@ -79,9 +79,9 @@ LAYOUT = {'cell': 'gru',
                         'group': 1}],
           'groups': [{'nodes': ['r_bar', 'u_bar', 'h_bar'], 'operands': ['x']},
                      {'nodes': ['r_bar', 'u_bar', 'q'], 'operands': ['y']}],
-          'stored': [{'name': 'q', 'kind': 'node'},
-                     {'name': 'r', 'kind': 'node'},
+          'stored': [{'name': 'r', 'kind': 'node'},
                      {'name': 'u', 'kind': 'node'},
+                     {'name': 'q', 'kind': 'node'},
                      {'name': 'h', 'kind': 'node'}],
           'carry_set': [True]}
 
@@ -297,9 +297,9 @@ cdef void _forward_step_f32(Py_ssize_t B, Py_ssize_t N,
         float_rp _G_y,
         float_rp _P_y,
         float_rp _S_y,
-        float_rp _A_q,
         float_rp _A_r,
         float_rp _A_u,
+        float_rp _A_q,
         float_rp _A_h,
         float_rp _V_b_r,
         float_rp _V_b_u,
@@ -334,14 +334,14 @@ cdef void _forward_step_f32(Py_ssize_t B, Py_ssize_t N,
         for _j in range(N):
             # r_bar[t] = W_r @ x + R_r @ y[t-1] + b_r
             r_bar = W_r_x[_j] + R_r_y[_j] + _V_b_r[_j]
-            # u_bar[t] = W_u @ x + R_u @ y[t-1] + b_u
-            u_bar = W_u_x[_j] + R_u_y[_j] + _V_b_u[_j]
-            # q[t] = R_h @ y[t-1] + b_hr
-            q = R_h_y[_j] + _V_b_hr[_j]
             # r[t] = sigmoid(r_bar)
             r = _sigmoid(r_bar)
+            # u_bar[t] = W_u @ x + R_u @ y[t-1] + b_u
+            u_bar = W_u_x[_j] + R_u_y[_j] + _V_b_u[_j]
             # u[t] = sigmoid(u_bar)
             u = _sigmoid(u_bar)
+            # q[t] = R_h @ y[t-1] + b_hr
+            q = R_h_y[_j] + _V_b_hr[_j]
             # h_bar[t] = W_h @ x + r * q + b_h
             h_bar = W_h_x[_j] + q*r + _V_b_h[_j]
             # h[t] = tanh(h_bar)
@@ -349,17 +349,17 @@ cdef void _forward_step_f32(Py_ssize_t B, Py_ssize_t N,
             # y[t] = (1 - u) * h + u * y[t-1]
             y = y_prev[_j]*u + h*(1 - u)
             _S_y[_o + _j] = y
-            _A_q[_o + _j] = q
             _A_r[_o + _j] = r
             _A_u[_o + _j] = u
+            _A_q[_o + _j] = q
             _A_h[_o + _j] = h
 
 
 cdef void _backward_step_f32(Py_ssize_t B, Py_ssize_t N,
         float_rp _P_y,
-        float_rp _A_q,
         float_rp _A_r,
         float_rp _A_u,
+        float_rp _A_q,
         float_rp _A_h,
         float_rp _D_y,
         float_rp _C_y,
@@ -428,9 +428,9 @@ cdef void _forward_step_f64(Py_ssize_t B, Py_ssize_t N,
         double_rp _G_y,
         double_rp _P_y,
         double_rp _S_y,
-        double_rp _A_q,
         double_rp _A_r,
         double_rp _A_u,
+        double_rp _A_q,
         double_rp _A_h,
         double_rp _V_b_r,
         double_rp _V_b_u,
@@ -465,14 +465,14 @@ cdef void _forward_step_f64(Py_ssize_t B, Py_ssize_t N,
         for _j in range(N):
             # r_bar[t] = W_r @ x + R_r @ y[t-1] + b_r
             r_bar = W_r_x[_j] + R_r_y[_j] + _V_b_r[_j]
-            # u_bar[t] = W_u @ x + R_u @ y[t-1] + b_u
-            u_bar = W_u_x[_j] + R_u_y[_j] + _V_b_u[_j]
-            # q[t] = R_h @ y[t-1] + b_hr
-            q = R_h_y[_j] + _V_b_hr[_j]
             # r[t] = sigmoid(r_bar)
             r = _sigmoid(r_bar)
+            # u_bar[t] = W_u @ x + R_u @ y[t-1] + b_u
+            u_bar = W_u_x[_j] + R_u_y[_j] + _V_b_u[_j]
             # u[t] = sigmoid(u_bar)
             u = _sigmoid(u_bar)
+            # q[t] = R_h @ y[t-1] + b_hr
+            q = R_h_y[_j] + _V_b_hr[_j]
             # h_bar[t] = W_h @ x + r * q + b_h
             h_bar = W_h_x[_j] + q*r + _V_b_h[_j]
             # h[t] = tanh(h_bar)
@@ -480,17 +480,17 @@ cdef void _forward_step_f64(Py_ssize_t B, Py_ssize_t N,
             # y[t] = (1 - u) * h + u * y[t-1]
             y = y_prev[_j]*u + h*(1 - u)
             _S_y[_o + _j] = y
-            _A_q[_o + _j] = q
             _A_r[_o + _j] = r
             _A_u[_o + _j] = u
+            _A_q[_o + _j] = q
             _A_h[_o + _j] = h
 
 
 cdef void _backward_step_f64(Py_ssize_t B, Py_ssize_t N,
         double_rp _P_y,
-        double_rp _A_q,
         double_rp _A_r,
         double_rp _A_u,
+        double_rp _A_q,
         double_rp _A_h,
         double_rp _D_y,
         double_rp _C_y,
@@ -824,9 +824,9 @@ def forward(const floating[:, :, ::1] X, tuple W, tuple V, tuple S, tuple A, tup
     cdef const floating[::1] _V1 = V[1]    # b_u
     cdef const floating[::1] _V2 = V[2]    # b_h
     cdef const floating[::1] _V3 = V[3]    # b_hr
-    cdef floating[:, :, ::1] _A0 = A[0]    # q
-    cdef floating[:, :, ::1] _A1 = A[1]    # r
-    cdef floating[:, :, ::1] _A2 = A[2]    # u
+    cdef floating[:, :, ::1] _A0 = A[0]    # r
+    cdef floating[:, :, ::1] _A1 = A[1]    # u
+    cdef floating[:, :, ::1] _A2 = A[2]    # q
     cdef floating[:, :, ::1] _A3 = A[3]    # h
     cdef floating[:, :, ::1] _G0 = G[0]    # W @ x, all steps
     cdef floating[:, ::1] _G1 = G[1]    # W @ y[t-1]
@@ -851,11 +851,11 @@ def forward(const floating[:, :, ::1] X, tuple W, tuple V, tuple S, tuple A, tup
     if _V3.shape[0] != N:
         _fail("V[3] (b_hr)", (_V3.shape[0],), (N,))
     if _A0.shape[0] != T or _A0.shape[1] != B or _A0.shape[2] != N:
-        _fail("A[0] (q)", (_A0.shape[0], _A0.shape[1], _A0.shape[2]), (T, B, N))
+        _fail("A[0] (r)", (_A0.shape[0], _A0.shape[1], _A0.shape[2]), (T, B, N))
     if _A1.shape[0] != T or _A1.shape[1] != B or _A1.shape[2] != N:
-        _fail("A[1] (r)", (_A1.shape[0], _A1.shape[1], _A1.shape[2]), (T, B, N))
+        _fail("A[1] (u)", (_A1.shape[0], _A1.shape[1], _A1.shape[2]), (T, B, N))
     if _A2.shape[0] != T or _A2.shape[1] != B or _A2.shape[2] != N:
-        _fail("A[2] (u)", (_A2.shape[0], _A2.shape[1], _A2.shape[2]), (T, B, N))
+        _fail("A[2] (q)", (_A2.shape[0], _A2.shape[1], _A2.shape[2]), (T, B, N))
     if _A3.shape[0] != T or _A3.shape[1] != B or _A3.shape[2] != N:
         _fail("A[3] (h)", (_A3.shape[0], _A3.shape[1], _A3.shape[2]), (T, B, N))
     cdef int nt = max(1, min(threads, B))
@@ -925,9 +925,9 @@ def backward(const floating[:, :, ::1] X, tuple W, tuple V, tuple S, tuple A, tu
     cdef floating[::1] _acc2 = acc[2]
     cdef const floating[::1] _V3 = V[3]    # b_hr
     cdef floating[::1] _acc3 = acc[3]
-    cdef const floating[:, :, ::1] _A0 = A[0]    # q
-    cdef const floating[:, :, ::1] _A1 = A[1]    # r
-    cdef const floating[:, :, ::1] _A2 = A[2]    # u
+    cdef const floating[:, :, ::1] _A0 = A[0]    # r
+    cdef const floating[:, :, ::1] _A1 = A[1]    # u
+    cdef const floating[:, :, ::1] _A2 = A[2]    # q
     cdef const floating[:, :, ::1] _A3 = A[3]    # h
     cdef const floating[:, :, ::1] _dY0 = dY[0]    # Δ of y
     cdef floating[:, :, ::1] _dG0 = dG[0]    # δ r_bar u_bar h_bar
@@ -956,11 +956,11 @@ def backward(const floating[:, :, ::1] X, tuple W, tuple V, tuple S, tuple A, tu
     if _V3.shape[0] != N or _acc3.shape[0] != N:
         _fail("V[3] and acc[3] (b_hr)", (_V3.shape[0], _acc3.shape[0]), (N, N))
     if _A0.shape[0] != T or _A0.shape[1] != B or _A0.shape[2] != N:
-        _fail("A[0] (q)", (_A0.shape[0], _A0.shape[1], _A0.shape[2]), (T, B, N))
+        _fail("A[0] (r)", (_A0.shape[0], _A0.shape[1], _A0.shape[2]), (T, B, N))
     if _A1.shape[0] != T or _A1.shape[1] != B or _A1.shape[2] != N:
-        _fail("A[1] (r)", (_A1.shape[0], _A1.shape[1], _A1.shape[2]), (T, B, N))
+        _fail("A[1] (u)", (_A1.shape[0], _A1.shape[1], _A1.shape[2]), (T, B, N))
     if _A2.shape[0] != T or _A2.shape[1] != B or _A2.shape[2] != N:
-        _fail("A[2] (u)", (_A2.shape[0], _A2.shape[1], _A2.shape[2]), (T, B, N))
+        _fail("A[2] (q)", (_A2.shape[0], _A2.shape[1], _A2.shape[2]), (T, B, N))
     if _A3.shape[0] != T or _A3.shape[1] != B or _A3.shape[2] != N:
         _fail("A[3] (h)", (_A3.shape[0], _A3.shape[1], _A3.shape[2]), (T, B, N))
     if _dY0.shape[0] != T or _dY0.shape[1] != B or _dY0.shape[2] != N:

@@ -5,10 +5,10 @@
 
 Forward, one step (the spec):
     r_bar[t] = W_r @ x + R_r @ y[t-1] + b_r
-    u_bar[t] = W_u @ x + R_u @ y[t-1] + b_u
-    q[t] = R_h @ y[t-1] + b_hr
     r[t] = sigmoid(r_bar)
+    u_bar[t] = W_u @ x + R_u @ y[t-1] + b_u
     u[t] = sigmoid(u_bar)
+    q[t] = R_h @ y[t-1] + b_hr
     h_bar[t] = W_h @ x + r * q + b_h
     h[t] = tanh(h_bar)
     y[t] = (1 - u) * h + u * y[t-1]
@@ -64,9 +64,9 @@ LAYOUT = {'cell': 'gru',
                         'group': 1}],
           'groups': [{'nodes': ['r_bar', 'u_bar', 'h_bar'], 'operands': ['x']},
                      {'nodes': ['r_bar', 'u_bar', 'q'], 'operands': ['y']}],
-          'stored': [{'name': 'q', 'kind': 'node'},
-                     {'name': 'r', 'kind': 'node'},
+          'stored': [{'name': 'r', 'kind': 'node'},
                      {'name': 'u', 'kind': 'node'},
+                     {'name': 'q', 'kind': 'node'},
                      {'name': 'h', 'kind': 'node'}],
           'carry_set': [True]}
 
@@ -94,9 +94,9 @@ def forward(X, W, V, S, A, G, threads=1):
     _V_b_h = V[2]
     _V_b_hr = V[3]
     _S_y = S[0]    # (T+1, B, N), _S_y[0] the initial state
-    _A_q = A[0]
-    _A_r = A[1]
-    _A_u = A[2]
+    _A_r = A[0]
+    _A_u = A[1]
+    _A_q = A[2]
     _A_h = A[3]
     _G_x = G[0]
     _G_y = G[1]
@@ -119,14 +119,14 @@ def forward(X, W, V, S, A, G, threads=1):
             y_prev = _S_y[t]
             # r_bar[t] = W_r @ x + R_r @ y[t-1] + b_r
             r_bar = W_r_x + R_r_y + b_r
-            # u_bar[t] = W_u @ x + R_u @ y[t-1] + b_u
-            u_bar = W_u_x + R_u_y + b_u
-            # q[t] = R_h @ y[t-1] + b_hr
-            q = R_h_y + b_hr
             # r[t] = sigmoid(r_bar)
             r = _sigmoid(r_bar)
+            # u_bar[t] = W_u @ x + R_u @ y[t-1] + b_u
+            u_bar = W_u_x + R_u_y + b_u
             # u[t] = sigmoid(u_bar)
             u = _sigmoid(u_bar)
+            # q[t] = R_h @ y[t-1] + b_hr
+            q = R_h_y + b_hr
             # h_bar[t] = W_h @ x + r * q + b_h
             h_bar = W_h_x + q*r + b_h
             # h[t] = tanh(h_bar)
@@ -134,9 +134,9 @@ def forward(X, W, V, S, A, G, threads=1):
             # y[t] = (1 - u) * h + u * y[t-1]
             y = y_prev*u + h*(1 - u)
             _S_y[t + 1] = y
-            _A_q[t] = q
             _A_r[t] = r
             _A_u[t] = u
+            _A_q[t] = q
             _A_h[t] = h
 
 
@@ -161,9 +161,9 @@ def backward(X, W, V, S, A, dY, dG, C, acc, dW, dX, threads=1):
     _S_y = S[0]
     _C_y = C[0]    # carry of y: the step-(t+1) part of dy[t]
     _C_y[...] = 0
-    _A_q = A[0]
-    _A_r = A[1]
-    _A_u = A[2]
+    _A_r = A[0]
+    _A_u = A[1]
+    _A_q = A[2]
     _A_h = A[3]
     _dY_y = dY[0]
     _dG0 = dG[0]    # deltas of r_bar u_bar h_bar

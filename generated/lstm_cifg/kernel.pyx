@@ -7,8 +7,8 @@
 
 Forward, one step (the spec):
     z_bar[t] = W_z @ x + R_z @ y[t-1] + b_z
-    i_bar[t] = W_i @ x + R_i @ y[t-1] + p_i * c[t-1] + b_i
     z[t] = tanh(z_bar)
+    i_bar[t] = W_i @ x + R_i @ y[t-1] + p_i * c[t-1] + b_i
     i[t] = sigmoid(i_bar)
     f[t] = 1 - i
     c[t] = z * i + c[t-1] * f
@@ -341,10 +341,10 @@ cdef void _forward_step_f32(Py_ssize_t B, Py_ssize_t N,
         for _j in range(N):
             # z_bar[t] = W_z @ x + R_z @ y[t-1] + b_z
             z_bar = W_z_x[_j] + R_z_y[_j] + _V_b_z[_j]
-            # i_bar[t] = W_i @ x + R_i @ y[t-1] + p_i * c[t-1] + b_i
-            i_bar = c_prev[_j]*_V_p_i[_j] + W_i_x[_j] + R_i_y[_j] + _V_b_i[_j]
             # z[t] = tanh(z_bar)
             z = _tanh(z_bar)
+            # i_bar[t] = W_i @ x + R_i @ y[t-1] + p_i * c[t-1] + b_i
+            i_bar = c_prev[_j]*_V_p_i[_j] + W_i_x[_j] + R_i_y[_j] + _V_b_i[_j]
             # i[t] = sigmoid(i_bar)
             i = _sigmoid(i_bar)
             # f[t] = 1 - i
@@ -499,10 +499,10 @@ cdef void _forward_step_f64(Py_ssize_t B, Py_ssize_t N,
         for _j in range(N):
             # z_bar[t] = W_z @ x + R_z @ y[t-1] + b_z
             z_bar = W_z_x[_j] + R_z_y[_j] + _V_b_z[_j]
-            # i_bar[t] = W_i @ x + R_i @ y[t-1] + p_i * c[t-1] + b_i
-            i_bar = c_prev[_j]*_V_p_i[_j] + W_i_x[_j] + R_i_y[_j] + _V_b_i[_j]
             # z[t] = tanh(z_bar)
             z = _tanh(z_bar)
+            # i_bar[t] = W_i @ x + R_i @ y[t-1] + p_i * c[t-1] + b_i
+            i_bar = c_prev[_j]*_V_p_i[_j] + W_i_x[_j] + R_i_y[_j] + _V_b_i[_j]
             # i[t] = sigmoid(i_bar)
             i = _sigmoid(i_bar)
             # f[t] = 1 - i

@@ -7,10 +7,10 @@
 
 Forward, one step (the spec):
     z_bar[t] = W_z @ x + R_z @ y[t-1] + b_z
-    i_bar[t] = W_i @ x + R_i @ y[t-1] + p_i * c[t-1] + b_i + R_ii @ i[t-1] + R_if @ f[t-1] + R_io @ o[t-1]
-    f_bar[t] = W_f @ x + R_f @ y[t-1] + p_f * c[t-1] + b_f + R_fi @ i[t-1] + R_ff @ f[t-1] + R_fo @ o[t-1]
     z[t] = tanh(z_bar)
+    i_bar[t] = W_i @ x + R_i @ y[t-1] + p_i * c[t-1] + b_i + R_ii @ i[t-1] + R_if @ f[t-1] + R_io @ o[t-1]
     i[t] = sigmoid(i_bar)
+    f_bar[t] = W_f @ x + R_f @ y[t-1] + p_f * c[t-1] + b_f + R_fi @ i[t-1] + R_ff @ f[t-1] + R_fo @ o[t-1]
     f[t] = sigmoid(f_bar)
     c[t] = z * i + c[t-1] * f
     o_bar[t] = W_o @ x + R_o @ y[t-1] + p_o * c + b_o + R_oi @ i[t-1] + R_of @ f[t-1] + R_oo @ o[t-1]
@@ -23,8 +23,8 @@ Backward, one step (derived; deltas at t+1 arrive through the carries):
     do_bar[t] = do[t]*o[t]*(1 - o[t])
     dc[t] = dy[t]*o[t]*(1 - tanh(c[t])**2) + p_o*do_bar[t] + p_i*di_bar[t+1] + p_f*df_bar[t+1] + dc[t+1]*f[t+1]
     df[t] = dc[t]*c[t-1] + R_if.T @ di_bar[t+1] + R_ff.T @ df_bar[t+1] + R_of.T @ do_bar[t+1]
-    di[t] = dc[t]*z[t] + R_ii.T @ di_bar[t+1] + R_fi.T @ df_bar[t+1] + R_oi.T @ do_bar[t+1]
     df_bar[t] = df[t]*f[t]*(1 - f[t])
+    di[t] = dc[t]*z[t] + R_ii.T @ di_bar[t+1] + R_fi.T @ df_bar[t+1] + R_oi.T @ do_bar[t+1]
     di_bar[t] = di[t]*i[t]*(1 - i[t])
     dz_bar[t] = dc[t]*i[t]*(1 - z[t]**2)
 
@@ -405,14 +405,14 @@ cdef void _forward_step_f32(Py_ssize_t B, Py_ssize_t N,
         for _j in range(N):
             # z_bar[t] = W_z @ x + R_z @ y[t-1] + b_z
             z_bar = W_z_x[_j] + R_z_y[_j] + _V_b_z[_j]
-            # i_bar[t] = W_i @ x + R_i @ y[t-1] + p_i * c[t-1] + b_i + R_ii @ i[t-1] + R_if @ f[t-1] + R_io @ o[t-1]
-            i_bar = c_prev[_j]*_V_p_i[_j] + R_if_f[_j] + R_ii_i[_j] + R_io_o[_j] + W_i_x[_j] + R_i_y[_j] + _V_b_i[_j]
-            # f_bar[t] = W_f @ x + R_f @ y[t-1] + p_f * c[t-1] + b_f + R_fi @ i[t-1] + R_ff @ f[t-1] + R_fo @ o[t-1]
-            f_bar = c_prev[_j]*_V_p_f[_j] + R_ff_f[_j] + R_fi_i[_j] + R_fo_o[_j] + W_f_x[_j] + R_f_y[_j] + _V_b_f[_j]
             # z[t] = tanh(z_bar)
             z = _tanh(z_bar)
+            # i_bar[t] = W_i @ x + R_i @ y[t-1] + p_i * c[t-1] + b_i + R_ii @ i[t-1] + R_if @ f[t-1] + R_io @ o[t-1]
+            i_bar = c_prev[_j]*_V_p_i[_j] + R_if_f[_j] + R_ii_i[_j] + R_io_o[_j] + W_i_x[_j] + R_i_y[_j] + _V_b_i[_j]
             # i[t] = sigmoid(i_bar)
             i = _sigmoid(i_bar)
+            # f_bar[t] = W_f @ x + R_f @ y[t-1] + p_f * c[t-1] + b_f + R_fi @ i[t-1] + R_ff @ f[t-1] + R_fo @ o[t-1]
+            f_bar = c_prev[_j]*_V_p_f[_j] + R_ff_f[_j] + R_fi_i[_j] + R_fo_o[_j] + W_f_x[_j] + R_f_y[_j] + _V_b_f[_j]
             # f[t] = sigmoid(f_bar)
             f = _sigmoid(f_bar)
             # c[t] = z * i + c[t-1] * f
@@ -508,10 +508,10 @@ cdef void _backward_step_f32(Py_ssize_t B, Py_ssize_t N,
             dc = _C_c[_o + _j] + do_bar*_V_p_o[_j] + dy*o[_j]*(1 - tanh_c[_j]*tanh_c[_j])
             # df[t] = dc[t]*c[t-1] + R_if.T @ di_bar[t+1] + R_ff.T @ df_bar[t+1] + R_of.T @ do_bar[t+1]
             df = _C_f[_o + _j] + dc*c_prev[_j]
-            # di[t] = dc[t]*z[t] + R_ii.T @ di_bar[t+1] + R_fi.T @ df_bar[t+1] + R_oi.T @ do_bar[t+1]
-            di = _C_i[_o + _j] + dc*z[_j]
             # df_bar[t] = df[t]*f[t]*(1 - f[t])
             df_bar = df*f[_j]*(1 - f[_j])
+            # di[t] = dc[t]*z[t] + R_ii.T @ di_bar[t+1] + R_fi.T @ df_bar[t+1] + R_oi.T @ do_bar[t+1]
+            di = _C_i[_o + _j] + dc*z[_j]
             # di_bar[t] = di[t]*i[t]*(1 - i[t])
             di_bar = di*i[_j]*(1 - i[_j])
             # dz_bar[t] = dc[t]*i[t]*(1 - z[t]**2)
@@ -616,14 +616,14 @@ cdef void _forward_step_f64(Py_ssize_t B, Py_ssize_t N,
         for _j in range(N):
             # z_bar[t] = W_z @ x + R_z @ y[t-1] + b_z
             z_bar = W_z_x[_j] + R_z_y[_j] + _V_b_z[_j]
-            # i_bar[t] = W_i @ x + R_i @ y[t-1] + p_i * c[t-1] + b_i + R_ii @ i[t-1] + R_if @ f[t-1] + R_io @ o[t-1]
-            i_bar = c_prev[_j]*_V_p_i[_j] + R_if_f[_j] + R_ii_i[_j] + R_io_o[_j] + W_i_x[_j] + R_i_y[_j] + _V_b_i[_j]
-            # f_bar[t] = W_f @ x + R_f @ y[t-1] + p_f * c[t-1] + b_f + R_fi @ i[t-1] + R_ff @ f[t-1] + R_fo @ o[t-1]
-            f_bar = c_prev[_j]*_V_p_f[_j] + R_ff_f[_j] + R_fi_i[_j] + R_fo_o[_j] + W_f_x[_j] + R_f_y[_j] + _V_b_f[_j]
             # z[t] = tanh(z_bar)
             z = _tanh(z_bar)
+            # i_bar[t] = W_i @ x + R_i @ y[t-1] + p_i * c[t-1] + b_i + R_ii @ i[t-1] + R_if @ f[t-1] + R_io @ o[t-1]
+            i_bar = c_prev[_j]*_V_p_i[_j] + R_if_f[_j] + R_ii_i[_j] + R_io_o[_j] + W_i_x[_j] + R_i_y[_j] + _V_b_i[_j]
             # i[t] = sigmoid(i_bar)
             i = _sigmoid(i_bar)
+            # f_bar[t] = W_f @ x + R_f @ y[t-1] + p_f * c[t-1] + b_f + R_fi @ i[t-1] + R_ff @ f[t-1] + R_fo @ o[t-1]
+            f_bar = c_prev[_j]*_V_p_f[_j] + R_ff_f[_j] + R_fi_i[_j] + R_fo_o[_j] + W_f_x[_j] + R_f_y[_j] + _V_b_f[_j]
             # f[t] = sigmoid(f_bar)
             f = _sigmoid(f_bar)
             # c[t] = z * i + c[t-1] * f
@@ -719,10 +719,10 @@ cdef void _backward_step_f64(Py_ssize_t B, Py_ssize_t N,
             dc = _C_c[_o + _j] + do_bar*_V_p_o[_j] + dy*o[_j]*(1 - tanh_c[_j]*tanh_c[_j])
             # df[t] = dc[t]*c[t-1] + R_if.T @ di_bar[t+1] + R_ff.T @ df_bar[t+1] + R_of.T @ do_bar[t+1]
             df = _C_f[_o + _j] + dc*c_prev[_j]
-            # di[t] = dc[t]*z[t] + R_ii.T @ di_bar[t+1] + R_fi.T @ df_bar[t+1] + R_oi.T @ do_bar[t+1]
-            di = _C_i[_o + _j] + dc*z[_j]
             # df_bar[t] = df[t]*f[t]*(1 - f[t])
             df_bar = df*f[_j]*(1 - f[_j])
+            # di[t] = dc[t]*z[t] + R_ii.T @ di_bar[t+1] + R_fi.T @ df_bar[t+1] + R_oi.T @ do_bar[t+1]
+            di = _C_i[_o + _j] + dc*z[_j]
             # di_bar[t] = di[t]*i[t]*(1 - i[t])
             di_bar = di*i[_j]*(1 - i[_j])
             # dz_bar[t] = dc[t]*i[t]*(1 - z[t]**2)

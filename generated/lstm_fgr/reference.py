@@ -5,10 +5,10 @@
 
 Forward, one step (the spec):
     z_bar[t] = W_z @ x + R_z @ y[t-1] + b_z
-    i_bar[t] = W_i @ x + R_i @ y[t-1] + p_i * c[t-1] + b_i + R_ii @ i[t-1] + R_if @ f[t-1] + R_io @ o[t-1]
-    f_bar[t] = W_f @ x + R_f @ y[t-1] + p_f * c[t-1] + b_f + R_fi @ i[t-1] + R_ff @ f[t-1] + R_fo @ o[t-1]
     z[t] = tanh(z_bar)
+    i_bar[t] = W_i @ x + R_i @ y[t-1] + p_i * c[t-1] + b_i + R_ii @ i[t-1] + R_if @ f[t-1] + R_io @ o[t-1]
     i[t] = sigmoid(i_bar)
+    f_bar[t] = W_f @ x + R_f @ y[t-1] + p_f * c[t-1] + b_f + R_fi @ i[t-1] + R_ff @ f[t-1] + R_fo @ o[t-1]
     f[t] = sigmoid(f_bar)
     c[t] = z * i + c[t-1] * f
     o_bar[t] = W_o @ x + R_o @ y[t-1] + p_o * c + b_o + R_oi @ i[t-1] + R_of @ f[t-1] + R_oo @ o[t-1]
@@ -21,8 +21,8 @@ Backward, one step (derived; deltas at t+1 arrive through the carries):
     do_bar[t] = do[t]*o[t]*(1 - o[t])
     dc[t] = dy[t]*o[t]*(1 - tanh(c[t])**2) + p_o*do_bar[t] + p_i*di_bar[t+1] + p_f*df_bar[t+1] + dc[t+1]*f[t+1]
     df[t] = dc[t]*c[t-1] + R_if.T @ di_bar[t+1] + R_ff.T @ df_bar[t+1] + R_of.T @ do_bar[t+1]
-    di[t] = dc[t]*z[t] + R_ii.T @ di_bar[t+1] + R_fi.T @ df_bar[t+1] + R_oi.T @ do_bar[t+1]
     df_bar[t] = df[t]*f[t]*(1 - f[t])
+    di[t] = dc[t]*z[t] + R_ii.T @ di_bar[t+1] + R_fi.T @ df_bar[t+1] + R_oi.T @ do_bar[t+1]
     di_bar[t] = di[t]*i[t]*(1 - i[t])
     dz_bar[t] = dc[t]*i[t]*(1 - z[t]**2)
 
@@ -188,14 +188,14 @@ def forward(X, W, V, S, A, G, threads=1):
             p_o = _V_p_o
             # z_bar[t] = W_z @ x + R_z @ y[t-1] + b_z
             z_bar = W_z_x + R_z_y + b_z
-            # i_bar[t] = W_i @ x + R_i @ y[t-1] + p_i * c[t-1] + b_i + R_ii @ i[t-1] + R_if @ f[t-1] + R_io @ o[t-1]
-            i_bar = c_prev*p_i + R_if_f + R_ii_i + R_io_o + W_i_x + R_i_y + b_i
-            # f_bar[t] = W_f @ x + R_f @ y[t-1] + p_f * c[t-1] + b_f + R_fi @ i[t-1] + R_ff @ f[t-1] + R_fo @ o[t-1]
-            f_bar = c_prev*p_f + R_ff_f + R_fi_i + R_fo_o + W_f_x + R_f_y + b_f
             # z[t] = tanh(z_bar)
             z = np.tanh(z_bar)
+            # i_bar[t] = W_i @ x + R_i @ y[t-1] + p_i * c[t-1] + b_i + R_ii @ i[t-1] + R_if @ f[t-1] + R_io @ o[t-1]
+            i_bar = c_prev*p_i + R_if_f + R_ii_i + R_io_o + W_i_x + R_i_y + b_i
             # i[t] = sigmoid(i_bar)
             i = _sigmoid(i_bar)
+            # f_bar[t] = W_f @ x + R_f @ y[t-1] + p_f * c[t-1] + b_f + R_fi @ i[t-1] + R_ff @ f[t-1] + R_fo @ o[t-1]
+            f_bar = c_prev*p_f + R_ff_f + R_fi_i + R_fo_o + W_f_x + R_f_y + b_f
             # f[t] = sigmoid(f_bar)
             f = _sigmoid(f_bar)
             # c[t] = z * i + c[t-1] * f
@@ -295,10 +295,10 @@ def backward(X, W, V, S, A, dY, dG, C, acc, dW, dX, threads=1):
             dc = carry_c + do_bar*p_o + dy*o*(1 - tanh_c*tanh_c)
             # df[t] = dc[t]*c[t-1] + R_if.T @ di_bar[t+1] + R_ff.T @ df_bar[t+1] + R_of.T @ do_bar[t+1]
             df = carry_f + dc*c_prev
-            # di[t] = dc[t]*z[t] + R_ii.T @ di_bar[t+1] + R_fi.T @ df_bar[t+1] + R_oi.T @ do_bar[t+1]
-            di = carry_i + dc*z
             # df_bar[t] = df[t]*f[t]*(1 - f[t])
             df_bar = df*f*(1 - f)
+            # di[t] = dc[t]*z[t] + R_ii.T @ di_bar[t+1] + R_fi.T @ df_bar[t+1] + R_oi.T @ do_bar[t+1]
+            di = carry_i + dc*z
             # di_bar[t] = di[t]*i[t]*(1 - i[t])
             di_bar = di*i*(1 - i)
             # dz_bar[t] = dc[t]*i[t]*(1 - z[t]**2)

@@ -5,8 +5,8 @@
 
 Forward, one step (the spec):
     z_bar[t] = W_z @ x + R_z @ y[t-1] + b_z
-    i_bar[t] = W_i @ x + R_i @ y[t-1] + p_i * c[t-1] + b_i
     z[t] = tanh(z_bar)
+    i_bar[t] = W_i @ x + R_i @ y[t-1] + p_i * c[t-1] + b_i
     i[t] = sigmoid(i_bar)
     c[t] = z * i + c[t-1]
     o_bar[t] = W_o @ x + R_o @ y[t-1] + p_o * c + b_o
@@ -122,10 +122,10 @@ def forward(X, W, V, S, A, G, threads=1):
             p_o = _V_p_o
             # z_bar[t] = W_z @ x + R_z @ y[t-1] + b_z
             z_bar = W_z_x + R_z_y + b_z
-            # i_bar[t] = W_i @ x + R_i @ y[t-1] + p_i * c[t-1] + b_i
-            i_bar = c_prev*p_i + W_i_x + R_i_y + b_i
             # z[t] = tanh(z_bar)
             z = np.tanh(z_bar)
+            # i_bar[t] = W_i @ x + R_i @ y[t-1] + p_i * c[t-1] + b_i
+            i_bar = c_prev*p_i + W_i_x + R_i_y + b_i
             # i[t] = sigmoid(i_bar)
             i = _sigmoid(i_bar)
             # c[t] = z * i + c[t-1]

@@ -7,8 +7,8 @@
 
 Forward, one step (the spec):
     z_bar[t] = W_z @ x + R_z @ y[t-1] + b_z
-    f_bar[t] = W_f @ x + R_f @ y[t-1] + p_f * c[t-1] + b_f
     z[t] = tanh(z_bar)
+    f_bar[t] = W_f @ x + R_f @ y[t-1] + p_f * c[t-1] + b_f
     f[t] = sigmoid(f_bar)
     c[t] = z + c[t-1] * f
     o_bar[t] = W_o @ x + R_o @ y[t-1] + p_o * c + b_o
@@ -337,10 +337,10 @@ cdef void _forward_step_f32(Py_ssize_t B, Py_ssize_t N,
         for _j in range(N):
             # z_bar[t] = W_z @ x + R_z @ y[t-1] + b_z
             z_bar = W_z_x[_j] + R_z_y[_j] + _V_b_z[_j]
-            # f_bar[t] = W_f @ x + R_f @ y[t-1] + p_f * c[t-1] + b_f
-            f_bar = c_prev[_j]*_V_p_f[_j] + W_f_x[_j] + R_f_y[_j] + _V_b_f[_j]
             # z[t] = tanh(z_bar)
             z = _tanh(z_bar)
+            # f_bar[t] = W_f @ x + R_f @ y[t-1] + p_f * c[t-1] + b_f
+            f_bar = c_prev[_j]*_V_p_f[_j] + W_f_x[_j] + R_f_y[_j] + _V_b_f[_j]
             # f[t] = sigmoid(f_bar)
             f = _sigmoid(f_bar)
             # c[t] = z + c[t-1] * f
@@ -485,10 +485,10 @@ cdef void _forward_step_f64(Py_ssize_t B, Py_ssize_t N,
         for _j in range(N):
             # z_bar[t] = W_z @ x + R_z @ y[t-1] + b_z
             z_bar = W_z_x[_j] + R_z_y[_j] + _V_b_z[_j]
-            # f_bar[t] = W_f @ x + R_f @ y[t-1] + p_f * c[t-1] + b_f
-            f_bar = c_prev[_j]*_V_p_f[_j] + W_f_x[_j] + R_f_y[_j] + _V_b_f[_j]
             # z[t] = tanh(z_bar)
             z = _tanh(z_bar)
+            # f_bar[t] = W_f @ x + R_f @ y[t-1] + p_f * c[t-1] + b_f
+            f_bar = c_prev[_j]*_V_p_f[_j] + W_f_x[_j] + R_f_y[_j] + _V_b_f[_j]
             # f[t] = sigmoid(f_bar)
             f = _sigmoid(f_bar)
             # c[t] = z + c[t-1] * f

@@ -5,8 +5,8 @@
 
 Forward, one step (the spec):
     z_bar[t] = W_z @ x + R_z @ y[t-1] + b_z
-    f_bar[t] = W_f @ x + R_f @ y[t-1] + p_f * c[t-1] + b_f
     z[t] = tanh(z_bar)
+    f_bar[t] = W_f @ x + R_f @ y[t-1] + p_f * c[t-1] + b_f
     f[t] = sigmoid(f_bar)
     c[t] = z + c[t-1] * f
     o_bar[t] = W_o @ x + R_o @ y[t-1] + p_o * c + b_o
@@ -122,10 +122,10 @@ def forward(X, W, V, S, A, G, threads=1):
             p_o = _V_p_o
             # z_bar[t] = W_z @ x + R_z @ y[t-1] + b_z
             z_bar = W_z_x + R_z_y + b_z
-            # f_bar[t] = W_f @ x + R_f @ y[t-1] + p_f * c[t-1] + b_f
-            f_bar = c_prev*p_f + W_f_x + R_f_y + b_f
             # z[t] = tanh(z_bar)
             z = np.tanh(z_bar)
+            # f_bar[t] = W_f @ x + R_f @ y[t-1] + p_f * c[t-1] + b_f
+            f_bar = c_prev*p_f + W_f_x + R_f_y + b_f
             # f[t] = sigmoid(f_bar)
             f = _sigmoid(f_bar)
             # c[t] = z + c[t-1] * f

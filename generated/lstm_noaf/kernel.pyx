@@ -7,10 +7,10 @@
 
 Forward, one step (the spec):
     z_bar[t] = W_z @ x + R_z @ y[t-1] + b_z
-    i_bar[t] = W_i @ x + R_i @ y[t-1] + p_i * c[t-1] + b_i
-    f_bar[t] = W_f @ x + R_f @ y[t-1] + p_f * c[t-1] + b_f
     z[t] = tanh(z_bar)
+    i_bar[t] = W_i @ x + R_i @ y[t-1] + p_i * c[t-1] + b_i
     i[t] = sigmoid(i_bar)
+    f_bar[t] = W_f @ x + R_f @ y[t-1] + p_f * c[t-1] + b_f
     f[t] = sigmoid(f_bar)
     c[t] = z * i + c[t-1] * f
     o_bar[t] = W_o @ x + R_o @ y[t-1] + p_o * c + b_o
@@ -357,14 +357,14 @@ cdef void _forward_step_f32(Py_ssize_t B, Py_ssize_t N,
         for _j in range(N):
             # z_bar[t] = W_z @ x + R_z @ y[t-1] + b_z
             z_bar = W_z_x[_j] + R_z_y[_j] + _V_b_z[_j]
-            # i_bar[t] = W_i @ x + R_i @ y[t-1] + p_i * c[t-1] + b_i
-            i_bar = c_prev[_j]*_V_p_i[_j] + W_i_x[_j] + R_i_y[_j] + _V_b_i[_j]
-            # f_bar[t] = W_f @ x + R_f @ y[t-1] + p_f * c[t-1] + b_f
-            f_bar = c_prev[_j]*_V_p_f[_j] + W_f_x[_j] + R_f_y[_j] + _V_b_f[_j]
             # z[t] = tanh(z_bar)
             z = _tanh(z_bar)
+            # i_bar[t] = W_i @ x + R_i @ y[t-1] + p_i * c[t-1] + b_i
+            i_bar = c_prev[_j]*_V_p_i[_j] + W_i_x[_j] + R_i_y[_j] + _V_b_i[_j]
             # i[t] = sigmoid(i_bar)
             i = _sigmoid(i_bar)
+            # f_bar[t] = W_f @ x + R_f @ y[t-1] + p_f * c[t-1] + b_f
+            f_bar = c_prev[_j]*_V_p_f[_j] + W_f_x[_j] + R_f_y[_j] + _V_b_f[_j]
             # f[t] = sigmoid(f_bar)
             f = _sigmoid(f_bar)
             # c[t] = z * i + c[t-1] * f
@@ -529,14 +529,14 @@ cdef void _forward_step_f64(Py_ssize_t B, Py_ssize_t N,
         for _j in range(N):
             # z_bar[t] = W_z @ x + R_z @ y[t-1] + b_z
             z_bar = W_z_x[_j] + R_z_y[_j] + _V_b_z[_j]
-            # i_bar[t] = W_i @ x + R_i @ y[t-1] + p_i * c[t-1] + b_i
-            i_bar = c_prev[_j]*_V_p_i[_j] + W_i_x[_j] + R_i_y[_j] + _V_b_i[_j]
-            # f_bar[t] = W_f @ x + R_f @ y[t-1] + p_f * c[t-1] + b_f
-            f_bar = c_prev[_j]*_V_p_f[_j] + W_f_x[_j] + R_f_y[_j] + _V_b_f[_j]
             # z[t] = tanh(z_bar)
             z = _tanh(z_bar)
+            # i_bar[t] = W_i @ x + R_i @ y[t-1] + p_i * c[t-1] + b_i
+            i_bar = c_prev[_j]*_V_p_i[_j] + W_i_x[_j] + R_i_y[_j] + _V_b_i[_j]
             # i[t] = sigmoid(i_bar)
             i = _sigmoid(i_bar)
+            # f_bar[t] = W_f @ x + R_f @ y[t-1] + p_f * c[t-1] + b_f
+            f_bar = c_prev[_j]*_V_p_f[_j] + W_f_x[_j] + R_f_y[_j] + _V_b_f[_j]
             # f[t] = sigmoid(f_bar)
             f = _sigmoid(f_bar)
             # c[t] = z * i + c[t-1] * f

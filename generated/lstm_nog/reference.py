@@ -5,10 +5,10 @@
 
 Forward, one step (the spec):
     z_bar[t] = W_z @ x + R_z @ y[t-1] + b_z
-    i_bar[t] = W_i @ x + R_i @ y[t-1] + p_i * c[t-1] + b_i
-    f_bar[t] = W_f @ x + R_f @ y[t-1] + p_f * c[t-1] + b_f
     z[t] = tanh(z_bar)
+    i_bar[t] = W_i @ x + R_i @ y[t-1] + p_i * c[t-1] + b_i
     i[t] = sigmoid(i_bar)
+    f_bar[t] = W_f @ x + R_f @ y[t-1] + p_f * c[t-1] + b_f
     f[t] = sigmoid(f_bar)
     c[t] = z * i + c[t-1] * f
     y[t] = tanh(c)
@@ -120,14 +120,14 @@ def forward(X, W, V, S, A, G, threads=1):
             p_i = _V_p_i
             # z_bar[t] = W_z @ x + R_z @ y[t-1] + b_z
             z_bar = W_z_x + R_z_y + b_z
-            # i_bar[t] = W_i @ x + R_i @ y[t-1] + p_i * c[t-1] + b_i
-            i_bar = c_prev*p_i + W_i_x + R_i_y + b_i
-            # f_bar[t] = W_f @ x + R_f @ y[t-1] + p_f * c[t-1] + b_f
-            f_bar = c_prev*p_f + W_f_x + R_f_y + b_f
             # z[t] = tanh(z_bar)
             z = np.tanh(z_bar)
+            # i_bar[t] = W_i @ x + R_i @ y[t-1] + p_i * c[t-1] + b_i
+            i_bar = c_prev*p_i + W_i_x + R_i_y + b_i
             # i[t] = sigmoid(i_bar)
             i = _sigmoid(i_bar)
+            # f_bar[t] = W_f @ x + R_f @ y[t-1] + p_f * c[t-1] + b_f
+            f_bar = c_prev*p_f + W_f_x + R_f_y + b_f
             # f[t] = sigmoid(f_bar)
             f = _sigmoid(f_bar)
             # c[t] = z * i + c[t-1] * f

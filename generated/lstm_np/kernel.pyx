@@ -7,20 +7,20 @@
 
 Forward, one step (the spec):
     z_bar[t] = W_z @ x + R_z @ y[t-1] + b_z
-    i_bar[t] = W_i @ x + R_i @ y[t-1] + b_i
-    f_bar[t] = W_f @ x + R_f @ y[t-1] + b_f
-    o_bar[t] = W_o @ x + R_o @ y[t-1] + b_o
     z[t] = tanh(z_bar)
+    i_bar[t] = W_i @ x + R_i @ y[t-1] + b_i
     i[t] = sigmoid(i_bar)
+    f_bar[t] = W_f @ x + R_f @ y[t-1] + b_f
     f[t] = sigmoid(f_bar)
-    o[t] = sigmoid(o_bar)
     c[t] = z * i + c[t-1] * f
+    o_bar[t] = W_o @ x + R_o @ y[t-1] + b_o
+    o[t] = sigmoid(o_bar)
     y[t] = o * tanh(c)
 
 Backward, one step (derived; deltas at t+1 arrive through the carries):
     dy[t] = Delta[t] + R_z.T @ dz_bar[t+1] + R_i.T @ di_bar[t+1] + R_f.T @ df_bar[t+1] + R_o.T @ do_bar[t+1]
-    dc[t] = dy[t]*o[t]*(1 - tanh(c[t])**2) + dc[t+1]*f[t+1]
     do_bar[t] = dy[t]*tanh(c[t])*o[t]*(1 - o[t])
+    dc[t] = dy[t]*o[t]*(1 - tanh(c[t])**2) + dc[t+1]*f[t+1]
     df_bar[t] = dc[t]*c[t-1]*f[t]*(1 - f[t])
     di_bar[t] = dc[t]*z[t]*i[t]*(1 - i[t])
     dz_bar[t] = dc[t]*i[t]*(1 - z[t]**2)
@@ -354,22 +354,22 @@ cdef void _forward_step_f32(Py_ssize_t B, Py_ssize_t N,
         for _j in range(N):
             # z_bar[t] = W_z @ x + R_z @ y[t-1] + b_z
             z_bar = W_z_x[_j] + R_z_y[_j] + _V_b_z[_j]
-            # i_bar[t] = W_i @ x + R_i @ y[t-1] + b_i
-            i_bar = W_i_x[_j] + R_i_y[_j] + _V_b_i[_j]
-            # f_bar[t] = W_f @ x + R_f @ y[t-1] + b_f
-            f_bar = W_f_x[_j] + R_f_y[_j] + _V_b_f[_j]
-            # o_bar[t] = W_o @ x + R_o @ y[t-1] + b_o
-            o_bar = W_o_x[_j] + R_o_y[_j] + _V_b_o[_j]
             # z[t] = tanh(z_bar)
             z = _tanh(z_bar)
+            # i_bar[t] = W_i @ x + R_i @ y[t-1] + b_i
+            i_bar = W_i_x[_j] + R_i_y[_j] + _V_b_i[_j]
             # i[t] = sigmoid(i_bar)
             i = _sigmoid(i_bar)
+            # f_bar[t] = W_f @ x + R_f @ y[t-1] + b_f
+            f_bar = W_f_x[_j] + R_f_y[_j] + _V_b_f[_j]
             # f[t] = sigmoid(f_bar)
             f = _sigmoid(f_bar)
-            # o[t] = sigmoid(o_bar)
-            o = _sigmoid(o_bar)
             # c[t] = z * i + c[t-1] * f
             c = c_prev[_j]*f + i*z
+            # o_bar[t] = W_o @ x + R_o @ y[t-1] + b_o
+            o_bar = W_o_x[_j] + R_o_y[_j] + _V_b_o[_j]
+            # o[t] = sigmoid(o_bar)
+            o = _sigmoid(o_bar)
             # tanh_c = tanh(c[t]) (stored for the backward pass)
             tanh_c = _tanh(c)
             # y[t] = o * tanh(c)
@@ -433,10 +433,10 @@ cdef void _backward_step_f32(Py_ssize_t B, Py_ssize_t N,
             # dy[t] = Delta[t] + R_z.T @ dz_bar[t+1] + R_i.T @ di_bar[t+1] + R_f.T @ df_bar[t+1] + R_o.T @ do_bar[t+1]
             dy = _C_y[_o + _j] + Delta[_j]
             _e0 = dy*o[_j]
-            # dc[t] = dy[t]*o[t]*(1 - tanh(c[t])**2) + dc[t+1]*f[t+1]
-            dc = _C_c[_o + _j] + _e0*(1 - tanh_c[_j]*tanh_c[_j])
             # do_bar[t] = dy[t]*tanh(c[t])*o[t]*(1 - o[t])
             do_bar = tanh_c[_j]*_e0*(1 - o[_j])
+            # dc[t] = dy[t]*o[t]*(1 - tanh(c[t])**2) + dc[t+1]*f[t+1]
+            dc = _C_c[_o + _j] + _e0*(1 - tanh_c[_j]*tanh_c[_j])
             # dc[t-1] gets: dc[t]*f[t]
             _e1 = dc*f[_j]
             # df_bar[t] = dc[t]*c[t-1]*f[t]*(1 - f[t])
@@ -508,22 +508,22 @@ cdef void _forward_step_f64(Py_ssize_t B, Py_ssize_t N,
         for _j in range(N):
             # z_bar[t] = W_z @ x + R_z @ y[t-1] + b_z
             z_bar = W_z_x[_j] + R_z_y[_j] + _V_b_z[_j]
-            # i_bar[t] = W_i @ x + R_i @ y[t-1] + b_i
-            i_bar = W_i_x[_j] + R_i_y[_j] + _V_b_i[_j]
-            # f_bar[t] = W_f @ x + R_f @ y[t-1] + b_f
-            f_bar = W_f_x[_j] + R_f_y[_j] + _V_b_f[_j]
-            # o_bar[t] = W_o @ x + R_o @ y[t-1] + b_o
-            o_bar = W_o_x[_j] + R_o_y[_j] + _V_b_o[_j]
             # z[t] = tanh(z_bar)
             z = _tanh(z_bar)
+            # i_bar[t] = W_i @ x + R_i @ y[t-1] + b_i
+            i_bar = W_i_x[_j] + R_i_y[_j] + _V_b_i[_j]
             # i[t] = sigmoid(i_bar)
             i = _sigmoid(i_bar)
+            # f_bar[t] = W_f @ x + R_f @ y[t-1] + b_f
+            f_bar = W_f_x[_j] + R_f_y[_j] + _V_b_f[_j]
             # f[t] = sigmoid(f_bar)
             f = _sigmoid(f_bar)
-            # o[t] = sigmoid(o_bar)
-            o = _sigmoid(o_bar)
             # c[t] = z * i + c[t-1] * f
             c = c_prev[_j]*f + i*z
+            # o_bar[t] = W_o @ x + R_o @ y[t-1] + b_o
+            o_bar = W_o_x[_j] + R_o_y[_j] + _V_b_o[_j]
+            # o[t] = sigmoid(o_bar)
+            o = _sigmoid(o_bar)
             # tanh_c = tanh(c[t]) (stored for the backward pass)
             tanh_c = _tanh(c)
             # y[t] = o * tanh(c)
@@ -587,10 +587,10 @@ cdef void _backward_step_f64(Py_ssize_t B, Py_ssize_t N,
             # dy[t] = Delta[t] + R_z.T @ dz_bar[t+1] + R_i.T @ di_bar[t+1] + R_f.T @ df_bar[t+1] + R_o.T @ do_bar[t+1]
             dy = _C_y[_o + _j] + Delta[_j]
             _e0 = dy*o[_j]
-            # dc[t] = dy[t]*o[t]*(1 - tanh(c[t])**2) + dc[t+1]*f[t+1]
-            dc = _C_c[_o + _j] + _e0*(1 - tanh_c[_j]*tanh_c[_j])
             # do_bar[t] = dy[t]*tanh(c[t])*o[t]*(1 - o[t])
             do_bar = tanh_c[_j]*_e0*(1 - o[_j])
+            # dc[t] = dy[t]*o[t]*(1 - tanh(c[t])**2) + dc[t+1]*f[t+1]
+            dc = _C_c[_o + _j] + _e0*(1 - tanh_c[_j]*tanh_c[_j])
             # dc[t-1] gets: dc[t]*f[t]
             _e1 = dc*f[_j]
             # df_bar[t] = dc[t]*c[t-1]*f[t]*(1 - f[t])
