@@ -453,3 +453,11 @@ def test_one_row_equations_pasted_from_the_generated_documents_verify(cell_name)
     for row in pasted:
         v = verify(cell_name, row, latex=True)
         assert v.equal is True, (row, v.report())
+
+
+def test_derive_verify_is_callable_whatever_was_imported_first():
+    """Importing derive.verify.<module> binds the package to `derive.verify`: it still verifies."""
+    code = ("import derive.verify.notation, derive; "
+            "print(derive.verify('lstm', 'dy[t] = Delta[t]').verdict)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "differs"
