@@ -20,7 +20,7 @@ _EXPORTS = {
     "Cell": "cell", "load_cell": "cell", "shipped_cells": "cell",
     "Derivation": "derivation", "derive": "derivation",
     "ExpressionError": "errors", "SpecError": "errors", "UserError": "errors",
-    "verify": "verify", "Verification": "verify",
+    "verify": "verification", "Verification": "verification",
     "load_kernel": "kernel.runtime", "Kernel": "kernel.runtime",
 }
 

@@ -7,11 +7,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from test_rewrite import WEIRD
 
 import derive
 from derive.kernel import build
-
-from test_rewrite import WEIRD
 
 LOAD = textwrap.dedent("""\
     import sys, time

@@ -21,7 +21,7 @@ def test_activations_are_stored_outputs_at_any_step():
 
 
 def test_the_derivation_and_the_verifier_share_the_canonical_form():
-    from derive.verify.context import context
+    from derive.verification.context import context
     d = derive.derive("lstm")
     ctx = context("lstm")
     W, f_bar, f = S.param("W_f"), S.value("f_bar", 5), S.value("f", 5)

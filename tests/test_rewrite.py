@@ -6,9 +6,9 @@ import pytest
 import sympy as sp
 
 import derive
+from derive.errors import UserError
 from derive.kernel import emit as codegen
 from derive.kernel import plan as rewrite
-from derive.errors import UserError
 
 # A spec that stresses the printers: an input not called x, two outputs (one not a
 # state), a state read through a matrix (Q @ el[t-1]), names whose deltas are keywords

@@ -8,10 +8,10 @@ import sys
 
 from derive.cell.spec import load_cell
 from derive.errors import UserError
-from derive.verify import report
-from derive.verify.context import context
-from derive.verify.equation import read_equation
-from derive.verify.verification import check
+from derive.verification import report
+from derive.verification.context import context
+from derive.verification.equation import read_equation
+from derive.verification.verdict import check
 
 
 def read_equations(equations: list[str], file: str | None, latex: bool) -> list[tuple[str, str]]:

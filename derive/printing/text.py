@@ -42,7 +42,7 @@ def ordered(terms) -> sp.Expr:
     return flat[0] if len(flat) == 1 else Ordered(*flat)
 
 
-#: activation derivatives folded from their expansion (`derive.verify.notation.fold_derivatives`):
+#: activation derivatives folded from their expansion (`derive.verification.notation.fold_derivatives`):
 #: dsigmoid(f_bar[t]) for f[t]*(1 - f[t]), dtanh(c[t]) for 1 - tanh(c[t])**2 (display only)
 DSIGMOID = sp.Function("dsigmoid")
 DTANH = sp.Function("dtanh")
@@ -203,7 +203,7 @@ def _call_or_name(e: sp.Expr) -> bool:
 
 
 class TextPrinter(_Arithmetic, StrPrinter):
-    """Prints the text notation of hand derivations (what `derive.verify.notation` parses).
+    """Prints the text notation of hand derivations (what `derive.verification.notation` parses).
 
     Setting ``sum_key``: a sort key for the terms of plain SymPy sums (default: SymPy's
     order, positive terms first); `Ordered` sums keep their order.

@@ -33,7 +33,7 @@ documents the forms) plus the spellings of papers:
   equation are ignored.
 
 Nothing is evaluated: the text is split into tokens and parsed by a recursive-descent
-grammar; names are resolved by `derive.verify.notation.NotationScope`. Errors are
+grammar; names are resolved by `derive.verification.notation.NotationScope`. Errors are
 `ExpressionError` with the column.
 """
 
@@ -50,7 +50,7 @@ from derive.cell.grammar import Matrix
 from derive.cell.spec import Cell
 from derive.errors import ExpressionError
 from derive.printing.text import format_expression
-from derive.verify.notation import (
+from derive.verification.notation import (
     MAX_TERMS,
     NotationScope,
     Target,

@@ -1,7 +1,7 @@
 """The report of a verification: the verdict, the wrong terms, a counterexample; as text
 (what `derive verify` prints) or as JSON.
 
-`derive.verify.verification` decides the verdict, `derive.verify.diagnosis` finds and
+`derive.verification.verdict` decides the verdict, `derive.verification.diagnosis` finds and
 classifies the wrong terms (`Difference.kind` is one of `diagnosis.KINDS`).
 """
 

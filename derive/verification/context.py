@@ -28,7 +28,7 @@ from derive.cell import symbols as S
 from derive.cell.canonical import Activations, canonical
 from derive.cell.spec import Cell, load_cell
 from derive.derivation import Derivation, derive
-from derive.verify.notation import Target
+from derive.verification.notation import Target
 
 SIZES = dict(B=2, N=3, M=2)   # the sizes of the numeric worlds
 

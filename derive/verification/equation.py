@@ -1,5 +1,5 @@
-"""One hand-derived equation, read in the text notation (`derive.verify.notation`) or in
-LaTeX (`derive.verify.latex`): its target, its right side and its top-level terms as
+"""One hand-derived equation, read in the text notation (`derive.verification.notation`) or in
+LaTeX (`derive.verification.latex`): its target, its right side and its top-level terms as
 written (to quote a user's own spelling of a wrong term)."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import sympy as sp
 
 from derive.cell.spec import Cell
 from derive.errors import ExpressionError
-from derive.verify.latex import parse_latex_equation
-from derive.verify.notation import (
+from derive.verification.latex import parse_latex_equation
+from derive.verification.notation import (
     Target,
     parse_expression,
     parse_target,

@@ -5,9 +5,9 @@
     v.differences      # each wrong term: its flow, a classification, expected and found
     v.counterexample   # values at which the two sides differ, and by how much
 
-An equation is read by `derive.verify.equation` (text notation or LaTeX); both sides are
-compared in the canonical form across steps of `derive.verify.context`; a wrong one is
-diagnosed by `derive.verify.diagnosis`; `derive.verify.report` holds the result.
+An equation is read by `derive.verification.equation` (text notation or LaTeX); both sides are
+compared in the canonical form across steps of `derive.verification.context`; a wrong one is
+diagnosed by `derive.verification.diagnosis`; `derive.verification.report` holds the result.
 
 **Meaning of "equal".** The sides are symbolically equal when their canonical difference
 is 0. The decision is always confirmed numerically in float64: both sides are evaluated
@@ -38,12 +38,12 @@ from derive import numeric
 from derive.cell import symbols as S
 from derive.errors import ExpressionError
 from derive.printing.text import format_expression
-from derive.verify.context import SIZES, Context, context
-from derive.verify.context import truth as context_truth
-from derive.verify.diagnosis import differences
-from derive.verify.equation import Equation, read_equation
-from derive.verify.notation import expansion_size
-from derive.verify.report import Counterexample, Verification
+from derive.verification.context import SIZES, Context, context
+from derive.verification.context import truth as context_truth
+from derive.verification.diagnosis import differences
+from derive.verification.equation import Equation, read_equation
+from derive.verification.notation import expansion_size
+from derive.verification.report import Counterexample, Verification
 
 RTOL = 1e-9          # numeric agreement: max|found − expected| ≤ RTOL · max(max|expected|, 1)
 SEEDS = (101, 202)   # the random sequences of the numeric confirmation

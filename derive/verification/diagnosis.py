@@ -15,9 +15,9 @@ import sympy as sp
 
 from derive.cell import symbols as S
 from derive.printing.text import format_expression
-from derive.verify.context import Context
-from derive.verify.notation import Target
-from derive.verify.report import Difference
+from derive.verification.context import Context
+from derive.verification.notation import Target
+from derive.verification.report import Difference
 
 KINDS = ("missing", "extra", "wrong time step", "wrong gate or parameter",
          "wrong coefficient or sign", "missing or doubled activation derivative",
