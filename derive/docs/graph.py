@@ -21,8 +21,11 @@ so a test can read the SVG back and compare its flows with the derivation's.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from derive.cell import symbols as S
 from derive.derivation import Derivation
 from derive.errors import UserError
 from derive.printing.latex import latex, latex_delta, latex_param, latex_time, latex_vector
@@ -98,8 +101,9 @@ class Graph:
 
 
 def _key(key: tuple[str, int]) -> str:
+    """'c[t-1]', 'i_bar[t+1]', 'J': a vertex as the derivation's labels name it."""
     name, shift = key
-    return "J" if key == LOSS else f"{name}[{'t' if shift == 0 else f't{shift:+d}'}]"
+    return "J" if key == LOSS else f"{name}[{S.time_label(shift)}]"
 
 
 def _label(key: tuple[str, int]) -> str:
@@ -123,7 +127,7 @@ def graph(d: Derivation, delta: str | None = None) -> Graph:
         target = (node.name, 0)
         for proj in node.projections:
             edges.append(GraphEdge((proj.operand, proj.shift), target, proj.matrix))
-        elementwise = {(r.name, r.shift) for r in map(_ref, node.elementwise.free_symbols)
+        elementwise = {(r.name, r.shift) for r in map(S.ref, node.elementwise.free_symbols)
                        if r is not None and r.kind == "value"}
         for source in sorted(elementwise, key=lambda k: (k[1], _position(cell, k[0]))):
             edges.append(GraphEdge(source, target))
@@ -144,11 +148,6 @@ def graph(d: Derivation, delta: str | None = None) -> Graph:
     title = (f"{cell.name}: the flows of ${latex_delta(latex_vector(delta))}{latex_time(0)}$"
              if delta else f"{cell.name}: one step of the forward graph")
     return Graph(cell.name, title, nodes, edges, arrows, delta)
-
-
-def _ref(sym):
-    from derive.cell.symbols import ref
-    return ref(sym)
 
 
 def _position(cell, name: str) -> int:
@@ -364,7 +363,6 @@ def write_graph(cell, delta: str | None = None, fmt: str | None = None,
             raise UserError(f"--out {out}: name the format with --format or a suffix "
                             f"({', '.join('.' + f for f in FORMATS)})")
     if out is not None:
-        from pathlib import Path
         p = Path(out)
         if p.is_dir():
             raise UserError(f"--out {out} is a folder")
@@ -372,7 +370,6 @@ def write_graph(cell, delta: str | None = None, fmt: str | None = None,
             raise UserError(f"--out {out}: the folder {p.parent} does not exist")
     data = render(graph(derive(cell), delta), fmt)
     if out is None:
-        import sys
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
     else:

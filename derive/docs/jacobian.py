@@ -35,7 +35,7 @@ CONVENTION = ("Jacobian J = ds[t]/dr[t-1] for every pair of states s, r, numerat
 LATEX_CONVENTION = (
     r"For every pair of states $s, r$ the block $J_{sr} = \partial s^{(t)} / \partial "
     r"r^{(t-1)}$ of the step-to-step Jacobian, in numerator layout: row $k$, column $l$ is "
-    r"$\partial s_k^{(t)} / \partial r_l^{(t-1)}$ ($N \times N$); $\operatorname{diag}(v)$ "
+    r"$\partial s_k^{(t)} / \partial r_l^{(t-1)}$ ($N$ rows, $N$ columns); $\operatorname{diag}(v)$ "
     r"is the diagonal matrix of the vector $v$. Back-propagation applies the transpose, "
     r"the backward map $J_{sr}^{\top}$ (factors reversed, matrices transposed): "
     r"$\delta r^{(t-1)} = \sum_s J_{sr}^{\top} \delta s^{(t)}$ plus the flows of "

@@ -72,7 +72,7 @@ def check_output(path: str) -> str:
         raise UserError(f"{path}: the file name must end in .svg, .png or .pdf")
     if p.exists() and p.is_dir():
         raise UserError(f"{path} is a folder")
-    if not p.parent.is_dir() if str(p.parent) else False:
+    if not p.parent.is_dir():
         raise UserError(f"{path}: the folder {p.parent} does not exist")
     return fmt
 
