@@ -274,13 +274,17 @@ def table(results: list[CellAnalysis], settings: Settings, states) -> str:
 def plot(results: list[CellAnalysis], settings: Settings, states, path: str) -> None:
     """One figure: ‖∂L/∂sᵀ⁻¹⁻ᵏ‖ against k (log scale, mean ± std of log10 over the batch)
     and the spectral norm of the per-step Jacobian along the sequence. Deterministic bytes."""
-    from derive.docs.pictures import save_figure, pyplot
-    plt = pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6),
-                                      gridspec_kw={"width_ratios": [1.6, 1]})
+    from derive.docs.pictures import new_figure, save_figure, style
+    with style() as rc:
+        fig = new_figure(figsize=(12, 4.6))
+        _draw_plot(fig, results, settings, states, rc["axes.prop_cycle"].by_key()["color"])
+    save_figure(fig, path)
+
+
+def _draw_plot(fig, results, settings, states, colors) -> None:
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.6, 1]})
     k = np.arange(1, settings.steps + 1)
     styles = ["-", "--", ":", "-."]
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for n, r in enumerate(results):
         color = colors[n % len(colors)]
         for i, s in enumerate(states_of(r, states)):
@@ -308,8 +312,6 @@ def plot(results: list[CellAnalysis], settings: Settings, states, path: str) -> 
                  f"M={settings.input}, x ~ {settings.scale:g}·N(0,1), seed {settings.seed}; "
                  f"band: mean ± std of log10 over the batch", fontsize=9)
     fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
 
 
 def run_analyze(cells, settings: Settings, *, params: str | None = None,

@@ -29,3 +29,10 @@ def test_svg_repr_is_the_forward_graph_and_a_delta_picture_has_its_flows():
              if i.startswith("flow:")]
     assert len(flows) == len(d.deltas["y"].flows)
     assert picture._repr_png_().startswith(b"\x89PNG")
+
+
+def test_drawing_leaves_the_callers_matplotlib_settings_alone():
+    import matplotlib
+    before = (matplotlib.get_backend(), dict(matplotlib.rcParams))
+    derive.derive("rnn")._repr_svg_()
+    assert (matplotlib.get_backend(), dict(matplotlib.rcParams)) == before

@@ -229,18 +229,23 @@ _ELEMENTWISE = "#777777"
 
 def figure(g: Graph):
     """The matplotlib figure of a graph (forward edges, then the flows over them)."""
+    from derive.docs.pictures import style
+    with style():
+        return _draw(g)
+
+
+def _draw(g: Graph):
     from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
     from matplotlib.path import Path as MPath
 
-    from derive.docs.pictures import pyplot
-    plt = pyplot()
+    from derive.docs.pictures import new_figure
     dx, dy = 1.9, 1.05
     columns = max(n.column for n in g.nodes.values()) + 1
     rows = [n.row for n in g.nodes.values()]
     top, bottom = max(rows), min(rows)
     width = dx * (columns - 1) + 2.0
     height = dy * (top - bottom) + 2.2 + (0.32 * len(g.flows) if g.flows else 0.4)
-    fig = plt.figure(figsize=(width, height))
+    fig = new_figure(figsize=(width, height))
     ax = fig.add_axes((0, 0, 1, 1))
     ax.set_xlim(-1.0, dx * (columns - 1) + 1.0)
     legend_room = 0.32 * len(g.flows) + 0.3 if g.flows else 0.4
@@ -343,12 +348,8 @@ def render(g: Graph, fmt: str, description: str | None = None) -> bytes:
         return dot(g).encode()
     if fmt not in FORMATS:
         raise UserError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
-    from derive.docs.pictures import figure_bytes, pyplot
-    fig = figure(g)
-    try:
-        return figure_bytes(fig, fmt, description)
-    finally:
-        pyplot().close(fig)
+    from derive.docs.pictures import figure_bytes
+    return figure_bytes(figure(g), fmt, description)
 
 
 def write_graph(cell, delta: str | None = None, fmt: str | None = None,
@@ -382,7 +383,7 @@ def pictures(d: Derivation) -> dict[str, bytes]:
     as ``flows_<node>.svg`` (Markdown) and ``flows_<node>.pdf`` (LaTeX), each carrying the
     header of generated files (an XML comment; the PDF's Subject)."""
     from derive.docs.documents import picture_stem
-    from derive.docs.pictures import figure_bytes, pyplot
+    from derive.docs.pictures import figure_bytes
     from derive.printing.templates import header_lines
     header = header_lines(d.cell, "derive/docs/graph.py")
     key = (d.cell.name, d.cell.source, tuple(header))
@@ -390,14 +391,10 @@ def pictures(d: Derivation) -> dict[str, bytes]:
         return dict(_DRAWN[key])
     comment = "<!-- " + "\n".join(line.replace("--", "- -") for line in header) + " -->\n"
     out = {}
-    plt = pyplot()
     for node in d.deltas:
         fig = figure(graph(d, node))
-        try:
-            svg = figure_bytes(fig, "svg")
-            pdf = figure_bytes(fig, "pdf", " / ".join(line.strip() for line in header))
-        finally:
-            plt.close(fig)
+        svg = figure_bytes(fig, "svg")
+        pdf = figure_bytes(fig, "pdf", " / ".join(line.strip() for line in header))
         first, _, rest = svg.partition(b"\n")
         stem = picture_stem(node)
         out[f"{stem}.svg"] = first + b"\n" + comment.encode() + rest

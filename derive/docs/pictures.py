@@ -1,16 +1,18 @@
 """Pictures with matplotlib, deterministic: same figure, same bytes.
 
-`pyplot()` loads matplotlib with the non-interactive Agg backend and fixed settings
-(`svg.hashsalt`, no date in the metadata, text of SVG drawn as paths, DejaVu fonts as
-shipped with matplotlib), so SVG, PDF and PNG files depend only on the figure and on
-matplotlib's version. `import derive` never imports matplotlib; only the commands that
-draw do.
+Figures are plain `matplotlib.figure.Figure` objects (no pyplot, no backend switch, no
+global figure registry), drawn and saved inside `style()`: fixed settings (`svg.hashsalt`,
+text of SVG drawn as paths, DejaVu fonts as shipped with matplotlib) applied with
+`matplotlib.rc_context`, so the caller's settings (a notebook's) are left as they were.
+No date goes into the metadata, so SVG, PDF and PNG files depend only on the figure and
+on matplotlib's version. `import derive` never imports matplotlib; only drawing does.
 """
 
 from __future__ import annotations
 
 import io
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 from derive.errors import UserError
@@ -29,13 +31,18 @@ _RC = {
 }
 
 
-def pyplot():
-    """matplotlib.pyplot with the Agg backend and derive's fixed settings."""
+@contextmanager
+def style():
+    """derive's fixed matplotlib settings, for drawing and saving a figure."""
     import matplotlib
-    matplotlib.use("Agg", force=True)
-    matplotlib.rcParams.update(_RC)
-    import matplotlib.pyplot as plt
-    return plt
+    with matplotlib.rc_context(_RC):
+        yield matplotlib.rcParams
+
+
+def new_figure(**kwargs):
+    """A matplotlib Figure outside pyplot (call inside `style()`)."""
+    from matplotlib.figure import Figure
+    return Figure(**kwargs)
 
 
 def _metadata(fmt: str, description: str | None) -> dict:
@@ -57,7 +64,8 @@ def figure_bytes(fig, fmt: str, description: str | None = None) -> bytes:
     buf = io.BytesIO()
     old = os.environ.pop("SOURCE_DATE_EPOCH", None)
     try:
-        fig.savefig(buf, format=fmt, metadata=_metadata(fmt, description))
+        with style():
+            fig.savefig(buf, format=fmt, metadata=_metadata(fmt, description))
     finally:
         if old is not None:
             os.environ["SOURCE_DATE_EPOCH"] = old
