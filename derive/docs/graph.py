@@ -260,16 +260,24 @@ def _draw(g: Graph):
             fontsize=12)
     for e in g.edges:
         matrix = e.matrix is not None
+        # an edge over more than one column bends, so it passes beside the nodes between
+        span = g.nodes[e.target].column - g.nodes[e.source].column
+        rad = 0.0 if span <= 1 else (0.22 if g.nodes[e.source].row <= 0 else -0.22)
         arrow = FancyArrowPatch(at(e.source), at(e.target), arrowstyle="-|>", mutation_scale=10,
                                 shrinkA=17, shrinkB=17, linewidth=2.2 if matrix else 0.9,
                                 color=_MATRIX if matrix else _ELEMENTWISE,
+                                connectionstyle=f"arc3,rad={rad}",
                                 linestyle=(0, (4, 2)) if e.target[1] == 1 or e.target == LOSS
                                 else "-", zorder=1)
         arrow.set_gid(e.gid)
         ax.add_patch(arrow)
         if matrix:
             (x0, y0), (x1, y1) = at(e.source), at(e.target)
-            ax.text(x0 + 0.72 * (x1 - x0), y0 + 0.72 * (y1 - y0), f"${latex_param(e.matrix)}$",
+            cx, cy = (x0 + x1) / 2 + rad * (y1 - y0), (y0 + y1) / 2 - rad * (x1 - x0)
+            s = 0.72 if span <= 1 else 0.62   # a point of the quadratic curve of arc3
+            ax.text((1 - s) ** 2 * x0 + 2 * s * (1 - s) * cx + s ** 2 * x1,
+                    (1 - s) ** 2 * y0 + 2 * s * (1 - s) * cy + s ** 2 * y1,
+                    f"${latex_param(e.matrix)}$",
                     fontsize=7, color=_MATRIX, ha="center", va="center", zorder=2,
                     bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none"})
     for n in g.nodes.values():
@@ -285,7 +293,7 @@ def _draw(g: Graph):
                 fontsize=12, zorder=4, color="white" if n.kind == "loss" else "black")
     for k, f in enumerate(g.flows):
         points = [at(h) for h in f.hops]
-        bend = 0.18 if k % 2 == 0 else -0.18
+        bend = 0.34 if k % 2 == 0 else -0.34   # away from the forward edges (0.22)
         vertices, codes = [points[0]], [MPath.MOVETO]
         for (x0, y0), (x1, y1) in zip(points, points[1:]):
             # a quadratic curve bent off the forward edge, so both stay visible
