@@ -126,6 +126,28 @@ class Derivation:
         distributed over sums, multiplied out."""
         return canonical(expr, self.activations)
 
+    # --- notebooks: a derivation displays itself (Jupyter's rich display protocol) ----------
+    def _repr_latex_(self) -> str:
+        """The backward equations (structured), aligned, as Jupyter renders LaTeX."""
+        from derive.docs.equations import equations
+        rows = [line.replace(" = ", " &= ", 1) for line in
+                equations(self, "latex").splitlines() if not line.startswith("%")]
+        return "$$\\begin{aligned}\n" + " \\\\\n".join(rows) + "\n\\end{aligned}$$"
+
+    def _repr_markdown_(self) -> str:
+        """The cell's Markdown document (forward pass, backward pass, flows, gradients)."""
+        from derive.docs.documents import markdown
+        return markdown(self)
+
+    def _repr_svg_(self) -> str:
+        """The picture of one step's forward graph (`derive graph CELL`)."""
+        return self.graph()._repr_svg_()
+
+    def graph(self, delta: str | None = None):
+        """The picture of one step's graph with the flows of δ`delta` (Jupyter shows it)."""
+        from derive.docs.graph import graph
+        return graph(self, delta)
+
 
 def derive(cell) -> Derivation:
     """Derive the backward pass of `cell` (a Cell, shipped name or spec path)."""

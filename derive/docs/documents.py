@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass, field
 
 from derive.cell.spec import Cell
+from derive.derivation.jacobian import jacobian
+from derive.docs.jacobian import LATEX_CONVENTION, jacobian_equations
 from derive.docs.layout import latex_rows
 from derive.printing.latex import latex, latex_delta, latex_time, latex_vector
 from derive.printing.presentation import (
@@ -29,6 +31,11 @@ from derive.printing.templates import (
 
 # --- documents ---------------------------------------------------------------------
 
+def picture_stem(node: str) -> str:
+    """The file name, without suffix, of the picture of δnode's flows: ``flows_c``."""
+    return f"flows_{node}"
+
+
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
                   "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
                   "^": r"\textasciicircum{}"}
@@ -51,13 +58,14 @@ class Section:
     `blocks` holds the equations as one group of aligned equations (or no group); an
     equation is the body of an ``aligned`` environment (rows ``lhs &= ...``, each but
     the last ending in ``\\\\``). `flows` holds, per delta, the aligned rows
-    ``path &: term`` of its flows.
+    ``path &: term`` of its flows and the stem of its picture (``flows_c``: the
+    documents show ``flows_c.svg`` / ``flows_c.pdf`` beside the rows), or "".
     """
 
     title: str
     intro: str
     blocks: list[list[str]] = field(default_factory=list)
-    flows: list[tuple[str, str]] = field(default_factory=list)
+    flows: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 #: the end of a row of an aligned environment (GitHub needs ``\\\\`` at a line's end)
@@ -69,8 +77,11 @@ def _equations(pairs) -> list[list[str]]:
     return [[_ROW_END.join(latex_rows(*pair)) for pair in pairs]]
 
 
-def sections(d, expanded: bool = True) -> list[Section]:
-    """The sections of a cell's document, every formula in derive's LaTeX notation."""
+def sections(d, expanded: bool = True, pictures: bool = False) -> list[Section]:
+    """The sections of a cell's document, every formula in derive's LaTeX notation.
+
+    With `pictures` each delta's flows are shown beside its picture (`picture_stem`), and
+    the state-to-state Jacobian has a section of its own."""
     cell = d.cell
     vec, t = latex_vector, latex_time
     states = ", ".join(f"${vec(s)}{t(-1, step=0)}$" for s in cell.states)
@@ -101,7 +112,8 @@ def sections(d, expanded: bool = True) -> list[Section]:
             "Every path from a node to a consumer whose delta is kept, and the term it "
             r"contributes; $J$ is the loss, reached through $\Delta^{(t)}$.",
             flows=[(delta_latex(n), _ROW_END.join(
-                f"{flow_path(n, f, 'latex')} &: {latex(f.term)}" for f in flows(d, n)))
+                f"{flow_path(n, f, 'latex')} &: {latex(f.term)}" for f in flows(d, n)),
+                picture_stem(n) if pictures else "")
                    for n in d.deltas]))
     out.append(Section(
         "Parameter gradients",
@@ -115,6 +127,9 @@ def sections(d, expanded: bool = True) -> list[Section]:
         f"The gradient of the initial state {states}, written at step $t = 0$.",
         _equations((f"{initial_latex(s)} = {latex_delta(vec(s))}{t(-1, step=0)}",
                     initial_state(d, s), 0) for s in cell.states)))
+    if pictures:
+        out.append(Section("State-to-state Jacobian", LATEX_CONVENTION,
+                           jacobian_equations(jacobian(d), _ROW_END)))
     return out
 
 
@@ -139,8 +154,9 @@ def markdown(d, expanded: bool = True, parts: list[Section] | None = None) -> st
 
 
 def documents(d) -> dict[str, str]:
-    """{file name: text} of one cell's documents (equations.tex, equations.md)."""
-    parts = sections(d)
+    """{file name: text} of one cell's documents (equations.tex, equations.md): each delta's
+    flows beside its picture (`derive.docs.graph.pictures` draws them), and the Jacobian."""
+    parts = sections(d, pictures=True)
     return {"equations.tex": latex_document(d, parts), "equations.md": markdown(d, parts=parts)}
 
 
