@@ -9,19 +9,8 @@ from derive.cell.spec import Cell
 from derive.derivation.jacobian import jacobian
 from derive.docs.jacobian import LATEX_CONVENTION, jacobian_equations
 from derive.docs.layout import latex_rows
+from derive.printing import presentation as P
 from derive.printing.latex import latex, latex_delta, latex_time, latex_vector
-from derive.printing.presentation import (
-    delta_latex,
-    expanded_forms,
-    flow_path,
-    flows,
-    forward,
-    initial_latex,
-    initial_state,
-    latex_parameter_sum,
-    param_latex,
-    structured,
-)
 from derive.printing.templates import (
     DOCUMENTS,
     environment,
@@ -90,7 +79,7 @@ def sections(d, expanded: bool = True, pictures: bool = False) -> list[Section]:
         "One step $t$ of the cell, as its spec writes it. Bars mark pre-activations, "
         r"$\sigma$ is the logistic function and $\odot$ the element-wise product; "
         r"$W x$ is a matrix product.",
-        _equations((vec(n) + t(0), forward(cell, n)) for n in cell.nodes))]
+        _equations((vec(n) + t(0), P.forward(cell, n)) for n in cell.nodes))]
     out.append(Section(
         "Backward pass, structured",
         r"Each delta $\delta v^{(t)} = \partial J / \partial v^{(t)}$ as the sum of its "
@@ -99,20 +88,20 @@ def sections(d, expanded: bool = True, pictures: bool = False) -> list[Section]:
         "the terms of step $t+1$ are zero at the last step $T$. Activation derivatives "
         r"are written from the stored outputs: $\sigma'(\bar{v}) = v \odot (1 - v)$ for "
         r"$v = \sigma(\bar{v})$ and $\tanh'(\bar{v}) = 1 - v^{2}$ for $v = \tanh(\bar{v})$.",
-        _equations((delta_latex(n), structured(d, n)) for n in d.deltas)))
+        _equations((P.delta_latex(n), P.structured(d, n)) for n in d.deltas)))
     if expanded:
-        forms = expanded_forms(d)
+        forms = P.expanded_forms(d)
         out.append(Section(
             "Backward pass, expanded",
             "The same deltas with every delta of step $t$ substituted: forward values, "
             r"$\Delta^{(t)}$ and the deltas of step $t+1$ only.",
-            _equations((delta_latex(n), forms[n]) for n in d.deltas)))
+            _equations((P.delta_latex(n), forms[n]) for n in d.deltas)))
         out.append(Section(
             "Flows",
             "Every path from a node to a consumer whose delta is kept, and the term it "
             r"contributes; $J$ is the loss, reached through $\Delta^{(t)}$.",
-            flows=[(delta_latex(n), _ROW_END.join(
-                f"{flow_path(n, f, 'latex')} &: {latex(f.term)}" for f in flows(d, n)),
+            flows=[(P.delta_latex(n), _ROW_END.join(
+                f"{P.flow_path(n, f, 'latex')} &: {latex(f.term)}" for f in P.flows(d, n)),
                 picture_stem(n) if pictures else "")
                    for n in d.deltas]))
     out.append(Section(
@@ -120,13 +109,13 @@ def sections(d, expanded: bool = True, pictures: bool = False) -> list[Section]:
         "Each gradient is the sum over the steps $t = 0, \\dots, T$ (and over the batch). "
         f"At $t = 0$ the previous state {states} is the initial state: the paper assumes "
         "it zero, which drops the $t = 0$ terms written apart here.",
-        _equations((param_latex(p, per_step=False), latex_parameter_sum(d, p))
+        _equations((P.param_latex(p, per_step=False), P.latex_parameter_sum(d, p))
                    for p in d.params)))
     out.append(Section(
         "Initial-state gradients",
         f"The gradient of the initial state {states}, written at step $t = 0$.",
-        _equations((f"{initial_latex(s)} = {latex_delta(vec(s))}{t(-1, step=0)}",
-                    initial_state(d, s), 0) for s in cell.states)))
+        _equations((f"{P.initial_latex(s)} = {latex_delta(vec(s))}{t(-1, step=0)}",
+                    P.initial_state(d, s), 0) for s in cell.states)))
     if pictures:
         out.append(Section("State-to-state Jacobian", LATEX_CONVENTION,
                            jacobian_equations(jacobian(d), _ROW_END)))
