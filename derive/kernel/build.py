@@ -45,11 +45,12 @@ from derive.errors import UserError
 from derive.files import template_dir
 from derive.kernel.abi import KERNEL_API
 
-#: the modules and templates whose bytes decide what a kernel's generated source is
 #: what shapes a kernel's source: every module of these packages (found by listing them,
 #: so a new module is covered without being named) and the kernel path's generator
-GENERATOR_PACKAGES = ("cell", "derivation", "printing")
-GENERATOR_MODULES = ("errors.py", "kernel/plan.py", "kernel/emit.py")
+GENERATOR_PACKAGES = ("cell", "derivation", "printing", "kernel")
+GENERATOR_MODULES = ("errors.py", "files.py")
+#: modules of those packages that do not shape a source (they build and run it)
+NOT_GENERATOR = ("kernel/build.py", "kernel/runtime.py")
 TEMPLATES = {"kernel": "kernel.pyx.j2", "reference": "reference.py.j2"}
 
 LOCK_TIMEOUT = 1800  # seconds a process waits for another one's build of the same kernel
@@ -111,7 +112,7 @@ def generator_files(package_dir: Path) -> list[str]:
     """The modules that shape a kernel's source, relative to the package folder, sorted."""
     found = {str(p.relative_to(package_dir)) for pkg in GENERATOR_PACKAGES
              for p in (package_dir / pkg).rglob("*.py")}
-    return sorted(found | set(GENERATOR_MODULES))
+    return sorted((found | set(GENERATOR_MODULES)) - set(NOT_GENERATOR))
 
 
 def generator_fingerprint(kind: str = "kernel", package_dir: Path | None = None,
@@ -123,6 +124,9 @@ def generator_fingerprint(kind: str = "kernel", package_dir: Path | None = None,
     for name in generator_files(package_dir):
         h.update(name.encode() + b"\0" + (package_dir / name).read_bytes() + b"\0")
     h.update((template_dir / TEMPLATES[kind]).read_bytes())
+    for path in sorted((template_dir / "support").rglob("*")):   # inlined support files
+        if path.is_file():
+            h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
 
 
