@@ -123,11 +123,17 @@ def generator_fingerprint(kind: str = "kernel", package_dir: Path | None = None,
     h = hashlib.sha256(f"derive {__version__} api {KERNEL_API} {kind}\n".encode())
     for name in generator_files(package_dir):
         h.update(name.encode() + b"\0" + (package_dir / name).read_bytes() + b"\0")
-    h.update((template_dir / TEMPLATES[kind]).read_bytes())
-    for path in sorted((template_dir / "support").rglob("*")):   # inlined support files
-        if path.is_file():
-            h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    for name in template_files(kind, template_dir):
+        h.update(name.encode() + b"\0" + (template_dir / name).read_bytes() + b"\0")
     return h.hexdigest()
+
+
+def template_files(kind: str, template_dir: Path) -> list[str]:
+    """The template of `kind` and every support file the generator inlines (the files
+    under templates/support/, found by listing them), relative to the template folder."""
+    support = sorted(str(p.relative_to(template_dir))
+                     for p in (template_dir / "support").rglob("*") if p.is_file())
+    return [TEMPLATES[kind], *support]
 
 
 def fingerprint(spec_text: str, kind: str = "kernel", **dirs) -> str:
