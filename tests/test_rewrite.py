@@ -248,7 +248,7 @@ def test_derive_plan_prints_operands_buffers_and_both_programs(capsys):
     assert main(["plan", "lstm"]) == 0
     out = capsys.readouterr().out
     assert "y (state, N): R_z→z_bar, R_i→i_bar, R_f→f_bar, R_o→o_bar; group 0" in out
-    assert "G[1] G_y            (B, 4 * N)" in out
+    assert "G[1]     G_y            (B, 4 * N)" in out
     forward = out.split("forward step:")[1].split("backward step:")[0]
     backward = out.split("backward step:")[1]
     assert "tanh_c = tanh(c)" in forward and "-> A_tanh_c = tanh_c" in forward

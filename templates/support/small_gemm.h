@@ -1,5 +1,5 @@
-/* derive (templates/support/small_gemm.h): the per-step recurrent products, C (m x n) (=|+=) A (m x k) . B, row-major, m small
-   (a thread's batch rows). B (the weights) is packed once per call into panels of 2 vectors of
+/* derive (templates/support/small_gemm.h): the per-step recurrent products,
+   C (m x n) (=|+=) A (m x k) . B, row-major, m small (a thread's batch rows). B (the weights) is packed once per call into panels of 2 vectors of
    columns, Bp[(p*k + kk)*PW + j] = B[kk][p*PW + j] (zero past n), so that every step streams it
    contiguously; a block of 4 rows x 2 vectors of C stays in registers over the whole k loop. */
 #include <string.h>

@@ -19,8 +19,8 @@ def describe(p: Plan) -> str:
     lines += [f"  dG{g.index}: deltas of {' '.join(g.nodes)}; operands {' '.join(g.operands)}"
               for g in p.groups]
     lines += ["", "buffers (the arrays of a kernel call):"]
-    lines += [f"  {b.storage.argument}[{b.index}] {b.field:<14} ({', '.join(b.shape)})"
-              for b in p.buffers]
+    lines += [f"  {b.storage.argument + f'[{b.index}]':<8} {b.field:<14} "
+              f"({', '.join(b.shape)}{',' if len(b.shape) == 1 else ''})" for b in p.buffers]
     lines += ["", "symbols:"]
     for sym in sorted({s for prog in (p.forward, p.backward) for s in _symbols(prog)},
                       key=lambda s: s.name):

@@ -48,7 +48,8 @@ class Ref:
 class Storage(Enum):
     """The arrays of a kernel call (the calling convention of generated/<cell>/kernel.pyx).
 
-    value: (argument of forward/backward, its shape in T, B, M, N and k = blocks).
+    value: (argument of forward/backward, its shape in T, B, M, N, k = blocks and size =
+    the operand's length).
     """
 
     INPUT = ("X", ("T", "B", "M"))
@@ -56,7 +57,7 @@ class Storage(Enum):
     VECTOR = ("V", ("N",))
     STATE = ("S", ("T + 1", "B", "N"))                 # index 0: the initial state
     STORED = ("A", ("T", "B", "N"))                    # node or aux values for the backward
-    PROJECTION = ("G", ("T?", "B", "k * N"))           # T only for the input operand
+    PROJECTION = ("G", ("T", "B", "k * N"))            # a state operand's: (B, k·N)
     INCOMING = ("dY", ("T", "B", "N"))
     DELTAS = ("dG", ("T", "B", "k * N"))               # deltas of a group's projection nodes
     CARRY = ("C", ("B", "N"))                          # the initial-state gradients at the end

@@ -32,16 +32,12 @@ FUNCTIONS = (S.sigmoid, sp.tanh, sp.exp, sp.log)
 
 def make_buffer(storage: Storage, name: str, index: int, blocks: int = 1,
                 size: str = "N", per_step: bool = True) -> Buffer:
-    """A Buffer with its shape spelled out (k = blocks, size = M or N, T if per_step)."""
-    shape = []
-    for dim in storage.value[1]:
-        if dim == "T?":
-            if per_step:
-                shape.append("T")
-            continue
-        shape.append(dim.replace("size", size).replace("k * N", f"{blocks} * N"
-                                                        if blocks > 1 else "N"))
-    return Buffer(storage, name, index, tuple(shape), blocks)
+    """A Buffer with its shape spelled out (k = blocks, size = M or N); without its time
+    axis unless per_step (the projections of a state operand: one step at a time)."""
+    dims = storage.value[1] if per_step else storage.value[1][1:]
+    width = f"{blocks} * N" if blocks > 1 else "N"
+    shape = tuple(d.replace("size", size).replace("k * N", width) for d in dims)
+    return Buffer(storage, name, index, shape, blocks)
 
 
 def auxiliaries(statements: list[Statement], symbols: Symbols) -> dict[sp.Expr, sp.Symbol]:

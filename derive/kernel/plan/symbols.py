@@ -9,7 +9,8 @@ import sympy as sp
 from derive.kernel.plan.model import Kind, Ref
 
 # identifiers a generated name must not take (Python, Cython and C words, builtins and
-# the names the templates and the support files use at module level)
+# the names the templates use at module level; the arrays of a call and the locals of
+# the loops start with an underscore, which no identifier here does)
 RESERVED = set(keyword.kwlist) | set(keyword.softkwlist) | {
     "auto", "break", "case", "char", "const", "continue", "default", "do", "double",
     "else", "enum", "extern", "float", "for", "goto", "if", "inline", "int", "long",
@@ -21,8 +22,7 @@ RESERVED = set(keyword.kwlist) | set(keyword.softkwlist) | {
     "list", "tuple", "dict", "set", "str", "bytes", "range", "len", "min", "max", "abs",
     "sum", "any", "all", "print", "type", "id", "zip", "map", "iter", "next", "object",
     "exp", "expf", "log", "logf", "tanh", "tanhf", "sqrt", "sqrtf", "pow", "powf",
-    "fabs", "fabsf", "sigmoid", "T", "B", "N", "M", "t", "p", "at", "nxt", "nb", "b0",
-    "b1", "part",
+    "fabs", "fabsf", "sigmoid", "T", "B", "N", "M", "t",
     # arguments of the generated forward/backward functions
     "X", "W", "V", "S", "A", "G", "dY", "dG", "C", "acc", "dW", "dX",
 }
