@@ -141,15 +141,13 @@ def _place(p: Plan, ref: Ref) -> tuple[Buffer, Step, int]:
 
 def step_function(p: Plan, name: str, program: Program) -> StepFunction:
     """The parameters of one step (in calling-convention order) and its places."""
+    wanted = {s: _place(p, p.refs[s]) for s in sorted(program.reads, key=lambda s: s.name)}
     written = {(w.buffer, Step.CURRENT) for w in program.writes}
-    wanted = {k: _place(p, p.refs[s]) for k, s in enumerate(sorted(program.reads,
-                                                                      key=lambda s: s.name))}
     keys = written | {(b, step) for b, step, _ in wanted.values()}
     order = {b: k for k, b in enumerate(p.buffers)}
     params = {key: Param(key[0], key[1], key in written)
               for key in sorted(keys, key=lambda k: (order[k[0]], k[1].value))}
-    reads = {s: Place(params[b, step], block) for s, (b, step, block) in
-             zip(sorted(program.reads, key=lambda s: s.name), wanted.values())}
+    reads = {s: Place(params[b, step], block) for s, (b, step, block) in wanted.items()}
     writes = tuple(Place(params[w.buffer, Step.CURRENT], w.block) for w in program.writes)
     return StepFunction(name, program, tuple(params.values()), reads, writes)
 
