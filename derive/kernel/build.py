@@ -3,8 +3,8 @@
 Shipped cells are compiled when the package is installed (setup.py builds
 `derive._kernels.<cell>` from the committed generated/<cell>/kernel.pyx). Every module
 carries `BUILD_INFO`, appended to its source at build time: the *fingerprint* of what
-generated it (spec text, derive version, the bytes of the generator modules and the
-kernel template) and the sha256 of the generated source. A shipped module is used only
+generated it (spec text, derive version, the bytes of the generator modules, the
+kernel template and the support files it inlines) and the sha256 of the generated source. A shipped module is used only
 while its fingerprint matches the installed generator (an edited template or
 derivation in an editable checkout makes it stale).
 
