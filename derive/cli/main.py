@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true",
                    help="write nothing; exit 1 when the output folder is stale")
 
+    p = sub.add_parser("plan", help="print the kernel plan of a cell", formatter_class=fmt,
+                       epilog=EPILOG,
+                       description="Print the stage between derivation and code: the "
+                                   "operands, the arrays of a kernel call and the forward "
+                                   "and backward step programs with their CSE temporaries.")
+    p.add_argument("cell", metavar="CELL")
+
     p = sub.add_parser("build", help="compile the kernel of a cell (cached)",
                        formatter_class=fmt, epilog=EPILOG,
                        description="Compile CELL's Cython kernel into the cache (or confirm "
@@ -230,6 +237,12 @@ def cmd_generate(args) -> int:
     return generate(args.cells or None, out=args.out, check=args.check)
 
 
+def cmd_plan(args) -> int:
+    from derive.kernel.plan import describe, plan
+    print(describe(plan(args.cell)), end="")
+    return 0
+
+
 def cmd_build(args) -> int:
     from derive.kernel.build import build
     path = build(args.cell, force=args.force)
@@ -280,8 +293,9 @@ def cmd_main(args) -> int:
 
 
 COMMANDS = {"cells": cmd_cells, "equations": cmd_equations, "generate": cmd_generate,
-            "build": cmd_build, "check": cmd_check, "verify": cmd_verify, "bench": cmd_bench,
-            "graph": cmd_graph, "jacobian": cmd_jacobian, "analyze": cmd_analyze,
+            "plan": cmd_plan, "build": cmd_build, "check": cmd_check, "verify": cmd_verify,
+            "bench": cmd_bench, "graph": cmd_graph, "jacobian": cmd_jacobian,
+            "analyze": cmd_analyze,
             None: cmd_main}
 
 
