@@ -5,6 +5,7 @@
     d = derive.derive(cell)                      # structured, expanded and flows of every δ
     v = derive.verify(cell, "dc[t] = ...")       # a hand derivation against the derived truth
     k = derive.load_kernel("lstm", dtype="float64")   # the compiled, gradient-checked kernel
+    g, norm = derive.clip_grad_norm(grads, max_norm)  # the article's gradient clipping
 
 Names are imported on first use, so `import derive` stays cheap (SymPy is loaded only
 by what needs it).
@@ -20,8 +21,9 @@ _EXPORTS = {
     "Cell": "cell", "load_cell": "cell", "shipped_cells": "cell",
     "Derivation": "derivation", "derive": "derivation",
     "ExpressionError": "errors", "SpecError": "errors", "UserError": "errors",
-    "verify": "verify", "Verification": "verify",
+    "verify": "verification", "Verification": "verification",
     "load_kernel": "kernel.runtime", "Kernel": "kernel.runtime",
+    "clip_grad_norm": "clip",
 }
 
 __all__ = sorted(_EXPORTS)

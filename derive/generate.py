@@ -24,17 +24,20 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from derive.cell.spec import Cell, load_cell, shipped_cells
+from derive.cell.catalog import shipped_cells
+from derive.cell.spec import Cell, load_cell
 from derive.docs.documents import documents, index
+from derive.docs.graph import is_picture, pictures
 from derive.errors import UserError
 from derive.files import checkout_root
 from derive.kernel.emit import sources
 from derive.printing.templates import INDEX, MARKER
 
 
-def cell_files(d) -> dict[str, str]:
-    """{file name: text} of one cell's folder: the documents and the kernel sources."""
-    return {**documents(d), **sources(d)}
+def cell_files(d) -> dict[str, str | bytes]:
+    """{file name: text or bytes} of one cell's folder: the documents, the pictures of the
+    flows (SVG and PDF) and the kernel sources."""
+    return {**documents(d), **pictures(d), **sources(d)}
 
 
 def default_out() -> Path:
@@ -94,11 +97,11 @@ def generate(cells=None, out=None, check: bool = False, quiet: bool = False) -> 
             print(f"derive: [{k}/{len(loaded)}] {cell.name}", file=sys.stderr, flush=True)
         rendered = cell_files(derive(cell))
         files.update({f"{cell.name}/{f}": text for f, text in rendered.items()})
-        entries[cell.name] = (cell, sorted(rendered))
+        entries[cell.name] = (cell, sorted(f for f in rendered if not is_picture(f)))
     for name in shipped_cells():  # shipped cells generated earlier stay in the index
         if name not in entries and (root / name / "equations.md").is_file():
             cell = load_cell(name)
-            entries[name] = (cell, sorted(_ours(root / name)))
+            entries[name] = (cell, sorted(f for f in _ours(root / name) if not is_picture(f)))
     files[INDEX] = index([entries[n] for n in sorted(entries, key=_index_order)])
 
     plan = _compare(root, files, names)
@@ -138,7 +141,9 @@ def _ours(folder: Path) -> list[str]:
             try:
                 with p.open(encoding="utf-8") as fh:
                     head = [fh.readline() for _ in range(5)]
-            except (OSError, UnicodeDecodeError):
+            except UnicodeDecodeError:   # a binary picture: the header is in its metadata
+                head = [p.read_bytes().decode("latin-1")] if p.suffix == ".pdf" else []
+            except OSError:
                 continue
             if any(MARKER in line for line in head):
                 out.append(p.name)
@@ -156,7 +161,7 @@ def _compare(root: Path, files: dict[str, str], cells: list[str]) -> _Plan:
             current = b""
         if current is None:
             plan.missing.append(rel)
-        elif current != files[rel].encode("utf-8"):
+        elif current != _bytes(files[rel]):
             plan.stale.append(rel)
     for name in cells:
         plan.extra += [f"{name}/{f}" for f in sorted(_ours(root / name))
@@ -164,7 +169,11 @@ def _compare(root: Path, files: dict[str, str], cells: list[str]) -> _Plan:
     return plan
 
 
-def _write(path: Path, text: str) -> None:
+def _bytes(content: str | bytes) -> bytes:
+    return content if isinstance(content, bytes) else content.encode("utf-8")
+
+
+def _write(path: Path, text: str | bytes) -> None:
     """Write atomically: a temporary file in the same folder, then rename."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -172,8 +181,8 @@ def _write(path: Path, text: str) -> None:
     except OSError as exc:
         raise UserError(f"cannot write {_shown(path)}: {exc.strerror or exc}") from None
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(_bytes(text))
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException as exc:

@@ -223,7 +223,7 @@ class Env:
             return self.value(r.name, step)
         if r.kind == "delta":
             return self.delta(r.name, step)
-        return self.external(S.output_of(r, self.cell.outputs), step)
+        return self.external(r.name, step)
 
 
 Compiled = Callable[[Env, int], np.ndarray]

@@ -7,11 +7,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from test_rewrite import WEIRD
 
 import derive
 from derive.kernel import build
-
-from test_rewrite import WEIRD
 
 LOAD = textwrap.dedent("""\
     import sys, time
@@ -107,14 +106,21 @@ def test_the_fingerprint_follows_the_generator(tmp_path):
     for name in build.generator_files(pkg):
         (copy_pkg / name).parent.mkdir(parents=True, exist_ok=True)
         (copy_pkg / name).write_bytes((pkg / name).read_bytes())
-    for name in build.TEMPLATES.values():
+    for name in build.template_files("kernel", templates):
+        (copy_tpl / name).parent.mkdir(parents=True, exist_ok=True)
         (copy_tpl / name).write_bytes((templates / name).read_bytes())
     text = build.spec_source("rnn")[1]
     same = build.fingerprint(text, package_dir=copy_pkg, template_dir=copy_tpl)
     assert same == build.fingerprint(text)
-    with open(copy_tpl / "kernel.pyx.j2", "a") as f:
-        f.write("# an edit\n")
-    assert build.fingerprint(text, package_dir=copy_pkg, template_dir=copy_tpl) != same
+    assert "support/small_gemm.h" in build.template_files("kernel", templates)
+    assert "kernel/plan/cse.py" in build.generator_files(pkg)
+    assert "kernel/runtime.py" not in build.generator_files(pkg)
+    for path in (copy_tpl / "kernel.pyx.j2", copy_tpl / "support" / "small_gemm.h",
+                 copy_pkg / "kernel" / "lower.py"):
+        original = path.read_bytes()
+        path.write_bytes(original + b"\n/* an edit */\n")
+        assert build.fingerprint(text, package_dir=copy_pkg, template_dir=copy_tpl) != same
+        path.write_bytes(original)
     assert build.fingerprint(text + " ") != same
 
 

@@ -5,7 +5,7 @@ import sympy as sp
 
 import derive
 from derive.cell import symbols as S
-from derive.verify.notation import parse_expression
+from derive.verification.notation import parse_expression
 
 # lstm-equations.md, written as a person would type them (text notation of design.md)
 PAPER = {

@@ -15,7 +15,7 @@ import sympy as sp
 import derive
 from derive import numeric
 from derive.cell import symbols as S
-from derive.verify.notation import parse_expression
+from derive.verification.notation import parse_expression
 
 SETTINGS = dict(T=4, B=2, M=2, N=3, seed=7)
 TOL, FLOOR = 1e-6, 1e-4

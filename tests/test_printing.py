@@ -8,13 +8,19 @@ import pytest
 import sympy as sp
 
 import derive
+from derive.cell import symbols as S
 from derive.docs.equations import EXPANDED, STRUCTURED, equations
 from derive.docs.layout import COLUMN, latex_rows, latex_width
 from derive.printing.latex import latex, latex_param, latex_vector
-from derive.printing.presentation import delta_latex, expanded_forms, forward, initial_latex, structured
+from derive.printing.presentation import (
+    delta_latex,
+    expanded_forms,
+    forward,
+    initial_latex,
+    structured,
+)
 from derive.printing.text import plain, text
-from derive.cell import symbols as S
-from derive.verify.notation import parse_equation, parse_expression
+from derive.verification.notation import parse_equation, parse_expression
 
 
 def same(d, a, b) -> bool:

@@ -1,14 +1,15 @@
 """The kernel plan (stage 3) and the sources printed from it: no compiling here."""
 
+import re
 import textwrap
 
 import pytest
 import sympy as sp
 
 import derive
+from derive.errors import UserError
 from derive.kernel import emit as codegen
 from derive.kernel import plan as rewrite
-from derive.errors import UserError
 
 # A spec that stresses the printers: an input not called x, two outputs (one not a
 # state), a state read through a matrix (Q @ el[t-1]), names whose deltas are keywords
@@ -49,12 +50,13 @@ def test_lstm_plan_fuses_the_four_gates_of_x_and_y_into_one_group():
     assert y.matrices == ("R_z", "R_i", "R_f", "R_o")
     assert x.group == y.group == 0 and len(p.groups) == 1
     # c is carried element-wise only (peepholes); y only through the recurrent GEMM
-    assert p.carry_set == {"y": False, "c": True}
+    assert p.carried == {"c"}
     # the backward reads tanh(c[t]) from storage; it is computed once in the forward
-    stored = {s.name: s.kind for s in p.stored}
-    assert stored == {"z": "node", "i": "node", "f": "node", "o": "node", "tanh_c": "aux"}
+    stored = {s.name: s.is_aux for s in p.stored}
+    assert stored == {"z": False, "i": False, "f": False, "o": False, "tanh_c": True}
+    c = next(s for s, r in p.refs.items() if r == rewrite.Ref(rewrite.Kind.VALUE, "c"))
     tanh_calls = [s for s in p.forward.statements if s.expr.has(sp.tanh)
-                  and any(isinstance(a, sp.tanh) and a.args[0].name == "@value:c"
+                  and any(isinstance(a, sp.tanh) and a.args[0] == c
                           for a in s.expr.atoms(sp.tanh))]
     assert len(tanh_calls) == 1
     assert not any(s.expr.atoms(*rewrite.FUNCTIONS) for s in p.backward.statements)
@@ -73,9 +75,13 @@ def test_gru_has_two_groups_and_fgr_fuses_the_gate_states():
 def test_every_shipped_cell_plans_and_writes_every_projection_delta(cell_name):
     p = rewrite.plan(cell_name)
     for g in p.groups:
-        written = [w for w in p.backward.writes if w.kind == "dG" and w.array == str(g.index)]
-        assert [w.index for w in written] == list(range(len(g.nodes)))
-    assert {w.array for w in p.backward.writes if w.kind == "acc"} == set(p.vectors)
+        written = [w for w in p.backward.writes if w.buffer.storage is rewrite.Storage.DELTAS
+                   and w.buffer.index == g.index]
+        assert [w.block for w in written] == list(range(len(g.nodes)))
+    assert {w.buffer.name for w in p.backward.writes if w.accumulates} == set(p.vectors)
+    # every program symbol has a typed meaning
+    for prog in (p.forward, p.backward):
+        assert all(isinstance(p.refs[s].kind, rewrite.Kind) for s in prog.reads)
     layout = p.layout()
     assert layout["cell"] == cell_name and layout["spec_hash"] == p.cell.hash
 
@@ -97,7 +103,7 @@ def test_sources_are_deterministic_and_print_products_not_pow(cell_name):
 def test_float32_kernel_casts_numbers_to_float(tmp_path):
     src = codegen.kernel_source(write_spec(tmp_path, WEIRD))
     f32 = src.split("cdef void _forward_step_f32")[1].split("cdef void _forward_step_f64")[0]
-    f64 = src.split("cdef void _forward_step_f64")[1].split("# --- argument checks")[0]
+    f64 = src.split("cdef void _forward_step_f64")[1].split("cdef void _backward_step_f64")[0]
     assert "<float>0.5" in f32 and "<double>" not in f32
     assert "<double>0.5" in f64 and "<float>" not in f64
 
@@ -112,7 +118,7 @@ def test_expand_powers_keeps_products():
 def test_weird_names_plan_and_reference_gradients(tmp_path):
     path = write_spec(tmp_path, WEIRD)
     p = rewrite.plan(path)
-    idents = {a.ident for a in p.access.values()}
+    idents = {s.name for s in p.refs}
     assert "del" not in idents and "do" not in idents
     assert {"del_", "do_"} <= idents
     from derive.check import gradient_check
@@ -167,13 +173,11 @@ def test_two_inputs_are_not_supported(tmp_path):
 
 
 # a recurrence without any recurrent matrix: the state is read element-wise only
-# (the output is called y: derive.cell.symbols keeps one meaning per symbol name per process,
-# and Delta[t] of a single-output cell is registered with the output's name)
 ELEMENTWISE = textwrap.dedent("""\
     name    = "leaky"
     inputs  = ["x"]
-    state   = ["y"]
-    outputs = ["y"]
+    state   = ["h"]
+    outputs = ["h"]
 
     [parameters]
     W = ["N", "M"]
@@ -181,7 +185,7 @@ ELEMENTWISE = textwrap.dedent("""\
 
     [nodes]
     u = "W @ x"
-    y = "sigmoid(a) * y[t-1] + tanh(u)"
+    h = "sigmoid(a) * h[t-1] + tanh(u)"
     """)
 
 
@@ -219,3 +223,32 @@ def test_unusual_cells_cythonize_and_their_reference_is_right(tmp_path, spec):
     assert run.returncode == 0, run.stdout + run.stderr
     from derive.check import gradient_check
     assert gradient_check(path, backend="numpy").passed
+
+
+def test_kernel_calls_pass_every_step_argument_by_the_name_of_its_parameter():
+    src = codegen.kernel_source("lstm")
+    for step in ("_forward_step_f32", "_backward_step_f64"):
+        signature = src.split(f"cdef void {step}(")[1].split(") noexcept")[0]
+        params = re.findall(r"_rp (\w+),", signature)
+        call = src.split(f"        {step}(nb, N,")[1].split("\n        )")[0]
+        arguments = re.findall(r"(\w+)=", call)
+        assert params and arguments == params
+    assert "+ 0 * N" not in src and "void* W0" not in src
+
+
+def test_forward_terms_follow_the_spec():
+    src = codegen.kernel_source("lstm")
+    assert "i_bar = W_i_x[_j] + R_i_y[_j] + _V_p_i[_j]*c_prev[_j] + _V_b_i[_j]" in src
+
+
+def test_derive_plan_prints_operands_buffers_and_both_programs(capsys):
+    from derive.cli.main import main
+    assert main(["plan", "lstm"]) == 0
+    out = capsys.readouterr().out
+    assert "y (state, N): R_z→z_bar, R_i→i_bar, R_f→f_bar, R_o→o_bar; group 0" in out
+    assert "G[1]     G_y            (B, 4 * N)" in out
+    forward = out.split("forward step:")[1].split("backward step:")[0]
+    backward = out.split("backward step:")[1]
+    assert "tanh_c = tanh(c)" in forward and "-> A_tanh_c = tanh_c" in forward
+    assert "_e0 = " in backward and "-> acc_b_z += dz_bar" in backward
+    assert main(["plan", "no_such_cell"]) == 2

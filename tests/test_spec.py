@@ -112,3 +112,36 @@ def test_spec_is_never_executed(tmp_path):
     with pytest.raises(SpecError):
         derive.load_cell(write(tmp_path, evil))
     assert not marker.exists()
+
+
+def test_one_resolver_for_the_spec_and_the_kernel_build(tmp_path):
+    """spec.load_cell and kernel.build.spec_source find the same file, in the same order."""
+    from derive.kernel import build
+    path = write(tmp_path, GOOD)
+    for cell in [*derive.shipped_cells(), path]:
+        loaded = derive.load_cell(cell)
+        assert build.spec_source(cell) == (loaded.name, loaded.source, loaded.shipped)
+    for bad in ("lstn", str(tmp_path / "nothing.toml")):
+        with pytest.raises(SpecError) as spec_error:
+            derive.load_cell(bad)
+        with pytest.raises(SpecError) as build_error:
+            build.spec_source(bad)
+        assert str(build_error.value) == str(spec_error.value)
+
+
+def test_the_catalog_resolves_without_sympy():
+    code = ("import sys; from derive.cell import catalog; from derive.kernel import build; "
+            "catalog.resolve('lstm'); build.spec_source('gru'); print('sympy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_the_spec_order_is_kept_wherever_dependencies_allow(tmp_path):
+    import tomllib
+    for name in derive.shipped_cells():  # every shipped file is written in a valid order
+        cell = derive.load_cell(name)
+        assert list(cell.nodes) == list(tomllib.loads(cell.source)["nodes"]), name
+    # a node written before what it reads moves just after it, and no further
+    edited = GOOD.replace('a = "W @ x + R @ y[t-1] + b"\ny = "tanh(a)"',
+                          'y = "tanh(a) + u"\nu = "tanh(a)"\na = "W @ x + R @ y[t-1] + b"')
+    assert list(derive.load_cell(write(tmp_path, edited)).nodes) == ["a", "u", "y"]

@@ -12,9 +12,10 @@ import sympy as sp
 import derive
 from derive.cell import symbols as S
 from derive.cli import main
-from derive.verify.notation import parse_expression
 from derive.docs.equations import equations
-from derive.verify.verification import KINDS, verify
+from derive.verification.diagnosis import KINDS
+from derive.verification.notation import parse_expression
+from derive.verification.verdict import verify
 
 C = ("dy[t]*o[t]*dtanh(c[t]) + p_o*do_bar[t] + p_i*di_bar[t+1] + p_f*df_bar[t+1]"
      " + dc[t+1]*f[t+1]")
@@ -419,7 +420,7 @@ def test_verifying_one_lstm_equation_takes_under_two_seconds():
 
 def test_left_sides_of_the_notation():
     from derive.errors import ExpressionError
-    from derive.verify.notation import parse_target
+    from derive.verification.notation import parse_target
     cell = derive.load_cell("lstm")
     assert parse_target(cell, "dc0").kind == "initial"
     assert parse_target(cell, "dW_z").kind == parse_target(cell, "dW_z[t+1]").kind == "param"
@@ -452,3 +453,11 @@ def test_one_row_equations_pasted_from_the_generated_documents_verify(cell_name)
     for row in pasted:
         v = verify(cell_name, row, latex=True)
         assert v.equal is True, (row, v.report())
+
+
+def test_derive_verify_is_the_function_whatever_was_imported_first():
+    """Importing the stage's modules first does not hide the API's `derive.verify`."""
+    code = ("import derive.verification.notation, derive; "
+            "print(derive.verify('lstm', 'dy[t] = Delta[t]').verdict)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "differs"

@@ -26,15 +26,16 @@ from __future__ import annotations
 
 import graphlib
 import hashlib
+import heapq
 import re
 import tomllib
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import sympy as sp
 
 from derive.cell import symbols as S
+from derive.cell.catalog import resolve
 from derive.cell.grammar import Matrix, parse
 from derive.errors import ExpressionError, SpecError, suggest
 
@@ -114,7 +115,7 @@ class Cell:
     states: tuple[str, ...]
     outputs: tuple[str, ...]
     parameters: dict[str, Parameter]
-    nodes: dict[str, Node]  # in a topological order of step t
+    nodes: dict[str, Node]  # step t in the spec's order, moved only where a node reads a later one
     shipped: bool = False
     _sizes: dict[str, str] = field(default_factory=dict, repr=False)
 
@@ -140,38 +141,13 @@ class Cell:
 
 # --- loading -----------------------------------------------------------------------
 
-def shipped_cells() -> list[str]:
-    """Names of the cells shipped with the package, sorted with lstm first."""
-    names = sorted(p.name[:-5] for p in resources.files("derive.cells").iterdir()
-                   if p.name.endswith(".toml"))
-    return sorted(names, key=lambda n: (n not in ("lstm",), not n.startswith("lstm"), n))
-
-
-def resolve(cell: str) -> tuple[str, str, bool]:
-    """(text, path, shipped) for a shipped name or a path to a spec file."""
-    if cell in shipped_cells():
-        text = resources.files("derive.cells").joinpath(cell + ".toml").read_text("utf-8")
-        return text, f"derive/cells/{cell}.toml", True
-    path = Path(cell)
-    if path.suffix == ".toml" or path.exists() or "/" in cell:
-        if not path.is_file():
-            raise SpecError(f"no such cell file (shipped cells: {', '.join(shipped_cells())})",
-                            path=cell)
-        try:
-            return path.read_text("utf-8"), str(path), False
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SpecError(f"cannot read the file: {exc}", path=cell) from None
-    raise SpecError(f"unknown cell {cell!r}{suggest(cell, shipped_cells())}; shipped cells: "
-                    f"{', '.join(shipped_cells())}, or give a path to a .toml spec")
-
-
 def load_cell(cell: "str | Path | Cell") -> Cell:
     """Load and validate a cell: a shipped name (`"lstm"`) or a path to a spec file."""
     if isinstance(cell, Cell):
         return cell
-    text, path, shipped = resolve(str(cell))
-    result = parse_spec(text, path)
-    result.shipped = shipped
+    source = resolve(str(cell))
+    result = parse_spec(source.text, source.path)
+    result.shipped = source.shipped
     return result
 
 
@@ -351,14 +327,18 @@ class _SpecReader:
             self.error(f"cycle in step t: {' <- '.join(cycle)}; one of these must read the "
                        f"previous step (as {cycle[0]}[t-1], if it is a state)",
                        self.line_of(cycle[0], "nodes"))
-        # a stable order: the spec's order wherever the dependencies allow
-        position = {n: i for i, n in enumerate(nodes)}
+        # the spec's order wherever the dependencies allow: always the earliest node of
+        # the file whose inputs are computed (a file already in order stays as it is)
+        names = list(nodes)
+        position = {n: i for i, n in enumerate(names)}
+        ready: list[int] = []
         order = []
         while sorter.is_active():
-            ready = sorted(sorter.get_ready(), key=position.get)
-            for n in ready:
-                order.append(n)
-                sorter.done(n)
+            for n in sorter.get_ready():
+                heapq.heappush(ready, position[n])
+            n = names[heapq.heappop(ready)]
+            order.append(n)
+            sorter.done(n)
         return order
 
     def check_usage(self, cell: Cell):

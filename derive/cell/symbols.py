@@ -7,7 +7,12 @@ vectors in a cell is element-wise (Hadamard) and so commutes:
 * ``delta("c", +1)``  is δcᵗ⁺¹ = ∂J/∂cᵗ⁺¹ (printed ``dc[t+1]``),
 * ``incoming("y")``   is Δᵗ, the gradient reaching an output from outside the
   recurrence (printed ``Delta[t]``),
+* ``carried("c")``    is the gradient reaching cᵗ from the steps after t (printed
+  ``carry_c[t]``; the verifier's canonical form stops there),
 * ``param("W_z")``    is a parameter (no time index).
+
+Each symbol carries what it stands for (`ref`), so its meaning never depends on other
+cells loaded in the same process.
 
 Matrix products are the only non-element-wise operations; they are kept as
 unevaluated, linear function applications: ``MatVec(W, v)`` is W v and
@@ -18,22 +23,58 @@ derivatives written from the pre-activation, as people write them by hand.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import lru_cache
 
 import sympy as sp
 
 
 @dataclass(frozen=True)
 class Ref:
-    """What a symbol stands for: kind is 'value', 'delta', 'incoming' or 'param'."""
+    """What a symbol stands for: kind is 'value', 'delta', 'incoming', 'carried' or 'param'.
+
+    `name` is the node, input, output, state or parameter; `shift` the time step relative
+    to t (None for parameters).
+    """
 
     kind: str
     name: str
     shift: int | None = None
 
 
-_REFS: dict[sp.Symbol, Ref] = {}
+class Symbol(sp.Symbol):
+    """A symbol of the vocabulary: prints as its text (``da[t]``) and carries its `Ref`.
+
+    The meaning is part of the symbol's identity, so ``value("da")`` and ``delta("a")``
+    are two different symbols although both print ``da[t]``: there is no table of names,
+    and any cells can be derived side by side in one process. (Within one cell the spec's
+    name-clash rule keeps printed names unique.) They sort among themselves by their
+    text, like plain SymPy symbols: the class keeps the name `Symbol`, which SymPy's
+    canonical ordering of terms and its printers go by.
+    """
+
+    __slots__ = ("ref",)
+
+    ref: Ref
+
+    def __new__(cls, text: str, ref: Ref):
+        return _make(cls, text, ref)
+
+    def __getnewargs_ex__(self):
+        return (self.name, self.ref), {}
+
+    def _hashable_content(self):
+        r = self.ref
+        return super()._hashable_content() + ((r.kind, r.name, r.shift is None, r.shift or 0),)
+
+
+@lru_cache(maxsize=1 << 16)
+def _make(cls, text: str, ref: Ref) -> Symbol:
+    """One object per (text, meaning): symbols are immutable, so they can be shared."""
+    obj = sp.Symbol.__xnew__(cls, text)
+    obj.ref = ref
+    return obj
+
 
 #: the largest |k| of a time shift name[t+k] that the notation reads
 MAX_SHIFT = 8
@@ -44,53 +85,53 @@ def time_label(shift: int, var: str = "t") -> str:
     return var if shift == 0 else f"{var}{shift:+d}"
 
 
-def _symbol(text: str, ref: Ref) -> sp.Symbol:
-    sym = sp.Symbol(text)
-    known = _REFS.setdefault(sym, ref)
-    if known != ref:  # pragma: no cover - guarded by the spec's name-clash rule
-        raise ValueError(f"symbol {text!r} means both {known} and {ref}")
-    return sym
-
-
-def value(name: str, shift: int = 0) -> sp.Symbol:
+def value(name: str, shift: int = 0) -> Symbol:
     """The forward value name^(t+shift)."""
-    return _symbol(f"{name}[{time_label(shift)}]", Ref("value", name, shift))
+    return Symbol(f"{name}[{time_label(shift)}]", Ref("value", name, shift))
 
 
-def delta(name: str, shift: int = 0) -> sp.Symbol:
+def delta(name: str, shift: int = 0) -> Symbol:
     """δname^(t+shift) = ∂J/∂name^(t+shift)."""
-    return _symbol(f"d{name}[{time_label(shift)}]", Ref("delta", name, shift))
+    return Symbol(f"d{name}[{time_label(shift)}]", Ref("delta", name, shift))
 
 
-#: the `name` of Δ's Ref in a cell with a single output: `Delta[t]` is the same symbol in
-#: every such cell whatever its output is called (`output_of` says which it is).
-ONLY_OUTPUT = ""
-
-
-def incoming(output: str, shift: int = 0, *, single: bool = True) -> sp.Symbol:
+def incoming(output: str, shift: int = 0, *, single: bool = True) -> Symbol:
     """Δ^(t+shift): the gradient reaching `output` from outside the recurrence.
 
-    With a single output the symbol is `Delta[t]` and names no output (`ONLY_OUTPUT`),
-    so cells whose outputs have different names share it; otherwise `Delta_<output>[t]`.
+    Printed `Delta[t]` when the cell has a single output, otherwise `Delta_<output>[t]`.
     """
-    if single:
-        return _symbol(f"Delta[{time_label(shift)}]", Ref("incoming", ONLY_OUTPUT, shift))
-    return _symbol(f"Delta_{output}[{time_label(shift)}]", Ref("incoming", output, shift))
+    text = "Delta" if single else f"Delta_{output}"
+    return Symbol(f"{text}[{time_label(shift)}]", Ref("incoming", output, shift))
 
 
-def output_of(r: Ref, outputs) -> str:
-    """The output an incoming gradient's Ref reaches, among a cell's `outputs`."""
-    return outputs[0] if r.name == ONLY_OUTPUT else r.name
+def carried(state: str, shift: int = 0) -> Symbol:
+    """carry_s^(t+shift): the gradient reaching state s at that step from the steps after it."""
+    return Symbol(f"carry_{state}[{time_label(shift)}]", Ref("carried", state, shift))
 
 
-def param(name: str) -> sp.Symbol:
+def param(name: str) -> Symbol:
     """A parameter (matrix or vector); parameters carry no time index."""
-    return _symbol(name, Ref("param", name))
+    return Symbol(name, Ref("param", name))
 
 
 def ref(sym: sp.Basic) -> Ref | None:
-    """What a symbol of this vocabulary stands for (None for foreign symbols)."""
-    return _REFS.get(sym)
+    """What a symbol of this vocabulary stands for (None for anything else)."""
+    return sym.ref if isinstance(sym, Symbol) else None
+
+
+def shift_time(expr: sp.Expr, by: int) -> sp.Expr:
+    """The same expression `by` steps later: cᵗ⁻¹ → cᵗ when by = 1 (values, deltas, Δ and
+    carried gradients move; parameters and foreign symbols stay)."""
+    if by == 0:
+        return expr
+    mapping = {}
+    for sym in expr.free_symbols:
+        r = ref(sym)
+        if r is not None and r.shift is not None:
+            text = sym.name[:sym.name.rindex("[")]
+            mapping[sym] = Symbol(f"{text}[{time_label(r.shift + by)}]",
+                               replace(r, shift=r.shift + by))
+    return expr.xreplace(mapping)
 
 
 # --- functions -----------------------------------------------------------------
@@ -151,25 +192,6 @@ class Outer(sp.Function):
 ACTIVATIONS = {"sigmoid": sigmoid, "tanh": sp.tanh, "exp": sp.exp, "log": sp.log}
 
 _LINEAR = (MatVec, MatTVec)
-
-
-def shift_time(expr: sp.Expr, by: int) -> sp.Expr:
-    """The same expression `by` steps later: cᵗ⁻¹ → cᵗ when by = 1."""
-    if by == 0:
-        return expr
-    mapping = {}
-    for sym in expr.free_symbols:
-        r = ref(sym)
-        if r is None or r.shift is None:
-            continue
-        if r.kind == "value":
-            mapping[sym] = value(r.name, r.shift + by)
-        elif r.kind == "delta":
-            mapping[sym] = delta(r.name, r.shift + by)
-        elif r.kind == "incoming":
-            mapping[sym] = _symbol(re.sub(r"\[.*\]$", f"[{time_label(r.shift + by)}]", sym.name),
-                                   Ref("incoming", r.name, r.shift + by))
-    return expr.xreplace(mapping)
 
 
 def distribute_linear(expr: sp.Expr) -> sp.Expr:

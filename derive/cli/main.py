@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true",
                    help="write nothing; exit 1 when the output folder is stale")
 
+    p = sub.add_parser("plan", help="print the kernel plan of a cell", formatter_class=fmt,
+                       epilog=EPILOG,
+                       description="Print the stage between derivation and code: the "
+                                   "operands, the arrays of a kernel call and the forward "
+                                   "and backward step programs with their CSE temporaries.")
+    p.add_argument("cell", metavar="CELL")
+
     p = sub.add_parser("build", help="compile the kernel of a cell (cached)",
                        formatter_class=fmt, epilog=EPILOG,
                        description="Compile CELL's Cython kernel into the cache (or confirm "
@@ -124,6 +131,66 @@ def build_parser() -> argparse.ArgumentParser:
                    help="equations are LaTeX, as `derive equations --format latex` prints")
     p.add_argument("--json", action="store_true", help="print JSON")
 
+    p = sub.add_parser("graph", help="draw one step's graph and a delta's backward flows",
+                       formatter_class=fmt, epilog=EPILOG, description=textwrap.dedent("""\
+            Draw one step of CELL: the inputs, the states at t-1, every named node (the
+            paper's names, bars on pre-activations), the states at t and the loss J.
+            Matrix products are thick blue edges labelled with the matrix, element-wise
+            operations thin grey ones. With --delta NAME the flows of that delta are drawn
+            over it, as in the seed article: one coloured arrow per flow, from the consumer
+            whose delta it carries back to NAME, labelled with the term it contributes.
+            SVG, PNG and PDF are drawn with matplotlib (deterministic bytes); DOT is
+            Graphviz text (Graphviz is not needed to write it).
+
+            example: derive graph lstm --delta c --out flows_c.svg"""))
+    p.add_argument("cell", metavar="CELL")
+    p.add_argument("--delta", metavar="NAME", help="draw the flows of this delta (a kept "
+                                                   "node or an input, e.g. c, y, o_bar, x)")
+    p.add_argument("--format", choices=["svg", "png", "pdf", "dot"], default=None,
+                   help="picture format (default: from --out's suffix, else svg)")
+    p.add_argument("--out", metavar="FILE", help="write the picture to FILE (default: stdout)")
+
+    p = sub.add_parser("jacobian", help="print the derived state-to-state Jacobian",
+                       formatter_class=fmt, epilog=EPILOG, description=textwrap.dedent("""\
+            Print the Jacobian ds[t]/dr[t-1] of one step for every pair of states s, r of
+            CELL, as sums of diag(.) and matrix terms, and beside each its transpose, the
+            backward map that back-propagation applies (dr[t-1] = sum_s J.T @ ds[t]).
+            Numerator layout: J[k, l] = ds_k[t]/dr_l[t-1].
+
+            example: derive jacobian rnn   ->   (dy[t]/dy[t-1]).T = R.T @ diag(1 - y[t]**2)"""))
+    p.add_argument("cell", metavar="CELL")
+    p.add_argument("--format", choices=["text", "latex", "markdown", "json"], default="text")
+
+    p = sub.add_parser("analyze", help="measure vanishing/exploding gradients on the kernels",
+                       formatter_class=fmt, epilog=EPILOG, description=textwrap.dedent("""\
+            Run the compiled kernels of the given cells (default: lstm lstm_nfg gru rnn) on
+            seeded random sequences with the loss at the last step only, and measure the
+            gradient reaching each state k steps earlier, |dL/ds[T-1-k]| for k = 1..T (per
+            sequence; the table shows the geometric mean over the batch), and the spectral
+            norm of the per-step Jacobian ds[t]/ds[t-1] along the sequence.
+            Method: for each k the kernel runs the last k steps from the state the full
+            pass reached and returns the gradient of that state (exact); the tests check it
+            against the derived Jacobian's backward map on the NumPy reference.
+            Parameters: the kernel's init_params (uniform +-1/sqrt(N), seeded) with the
+            forget-gate bias b_f shifted by --forget-bias, or --params FILE.npz (arrays named
+            like the parameters, or CELL/NAME)."""))
+    p.add_argument("cells", nargs="*", metavar="CELL")
+    p.add_argument("--steps", type=int, default=100, metavar="T", help="sequence length "
+                                                                        "(default 100)")
+    p.add_argument("--batch", type=int, default=16, metavar="B", help="sequences (default 16)")
+    p.add_argument("--hidden", type=int, default=32, metavar="N", help="state size (default 32)")
+    p.add_argument("--input", type=int, default=16, metavar="M", help="input size (default 16)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="inputs x ~ scale * N(0, 1) (default 1)")
+    p.add_argument("--forget-bias", type=float, default=1.0, metavar="B",
+                   help="added to the initial b_f of cells with a forget gate (default 1)")
+    p.add_argument("--params", metavar="FILE.npz", help="parameters instead of init_params")
+    p.add_argument("--state", action="append", metavar="S",
+                   help="measure only this state (repeatable)")
+    p.add_argument("--plot", metavar="FILE", help="write the plot (.png, .svg or .pdf)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
     p = sub.add_parser("bench", help="benchmark kernels against NumPy and PyTorch",
                        formatter_class=fmt, epilog=EPILOG,
                        description="Time forward and forward+backward of the kernels of the "
@@ -144,7 +211,8 @@ def _version() -> str:
 # --- commands --------------------------------------------------------------------------
 
 def cmd_cells(args) -> int:
-    from derive.cell.spec import load_cell, shipped_cells
+    from derive.cell.catalog import shipped_cells
+    from derive.cell.spec import load_cell
     cells = [load_cell(n) for n in shipped_cells()]
     if args.json:
         print(json.dumps([{"name": c.name, "title": c.title, "states": list(c.states),
@@ -169,6 +237,12 @@ def cmd_generate(args) -> int:
     return generate(args.cells or None, out=args.out, check=args.check)
 
 
+def cmd_plan(args) -> int:
+    from derive.kernel.plan import describe, plan
+    print(describe(plan(args.cell)), end="")
+    return 0
+
+
 def cmd_build(args) -> int:
     from derive.kernel.build import build
     path = build(args.cell, force=args.force)
@@ -182,7 +256,7 @@ def cmd_check(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from derive.verify.verification import run_verify
+    from derive.cli.verify import run_verify
     return run_verify(args.cell, args.equations, file=args.file, latex=args.latex,
                       as_json=args.json)
 
@@ -192,13 +266,36 @@ def cmd_bench(args) -> int:
     return run_bench(args.cells or None, as_json=args.json, quick=args.quick)
 
 
+def cmd_graph(args) -> int:
+    from derive.docs.graph import write_graph
+    return write_graph(args.cell, delta=args.delta, fmt=args.format, out=args.out)
+
+
+def cmd_jacobian(args) -> int:
+    from derive.derivation import derive
+    from derive.docs.jacobian import jacobian_document
+    sys.stdout.write(jacobian_document(derive(args.cell), args.format))
+    return 0
+
+
+def cmd_analyze(args) -> int:
+    from derive.analyze import Settings, run_analyze
+    settings = Settings(steps=args.steps, batch=args.batch, hidden=args.hidden,
+                        input=args.input, seed=args.seed, scale=args.scale,
+                        forget_bias=args.forget_bias)
+    return run_analyze(args.cells or None, settings, params=args.params, plot_path=args.plot,
+                       as_json=args.json, states=args.state)
+
+
 def cmd_main(args) -> int:
     from derive.cli.mainjob import main_job
     return main_job()
 
 
 COMMANDS = {"cells": cmd_cells, "equations": cmd_equations, "generate": cmd_generate,
-            "build": cmd_build, "check": cmd_check, "verify": cmd_verify, "bench": cmd_bench,
+            "plan": cmd_plan, "build": cmd_build, "check": cmd_check, "verify": cmd_verify,
+            "bench": cmd_bench, "graph": cmd_graph, "jacobian": cmd_jacobian,
+            "analyze": cmd_analyze,
             None: cmd_main}
 
 

@@ -29,11 +29,11 @@ own deltas are still derived (`Derivation.raw`) for checking hand derivations.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
 
 import sympy as sp
 
 from derive.cell import symbols as S
+from derive.cell.canonical import Activations, canonical
 from derive.cell.spec import Cell, load_cell
 
 
@@ -76,10 +76,6 @@ class NodeDelta:
     structured: sp.Expr
     expanded: sp.Expr = sp.S.Zero
 
-    @property
-    def is_input(self) -> bool:
-        return False
-
 
 @dataclass
 class ParamGrad:
@@ -112,7 +108,7 @@ class Derivation:
     raw: dict[str, NodeDelta]             # every node, flows through direct consumers
     params: dict[str, ParamGrad]
     initial: dict[str, sp.Expr]           # δ(state at t = -1), written at step t = 0
-    activations: dict[sp.Expr, sp.Symbol] = field(repr=False, default_factory=dict)
+    activations: Activations = field(repr=False)
 
     @property
     def kept(self) -> list[str]:
@@ -125,20 +121,32 @@ class Derivation:
         return (self.deltas.get(name) or self.raw[name]).expanded
 
     def canonical(self, expr: sp.Expr) -> sp.Expr:
-        """A normal form for comparing spellings of the same expression.
+        """The cell's canonical form of `expr` (see `derive.cell.canonical`): activations
+        of pre-activations as stored outputs (dsigmoid(f̄ᵗ) → fᵗ(1 − fᵗ)), matrix products
+        distributed over sums, multiplied out."""
+        return canonical(expr, self.activations)
 
-        Activations of pre-activations become stored outputs (σ(f̄ᵗ) → fᵗ, so
-        dsigmoid(f̄ᵗ) → fᵗ(1 − fᵗ)), matrix products are distributed over sums, and the
-        result is expanded.
-        """
-        return sp.expand(S.distribute_linear(sp.expand(expr.xreplace(self.activations))))
+    # --- notebooks: a derivation displays itself (Jupyter's rich display protocol) ----------
+    def _repr_latex_(self) -> str:
+        """The backward equations (structured), aligned, as Jupyter renders LaTeX."""
+        from derive.docs.equations import equations
+        rows = [line.replace(" = ", " &= ", 1) for line in
+                equations(self, "latex").splitlines() if not line.startswith("%")]
+        return "$$\\begin{aligned}\n" + " \\\\\n".join(rows) + "\n\\end{aligned}$$"
 
-    @cached_property
-    def step_deltas(self) -> dict[sp.Symbol, sp.Expr]:
-        """δvᵗ → its structured form, for every node (kept and folded) and input."""
-        out = {S.delta(n): d.structured for n, d in self.raw.items()}
-        out.update({S.delta(n): d.structured for n, d in self.deltas.items()})
-        return out
+    def _repr_markdown_(self) -> str:
+        """The cell's Markdown document (forward pass, backward pass, flows, gradients)."""
+        from derive.docs.documents import markdown
+        return markdown(self)
+
+    def _repr_svg_(self) -> str:
+        """The picture of one step's forward graph (`derive graph CELL`)."""
+        return self.graph()._repr_svg_()
+
+    def graph(self, delta: str | None = None):
+        """The picture of one step's graph with the flows of δ`delta` (Jupyter shows it)."""
+        from derive.docs.graph import graph
+        return graph(self, delta)
 
 
 def derive(cell) -> Derivation:
@@ -149,13 +157,7 @@ def derive(cell) -> Derivation:
 class _Deriver:
     def __init__(self, cell: Cell):
         self.cell = cell
-        # f(arg) -> stored output, at the shifts that appear (σ(f̄ᵗ⁺¹) -> fᵗ⁺¹ ...)
-        self.activations: dict[sp.Expr, sp.Symbol] = {}
-        for node in cell.nodes.values():
-            e = node.elementwise
-            if not node.projections and isinstance(e, sp.Function) and len(e.args) == 1:
-                for k in (-1, 0, 1):
-                    self.activations[S.shift_time(e, k)] = S.value(node.name, k)
+        self.activations = Activations(cell)  # σ(f̄ᵗ⁺ᵏ) -> fᵗ⁺ᵏ
         kept = set(cell.states) | set(cell.outputs)
         for node in cell.nodes.values():
             if node.parameters():
@@ -165,7 +167,7 @@ class _Deriver:
 
     def stored(self, expr: sp.Expr) -> sp.Expr:
         """Rewrite activations of pre-activations as their stored outputs."""
-        return expr.xreplace(self.activations)
+        return self.activations.stored(expr)
 
     def partial(self, node, name: str, shift: int) -> sp.Expr:
         """∂(element-wise part of node)/∂name^(t+shift), in stored outputs."""
@@ -230,7 +232,7 @@ class _Deriver:
         for n in cell.inputs:
             raw[n].expanded = deltas[n].expanded
         return Derivation(cell, deltas, raw, self.param_grads(), self.initial(deltas),
-                          dict(self.activations))
+                          self.activations)
 
     def param_grads(self) -> dict[str, ParamGrad]:
         out = {}

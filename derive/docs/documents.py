@@ -6,20 +6,11 @@ import re
 from dataclasses import dataclass, field
 
 from derive.cell.spec import Cell
+from derive.derivation.jacobian import jacobian
+from derive.docs.jacobian import LATEX_CONVENTION, jacobian_equations
 from derive.docs.layout import latex_rows
+from derive.printing import presentation as P
 from derive.printing.latex import latex, latex_delta, latex_time, latex_vector
-from derive.printing.presentation import (
-    delta_latex,
-    expanded_forms,
-    flow_path,
-    flows,
-    forward,
-    initial_latex,
-    initial_state,
-    latex_parameter_sum,
-    param_latex,
-    structured,
-)
 from derive.printing.templates import (
     DOCUMENTS,
     environment,
@@ -28,6 +19,11 @@ from derive.printing.templates import (
 )
 
 # --- documents ---------------------------------------------------------------------
+
+def picture_stem(node: str) -> str:
+    """The file name, without suffix, of the picture of δnode's flows: ``flows_c``."""
+    return f"flows_{node}"
+
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
                   "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
@@ -51,13 +47,14 @@ class Section:
     `blocks` holds the equations as one group of aligned equations (or no group); an
     equation is the body of an ``aligned`` environment (rows ``lhs &= ...``, each but
     the last ending in ``\\\\``). `flows` holds, per delta, the aligned rows
-    ``path &: term`` of its flows.
+    ``path &: term`` of its flows and the stem of its picture (``flows_c``: the
+    documents show ``flows_c.svg`` / ``flows_c.pdf`` beside the rows), or "".
     """
 
     title: str
     intro: str
     blocks: list[list[str]] = field(default_factory=list)
-    flows: list[tuple[str, str]] = field(default_factory=list)
+    flows: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 #: the end of a row of an aligned environment (GitHub needs ``\\\\`` at a line's end)
@@ -69,8 +66,11 @@ def _equations(pairs) -> list[list[str]]:
     return [[_ROW_END.join(latex_rows(*pair)) for pair in pairs]]
 
 
-def sections(d, expanded: bool = True) -> list[Section]:
-    """The sections of a cell's document, every formula in derive's LaTeX notation."""
+def sections(d, expanded: bool = True, pictures: bool = False) -> list[Section]:
+    """The sections of a cell's document, every formula in derive's LaTeX notation.
+
+    With `pictures` each delta's flows are shown beside its picture (`picture_stem`), and
+    the state-to-state Jacobian has a section of its own."""
     cell = d.cell
     vec, t = latex_vector, latex_time
     states = ", ".join(f"${vec(s)}{t(-1, step=0)}$" for s in cell.states)
@@ -79,7 +79,7 @@ def sections(d, expanded: bool = True) -> list[Section]:
         "One step $t$ of the cell, as its spec writes it. Bars mark pre-activations, "
         r"$\sigma$ is the logistic function and $\odot$ the element-wise product; "
         r"$W x$ is a matrix product.",
-        _equations((vec(n) + t(0), forward(cell, n)) for n in cell.nodes))]
+        _equations((vec(n) + t(0), P.forward(cell, n)) for n in cell.nodes))]
     out.append(Section(
         "Backward pass, structured",
         r"Each delta $\delta v^{(t)} = \partial J / \partial v^{(t)}$ as the sum of its "
@@ -88,33 +88,37 @@ def sections(d, expanded: bool = True) -> list[Section]:
         "the terms of step $t+1$ are zero at the last step $T$. Activation derivatives "
         r"are written from the stored outputs: $\sigma'(\bar{v}) = v \odot (1 - v)$ for "
         r"$v = \sigma(\bar{v})$ and $\tanh'(\bar{v}) = 1 - v^{2}$ for $v = \tanh(\bar{v})$.",
-        _equations((delta_latex(n), structured(d, n)) for n in d.deltas)))
+        _equations((P.delta_latex(n), P.structured(d, n)) for n in d.deltas)))
     if expanded:
-        forms = expanded_forms(d)
+        forms = P.expanded_forms(d)
         out.append(Section(
             "Backward pass, expanded",
             "The same deltas with every delta of step $t$ substituted: forward values, "
             r"$\Delta^{(t)}$ and the deltas of step $t+1$ only.",
-            _equations((delta_latex(n), forms[n]) for n in d.deltas)))
+            _equations((P.delta_latex(n), forms[n]) for n in d.deltas)))
         out.append(Section(
             "Flows",
             "Every path from a node to a consumer whose delta is kept, and the term it "
             r"contributes; $J$ is the loss, reached through $\Delta^{(t)}$.",
-            flows=[(delta_latex(n), _ROW_END.join(
-                f"{flow_path(n, f, 'latex')} &: {latex(f.term)}" for f in flows(d, n)))
+            flows=[(P.delta_latex(n), _ROW_END.join(
+                f"{P.flow_path(n, f, 'latex')} &: {latex(f.term)}" for f in P.flows(d, n)),
+                picture_stem(n) if pictures else "")
                    for n in d.deltas]))
     out.append(Section(
         "Parameter gradients",
         "Each gradient is the sum over the steps $t = 0, \\dots, T$ (and over the batch). "
         f"At $t = 0$ the previous state {states} is the initial state: the paper assumes "
         "it zero, which drops the $t = 0$ terms written apart here.",
-        _equations((param_latex(p, per_step=False), latex_parameter_sum(d, p))
+        _equations((P.param_latex(p, per_step=False), P.latex_parameter_sum(d, p))
                    for p in d.params)))
     out.append(Section(
         "Initial-state gradients",
         f"The gradient of the initial state {states}, written at step $t = 0$.",
-        _equations((f"{initial_latex(s)} = {latex_delta(vec(s))}{t(-1, step=0)}",
-                    initial_state(d, s), 0) for s in cell.states)))
+        _equations((f"{P.initial_latex(s)} = {latex_delta(vec(s))}{t(-1, step=0)}",
+                    P.initial_state(d, s), 0) for s in cell.states)))
+    if pictures:
+        out.append(Section("State-to-state Jacobian", LATEX_CONVENTION,
+                           jacobian_equations(jacobian(d), _ROW_END)))
     return out
 
 
@@ -139,8 +143,9 @@ def markdown(d, expanded: bool = True, parts: list[Section] | None = None) -> st
 
 
 def documents(d) -> dict[str, str]:
-    """{file name: text} of one cell's documents (equations.tex, equations.md)."""
-    parts = sections(d)
+    """{file name: text} of one cell's documents (equations.tex, equations.md): each delta's
+    flows beside its picture (`derive.docs.graph.pictures` draws them), and the Jacobian."""
+    parts = sections(d, pictures=True)
     return {"equations.tex": latex_document(d, parts), "equations.md": markdown(d, parts=parts)}
 
 

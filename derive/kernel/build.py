@@ -3,8 +3,8 @@
 Shipped cells are compiled when the package is installed (setup.py builds
 `derive._kernels.<cell>` from the committed generated/<cell>/kernel.pyx). Every module
 carries `BUILD_INFO`, appended to its source at build time: the *fingerprint* of what
-generated it (spec text, derive version, the bytes of the generator modules and the
-kernel template) and the sha256 of the generated source. A shipped module is used only
+generated it (spec text, derive version, the bytes of the generator modules, the
+kernel template and the support files it inlines) and the sha256 of the generated source. A shipped module is used only
 while its fingerprint matches the installed generator (an edited template or
 derivation in an editable checkout makes it stale).
 
@@ -37,19 +37,21 @@ import tempfile
 import time
 import tomllib
 from functools import lru_cache
-from importlib import metadata, resources
+from importlib import metadata
 from pathlib import Path
 
 from derive import __version__
+from derive.cell.catalog import resolve
 from derive.errors import UserError
 from derive.files import template_dir
 from derive.kernel.abi import KERNEL_API
 
-#: the modules and templates whose bytes decide what a kernel's generated source is
 #: what shapes a kernel's source: every module of these packages (found by listing them,
 #: so a new module is covered without being named) and the kernel path's generator
-GENERATOR_PACKAGES = ("cell", "derivation", "printing")
-GENERATOR_MODULES = ("errors.py", "kernel/plan.py", "kernel/emit.py")
+GENERATOR_PACKAGES = ("cell", "derivation", "printing", "kernel")
+GENERATOR_MODULES = ("errors.py", "files.py")
+#: modules of those packages that do not shape a source (they build and run it)
+NOT_GENERATOR = ("kernel/build.py", "kernel/runtime.py")
 TEMPLATES = {"kernel": "kernel.pyx.j2", "reference": "reference.py.j2"}
 
 LOCK_TIMEOUT = 1800  # seconds a process waits for another one's build of the same kernel
@@ -71,34 +73,27 @@ class BuildError(UserError):
 
 # --- what a cell is, without SymPy ----------------------------------------------------------
 
-def shipped_names() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files("derive.cells").iterdir()
-                  if p.name.endswith(".toml"))
-
-
 def spec_source(cell) -> tuple[str, str, bool]:
-    """(name, spec text, shipped) for a shipped name or a spec path, without SymPy.
+    """(name, spec text, shipped) for a shipped name, a spec path or a loaded Cell, without
+    SymPy (the cell layer's catalog finds the file).
 
-    Anything that is not plainly a shipped name or a readable spec file is handed to
-    the full loader, which raises the error naming the file, line and fix.
+    A spec file whose name cannot be read without SymPy is handed to the full loader,
+    which raises the error naming the file, line and fix.
     """
     if hasattr(cell, "source") and hasattr(cell, "shipped"):  # a loaded Cell
         return cell.name, cell.source, bool(cell.shipped)
-    cell = str(cell)
-    if cell in shipped_names():
-        text = resources.files("derive.cells").joinpath(cell + ".toml").read_text("utf-8")
-        return cell, text, True
+    source = resolve(str(cell))
+    if source.shipped:
+        return str(cell), source.text, True
     try:
-        text = Path(cell).read_text("utf-8")
-        name = tomllib.loads(text)["name"]
+        name = tomllib.loads(source.text)["name"]
         if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name):
             raise ValueError(name)
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, KeyError, ValueError,
-            TypeError):
+    except (tomllib.TOMLDecodeError, KeyError, ValueError, TypeError):
         from derive.cell.spec import load_cell
         load_cell(cell)  # raises the precise SpecError
         raise UserError(f"{cell}: not a usable cell spec") from None  # pragma: no cover
-    return name, text, False
+    return name, source.text, False
 
 
 # --- fingerprints and keys ---------------------------------------------------------------------
@@ -111,7 +106,7 @@ def generator_files(package_dir: Path) -> list[str]:
     """The modules that shape a kernel's source, relative to the package folder, sorted."""
     found = {str(p.relative_to(package_dir)) for pkg in GENERATOR_PACKAGES
              for p in (package_dir / pkg).rglob("*.py")}
-    return sorted(found | set(GENERATOR_MODULES))
+    return sorted((found | set(GENERATOR_MODULES)) - set(NOT_GENERATOR))
 
 
 def generator_fingerprint(kind: str = "kernel", package_dir: Path | None = None,
@@ -122,8 +117,17 @@ def generator_fingerprint(kind: str = "kernel", package_dir: Path | None = None,
     h = hashlib.sha256(f"derive {__version__} api {KERNEL_API} {kind}\n".encode())
     for name in generator_files(package_dir):
         h.update(name.encode() + b"\0" + (package_dir / name).read_bytes() + b"\0")
-    h.update((template_dir / TEMPLATES[kind]).read_bytes())
+    for name in template_files(kind, template_dir):
+        h.update(name.encode() + b"\0" + (template_dir / name).read_bytes() + b"\0")
     return h.hexdigest()
+
+
+def template_files(kind: str, template_dir: Path) -> list[str]:
+    """The template of `kind` and every support file the generator inlines (the files
+    under templates/support/, found by listing them), relative to the template folder."""
+    support = sorted(str(p.relative_to(template_dir))
+                     for p in (template_dir / "support").rglob("*") if p.is_file())
+    return [TEMPLATES[kind], *support]
 
 
 def fingerprint(spec_text: str, kind: str = "kernel", **dirs) -> str:

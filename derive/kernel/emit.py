@@ -1,39 +1,56 @@
-"""Kernel sources of a cell (Cython kernel, NumPy reference), rendered from its plan.
+"""Kernel sources of a cell (Cython kernel, NumPy reference): the lowered kernel in syntax.
 
 `sources(d)` maps a file name inside generated/<cell>/ to its text; `derive generate`
 writes whatever it returns beside the documents. The plan (`derive.kernel.plan`) decides
-what is computed, stored and fused; this module only prints it:
+what is computed, stored and fused, the lowering (`derive.kernel.lower`) which function
+gets which array; this module only maps both to syntax, with the printers of
+`derive.printing.code`:
 
-* `CythonPrinter` — SymPy's C99 printer adapted to the Cython loop bodies: symbols are
-  the plan's identifiers, read as `ptr[_j]` through row pointers; numbers are cast to
-  the fused type (`<floating>0.5`, so float32 stays float32 and vectorizes); functions
-  are fused inline helpers (`_tanh` → tanhf/tanh) that gcc vectorizes with libmvec.
-* `NumpyPrinter` — the same expressions over whole (B, N) arrays.
+* Cython: symbols read through row pointers (`c_prev[_j]`), arrays the step writes in
+  place (`_C_c[_o + _j]`); numbers cast to the C type (`<float>0.5`), functions the
+  inline helpers of templates/support/kernel.pyx (`_tanh` → tanhf/tanh).
+* NumPy: the same programs over whole (B, N) arrays.
 
-Both modules carry the plan's layout as a constant (`LAYOUT`), so loading a built
-kernel needs neither SymPy nor the derivation.
+Terms are printed in the order their names take in the equation above them (the spec's
+order for the forward). The static parts of a kernel (element-wise functions, BLAS,
+the register-blocked small product, argument checks) are the checked-in support files
+templates/support/*, inlined into every kernel.
 """
-
 
 from __future__ import annotations
 
 import pprint
+import re
 
 import sympy as sp
 
-from derive.kernel.abi import (
-    KERNEL_API,  # the calling convention between modules and runtime
+from derive.files import template_dir
+from derive.kernel.abi import KERNEL_API
+from derive.kernel.lower import (
+    ENTRY_ARRAYS,
+    TILES,
+    Call,
+    Kernel,
+    Place,
+    Pointer,
+    StepFunction,
+    Task,
+    lower,
 )
-from derive.kernel.plan import Plan, Program
+from derive.kernel.plan import Kind, Plan, Program, Role, Storage
 from derive.kernel.plan import plan as make_plan
-from derive.printing.code import CTYPES, CythonPrinter, NumpyPrinter
+from derive.printing.code import CythonPrinter, NumpyPrinter, ordered
 from derive.printing.templates import environment, header_lines
 
-# --- what the templates receive ----------------------------------------------------------
+#: the support files inlined into every kernel module (templates/support/)
+SUPPORT = ("kernel.pyx", "small_gemm.h")
 
-def _size(plan: Plan, size: str) -> str:
-    return "M" if size == "M" else "N"
 
+def support_text(name: str) -> str:
+    return (template_dir() / "support" / name).read_text("utf-8").rstrip("\n")
+
+
+# --- shared: docstring, layout, term order ----------------------------------------------
 
 def _layout_text(p: Plan) -> str:
     return pprint.pformat(p.layout(), width=92, sort_dicts=False)
@@ -43,240 +60,249 @@ def _docstring(p: Plan) -> list[str]:
     cell = p.cell
     lines = [f"{cell.title} ({cell.name}): forward and backward (BPTT) kernels.", ""]
     lines.append("Forward, one step (the spec):")
-    for n, node in cell.nodes.items():
-        lines.append(f"    {n}[t] = {node.text}")
+    lines += [f"    {n}[t] = {node.text}" for n, node in cell.nodes.items()]
     lines += ["", "Backward, one step (derived; deltas at t+1 arrive through the carries):"]
-    d_lines = [v for k, v in p.equations.items() if k.startswith("d") and k[1:] in cell.nodes]
-    lines += [f"    {v}" for v in d_lines]
+    lines += [f"    {p.equations['d' + n]}" for n in cell.nodes if "d" + n in p.equations]
     return lines
 
 
-def _operand_doc(p: Plan) -> list[dict]:
-    out = []
-    for k, o in enumerate(p.operands):
-        out.append({"index": k, "name": o.name, "kind": o.kind, "size": _size(p, o.size),
-                    "rows": f"{len(o.blocks)} * N", "k": len(o.blocks),
-                    "matrices": " ".join(o.matrices), "group": o.group,
-                    "nodes": " ".join(b.node for b in o.blocks)})
-    return out
+def _notation(p: Plan, sym: sp.Symbol) -> str:
+    """The name a program symbol has in the equations (W_z for W_z @ x, dc for δc)."""
+    ref = p.refs[sym]
+    if ref.kind is Kind.PROJECTION:
+        return p.operand(ref.name).blocks[ref.block].matrix
+    if ref.kind is Kind.DELTA:
+        return "d" + ref.name
+    if ref.kind is Kind.INCOMING:
+        return "Delta"
+    if ref.kind is Kind.AUX:
+        return type(next(s.expr for s in p.stored if s.symbol == sym)).__name__
+    return ref.name
 
 
-def _statement_lines(program: Program, printer, comment_prefix="# ") -> list[dict]:
-    out = []
+def _ranks(p: Plan, program: Program) -> list[dict]:
+    """For each statement, the rank of each symbol: where its name first appears in the
+    right side of the statement's equation (a temporary ranks as its first symbol)."""
+    out, temps = [], {}
     for st in program.statements:
-        out.append({"target": printer.plan.access[st.target].ident,
-                    "code": printer.doprint(st.expr),
-                    "comment": st.comment})
+        words = re.findall(r"[A-Za-z_][A-Za-z0-9_]*", st.comment.split("=", 1)[-1])
+        rank = {}
+        for sym in st.expr.free_symbols:
+            if sym in temps:
+                rank[sym] = temps[sym]
+            elif p.refs[sym].kind is not Kind.TEMP and _notation(p, sym) in words:
+                rank[sym] = words.index(_notation(p, sym))
+        out.append(rank)
+        if not st.comment:      # a CSE temporary: ranked by its own first symbol
+            temps[st.target] = min(rank.values(), default=len(words) + 1000)
     return out
+
+
+def _statements(p: Plan, program: Program, printer) -> list[dict]:
+    return [{"target": st.target.name, "code": printer.doprint(ordered(st.expr, rank)),
+             "comment": st.comment}
+            for st, rank in zip(program.statements, _ranks(p, program))]
+
+
+# --- Cython -----------------------------------------------------------------------------
+
+def _pointer(ptr: Pointer, ctype: str) -> str:
+    base = "part" if ptr.partial else f"<{ctype}*>p.{ptr.field}"
+    return f"{base} + {ptr.offset}" if ptr.offset else base
+
+
+def _call(call: Call, ctype: str, suffix: str) -> str:
+    name = f"{call.function}_{suffix}" if call.typed else call.function
+    args = [_pointer(a, ctype) if isinstance(a, Pointer) else a for a in call.args]
+    return f"{name}({', '.join(args)})"
+
+
+def _task(task: Task, ctype: str, suffix: str) -> dict:
+    return {"rows": task.rows, "call": _call(task.call, ctype, suffix),
+            "comment": task.comment}
+
+
+def _element(place: Place) -> str:
+    """Element _j of a place's row, through the step function's parameter."""
+    b = place.param.buffer
+    if not b.rows:
+        return f"_{place.param.name}[_j]"
+    row = "_o" if b.blocks == 1 else f"_b * {b.blocks} * N"
+    block = f" + {place.block} * N" if place.block > 1 else " + N" if place.block else ""
+    return f"_{place.param.name}[{row}{block} + _j]"
+
+
+def _row_pointer(place: Place) -> str:
+    b = place.param.buffer
+    row = "_b * N" if b.blocks == 1 else f"_b * {b.blocks} * N"
+    block = f" + {place.block} * N" if place.block > 1 else " + N" if place.block else ""
+    return f"_{place.param.name} + {row}{block}"
+
+
+def _step(p: Plan, f: StepFunction, ctype: str, suffix: str) -> dict:
+    """One step function for one C type: signature, call, row pointers, body."""
+    rows = f.rows
+    reads = {s: f"{s.name}[_j]" for s, _ in rows}
+    reads.update({s: _element(pl) for s, pl in f.reads.items() if s not in reads})
+    printer = CythonPrinter(reads, ctype)
+    writes = []
+    for w, place in zip(f.program.writes, f.writes):
+        op = "+=" if w.accumulates else "="
+        writes.append(f"{_element(place)} {op} {printer.doprint(w.value)}")
+    return {
+        "name": f"_{f.name}_step_{suffix}",
+        "params": [f"{ctype}_rp _{q.name}" for q in f.params],
+        "arguments": [f"_{q.name}={_pointer(q.argument, ctype)}" for q in f.params],
+        "rows": [(s.name, _row_pointer(pl)) for s, pl in rows],
+        "locals": [s.name for s in f.locals],
+        "statements": _statements(p, f.program, printer),
+        "writes": writes,
+    }
+
+
+def _dims(n: int) -> str:
+    return ", ".join([":"] * (n - 1) + ["::1"])
+
+
+def _entry(p: Plan, entry: str) -> dict:
+    """The arrays of forward() or backward(): checks, typed views, struct fields."""
+    arguments, written = ENTRY_ARRAYS[entry]
+    checks, views = [], []
+    for storage in arguments:
+        arrays = p.arrays(storage)
+        shapes = ", ".join(f"({', '.join(b.shape)}{',' if len(b.shape) == 1 else ''})"
+                           for b in arrays)
+        checks.append(f'_check("{storage.argument}", {storage.argument}, [{shapes}])')
+        const = "" if storage in written else "const "
+        for b in arrays:
+            views.append({"field": b.field, "comment": b.name,
+                          "view": f"{const}floating[{_dims(len(b.shape))}]",
+                          "source": f"{storage.argument}[{b.index}]",
+                          "first": ", ".join(["0"] * len(b.shape))})
+    return {"checks": checks, "views": views}
 
 
 def kernel_context(p: Plan) -> dict:
     """Everything templates/kernel.pyx.j2 lays out, as plain strings and lists."""
-    acc = p.access
-    ops = _operand_doc(p)
-    op_index = {o.name: k for k, o in enumerate(p.operands)}
-    st_index = {s: k for k, s in enumerate(p.states)}
-    stored_index = {s.name: k for k, s in enumerate(p.stored)}
-    vec_index = {v: k for k, v in enumerate(p.vectors)}
-    out_index = {o: k for k, o in enumerate(p.outputs)}
-
-    # --- forward step: pointer parameters, row pointers, reads
-    f_reads: dict[sp.Symbol, str] = {}
-    f_rows: list[tuple[str, str]] = []
-    for sym in sorted(p.forward.reads, key=lambda s: acc[s].ident):
-        a = acc[sym]
-        if a.kind == "proj":
-            o = p.operand(a.array)
-            f_rows.append((a.ident, f"_G_{a.array} + _b * {len(o.blocks)} * N + {a.index} * N"))
-            f_reads[sym] = f"{a.ident}[_j]"
-        elif a.kind == "prev":
-            f_rows.append((a.ident, f"_P_{a.array} + _b * N"))
-            f_reads[sym] = f"{a.ident}[_j]"
-        elif a.kind == "vector":
-            f_reads[sym] = f"_V_{a.array}[_j]"
-        else:  # pragma: no cover
-            raise AssertionError(f"forward reads {a}")
-    f_writes, f_statements = {}, {}
-    for ctype in CTYPES:
-        fprint = CythonPrinter(p, f_reads, ctype)
-        f_statements[ctype] = _statement_lines(p.forward, fprint)
-        f_writes[ctype] = []
-        for w in p.forward.writes:
-            target = "_S_" if w.kind == "state" else "_A_"
-            f_writes[ctype].append({"code": f"{target}{w.array}[_o + _j] = "
-                                            f"{fprint.doprint(w.symbol)}",
-                                    "comment": w.comment})
-    f_locals = sorted({acc[st.target].ident for st in p.forward.statements})
-    forward_step = {
-        "proj": [{"name": o.name, "k": len(o.blocks)} for o in p.operands],
-        "prev": [s for s in p.states if any(acc[r].kind == "prev" and acc[r].array == s
-                                            for r in p.forward.reads)],
-        "rows": f_rows, "locals": f_locals,
-        "statements": f_statements,
-        "writes": f_writes,
-    }
-
-    # --- backward step
-    b_reads: dict[sp.Symbol, str] = {}
-    b_rows: list[tuple[str, str]] = []
-    {s: next((sym for sym, a in acc.items() if a.kind == "value" and
-                           a.array == s), None) for s in p.states}
-    stored_syms = {st.symbol: st for st in p.stored}
-    b_params = {"value": [], "prev": [], "stored": [], "incoming": [], "carry": []}
-    for sym in sorted(p.backward.reads, key=lambda s: acc[s].ident):
-        a = acc[sym]
-        if a.kind == "value" and a.array in p.states:
-            b_rows.append((a.ident, f"_S_{a.array} + _b * N"))
-            b_params["value"].append(a.array)
-        elif sym in stored_syms:
-            b_rows.append((a.ident, f"_A_{stored_syms[sym].name} + _b * N"))
-            b_params["stored"].append(stored_syms[sym].name)
-        elif a.kind == "prev":
-            b_rows.append((a.ident, f"_P_{a.array} + _b * N"))
-            b_params["prev"].append(a.array)
-        elif a.kind == "vector":
-            b_reads[sym] = f"_V_{a.array}[_j]"
-            continue
-        elif a.kind == "incoming":
-            b_rows.append((a.ident, f"_D_{a.array} + _b * N"))
-            b_params["incoming"].append(a.array)
-        elif a.kind == "carry":
-            b_params["carry"].append(a.array)
-            b_reads[sym] = f"_C_{a.array}[_o + _j]"
-            continue
-        else:  # pragma: no cover
-            raise AssertionError(f"backward reads {a}")
-        b_reads.setdefault(sym, f"{a.ident}[_j]")
-    b_writes, b_statements = {}, {}
-    for ctype in CTYPES:
-        bprint = CythonPrinter(p, b_reads, ctype)
-        b_statements[ctype] = _statement_lines(p.backward, bprint)
-        b_writes[ctype] = []
-        for w in p.backward.writes:
-            val = bprint.doprint(w.symbol)
-            if w.kind == "dG":
-                g = p.groups[int(w.array)]
-                code = f"_dG{w.array}[_b * {len(g.nodes)} * N + {w.index} * N + _j] = {val}"
-            elif w.kind == "carry":
-                code = f"_C_{w.array}[_o + _j] = {val}"
-            elif w.kind == "acc":
-                code = f"_acc_{w.array}[_j] += {val}"
-            else:  # pragma: no cover
-                raise AssertionError(w)
-            b_writes[ctype].append({"code": code, "comment": w.comment})
-    carry_written = [w.array for w in p.backward.writes if w.kind == "carry"]
-    b_locals = sorted({acc[st.target].ident for st in p.backward.statements})
-    backward_step = {
-        "rows": b_rows, "locals": b_locals,
-        "values": sorted(set(b_params["value"]), key=st_index.get),
-        "prev": sorted(set(b_params["prev"]), key=st_index.get),
-        "stored": sorted(set(b_params["stored"]), key=stored_index.get),
-        "incoming": sorted(set(b_params["incoming"]), key=out_index.get),
-        "carry": sorted(set(b_params["carry"]) | set(carry_written), key=st_index.get),
-        "statements": b_statements,
-        "writes": b_writes,
-    }
-    vec_reads = sorted({acc[s].array for s in p.forward.reads | p.backward.reads
-                        if acc[s].kind == "vector"}, key=vec_index.get)
+    k: Kernel = lower(p)
+    per_type = []
+    for tile in TILES:
+        ct, sx = tile.ctype, tile.suffix
+        per_type.append({
+            "ctype": ct, "suffix": sx,
+            "forward_step": _step(p, k.forward_step, ct, sx),
+            "backward_step": _step(p, k.backward_step, ct, sx),
+            "prepare": [_task(t, ct, sx) for t in k.prepare],
+            "pack_forward": [_call(c, ct, sx) for c in k.pack_forward],
+            "per_step_forward": [(_call(c, ct, sx), c.comment) for c in k.per_step_forward],
+            "pack_backward": [_call(c, ct, sx) for c in k.pack_backward],
+            "per_step_backward": [(_call(c, ct, sx), c.comment) for c in k.per_step_backward],
+            "finish": [_task(t, ct, sx) for t in k.finish],
+        })
+    fields = [(b.field, b.storage.name.lower().replace("_", " ") + f" {b.name}")
+              for b in p.buffers] + [(f, "packed panels (per-step products)")
+                                     for f, _, _ in k.panels_forward]
     return {
-        "plan": p, "cell": p.cell, "operands": ops, "states": list(p.states),
-        "outputs": list(p.outputs), "stored": [s.name for s in p.stored],
-        "vectors": list(p.vectors), "vector_reads": vec_reads,
-        "groups": [{"index": g.index, "k": len(g.nodes), "nodes": " ".join(g.nodes),
-                    "operands": " ".join(g.operands)} for g in p.groups],
-        "state_operands": [o for o in ops if o["kind"] == "state"],
-        "input_operand": ops[0],
-        "carry_beta": {s: (1 if p.carry_set[s] else 0) for s in p.states},
-        "op_index": op_index, "state_index": st_index, "stored_index": stored_index,
-        "vec_index": vec_index, "out_index": out_index,
-        "forward_step": forward_step, "backward_step": backward_step,
-        "layout": _layout_text(p), "doc": _docstring(p), "kernel_api": KERNEL_API,
-        "max_k": max(len(o.blocks) for o in p.operands),
-        "dtypes": [("float", "f32"), ("double", "f64")],
+        "header_doc": _docstring(p), "kernel_api": KERNEL_API, "layout": _layout_text(p),
+        "support": support_text("kernel.pyx"), "small_gemm": support_text("small_gemm.h"),
+        "tiles": TILES, "types": per_type, "fields": fields,
+        "forward": _entry(p, "forward"), "backward": _entry(p, "backward"),
+        "panels_forward": k.panels_forward, "panels_backward": k.panels_backward,
+        "accumulators": [(b.field, "parts" + {0: "", 1: " + N"}.get(b.index, f" + {b.index} * N"))
+                         for b in p.arrays(Storage.ACCUMULATOR)],
+        "carries": [b.field for b in p.arrays(Storage.CARRY)],
+        "vectors": len(p.vectors), "finish_tasks": len(k.finish),
+        "max_k": max(o.k for o in p.operands),
     }
+
+
+# --- NumPy ------------------------------------------------------------------------------
+
+def _numpy_place(place: Place) -> str:
+    """A place as a whole-batch NumPy array expression."""
+    b, step = place.param.buffer, place.param.step
+    name = f"_{b.field}"
+    if b.storage is Storage.STATE:
+        name += "[t]" if step.value == "t-1" else "[t + 1]"
+    elif b.per_step:
+        name += "[t]"
+    if b.storage is Storage.DELTAS or (b.storage is Storage.PROJECTION):
+        k = place.block
+        start = {0: "", 1: "N"}.get(k, f"{k} * N")
+        name += f"[:, {start}:{'N' if k == 0 else f'{k + 1} * N'}]"
+    return name
+
+
+def _numpy_program(p: Plan, f: StepFunction) -> dict:
+    printer = NumpyPrinter()
+    setup = [(s.name, _numpy_place(pl)) for s, pl in sorted(f.reads.items(),
+                                                              key=lambda kv: kv[0].name)]
+    writes = []
+    for w, place in zip(f.program.writes, f.writes):
+        value = printer.doprint(w.value)
+        if w.accumulates:
+            writes.append(f"_{w.buffer.field} += _batch_sum({value}, B)")
+        elif w.buffer.storage is Storage.CARRY:
+            writes.append(f"_{w.buffer.field}[...] = {value}")
+        else:
+            writes.append(f"{_numpy_place(place)} = {value}")
+    return {"setup": setup, "statements": _statements(p, f.program, printer),
+            "writes": writes}
+
+
+def _entry_arrays(p: Plan, entry: str) -> list[tuple]:
+    return [(b.field, b.storage.argument, b.index, b.name) for storage in ENTRY_ARRAYS[entry][0]
+            for b in p.arrays(storage)]
 
 
 def reference_context(p: Plan) -> dict:
     """Everything templates/reference.py.j2 lays out."""
-    acc = p.access
-    printer = NumpyPrinter(p)
-    stored_syms = {st.symbol: st for st in p.stored}
-    f_setup = []
-    for sym in sorted(p.forward.reads, key=lambda s: acc[s].ident):
-        a = acc[sym]
-        if a.kind == "proj":
-            o = p.operand(a.array)
-            at = "[t]" if o.kind == "input" else ""
-            f_setup.append((a.ident, f"_G_{a.array}{at}[:, {a.index} * N:{a.index + 1} * N]"))
-        elif a.kind == "prev":
-            f_setup.append((a.ident, f"_S_{a.array}[t]"))
-        elif a.kind == "vector":
-            f_setup.append((a.ident, f"_V_{a.array}"))
-    f_writes = []
-    for w in p.forward.writes:
-        arr = f"_S_{w.array}[t + 1]" if w.kind == "state" else f"_A_{w.array}[t]"
-        f_writes.append({"code": f"{arr} = {printer.doprint(w.symbol)}", "comment": w.comment})
-    b_setup = []
-    for sym in sorted(p.backward.reads, key=lambda s: acc[s].ident):
-        a = acc[sym]
-        if a.kind == "value" and a.array in p.states:
-            b_setup.append((a.ident, f"_S_{a.array}[t + 1]"))
-        elif sym in stored_syms:
-            b_setup.append((a.ident, f"_A_{stored_syms[sym].name}[t]"))
-        elif a.kind == "prev":
-            b_setup.append((a.ident, f"_S_{a.array}[t]"))
-        elif a.kind == "vector":
-            b_setup.append((a.ident, f"_V_{a.array}"))
-        elif a.kind == "incoming":
-            b_setup.append((a.ident, f"_dY_{a.array}[t]"))
-        elif a.kind == "carry":
-            b_setup.append((a.ident, f"_C_{a.array}"))
-    b_writes = []
-    for w in p.backward.writes:
-        val = printer.doprint(w.symbol)
-        if w.kind == "dG":
-            code = f"_dG{w.array}[t, :, {w.index} * N:{w.index + 1} * N] = {val}"
-        elif w.kind == "carry":
-            code = f"_C_{w.array}[...] = {val}"
-        else:
-            code = f"_acc_{w.array} += _batch_sum({val}, B)"
-        b_writes.append({"code": code, "comment": w.comment})
+    k = lower(p)
+    x = next(o for o in p.operands if o.role is Role.INPUT)
+    dG = {g.index: p.buffer(Storage.DELTAS, " ".join(g.nodes)).field for g in p.groups}
+    recurrent = []
+    for o, call in zip(k.state_operands, k.per_step_backward):
+        product = f"_{dG[o.group]}[t] @ _W_{o.name}"
+        recurrent.append({
+            "name": o.name, "nodes": " ".join(o.nodes), "matrices": " ".join(o.matrices),
+            "comment": call.comment,
+            "carry": (f"_C_{o.name} += {product}" if o.name in p.carried else
+                      f"np.matmul(_{dG[o.group]}[t], _W_{o.name}, out=_C_{o.name})")})
+    weights = [{"name": o.name, "k": o.k, "dG": dG[o.group],
+                "operand_values": "X.reshape(T * B, M)" if o.role is Role.INPUT else
+                f"_S_{o.name}[:T].reshape(T * B, N)"} for o in p.operands]
     return {
-        "plan": p, "cell": p.cell, "operands": _operand_doc(p), "states": list(p.states),
-        "outputs": list(p.outputs), "stored": [s.name for s in p.stored],
-        "vectors": list(p.vectors),
-        "groups": [{"index": g.index, "k": len(g.nodes), "nodes": " ".join(g.nodes),
-                    "operands": " ".join(g.operands)} for g in p.groups],
-        "carry_beta": {s: (1 if p.carry_set[s] else 0) for s in p.states},
-        "forward": {"setup": f_setup, "statements": _statement_lines(p.forward, printer),
-                    "writes": f_writes},
-        "backward": {"setup": b_setup, "statements": _statement_lines(p.backward, printer),
-                     "writes": b_writes},
-        "layout": _layout_text(p), "doc": _docstring(p), "kernel_api": KERNEL_API,
+        "doc": _docstring(p), "kernel_api": KERNEL_API, "layout": _layout_text(p),
+        "forward_arrays": _entry_arrays(p, "forward"),
+        "backward_arrays": _entry_arrays(p, "backward"),
+        "zeroed": [b.field for s in (Storage.ACCUMULATOR, Storage.CARRY) for b in p.arrays(s)],
+        "input": x, "input_dG": dG[x.group], "recurrent": recurrent, "weights": weights,
+        "forward": _numpy_program(p, k.forward_step),
+        "backward": _numpy_program(p, k.backward_step),
     }
+
+
+# --- the sources ------------------------------------------------------------------------
+
+def _render(p: Plan, template: str, context: dict) -> str:
+    context = dict(context, header=header_lines(p.cell, template))
+    return environment().get_template(template).render(**context)
 
 
 def sources(d) -> dict[str, str]:
     """{"kernel.pyx": ..., "reference.py": ...} for the derivation `d`."""
     p = make_plan(d)
-    env = environment()
-    out = {}
-    for name, template, context in (("kernel.pyx", "kernel.pyx.j2", kernel_context(p)),
-                                    ("reference.py", "reference.py.j2", reference_context(p))):
-        context = dict(context, header=header_lines(p.cell, template))
-        out[name] = env.get_template(template).render(**context)
-    return out
+    return {"kernel.pyx": _render(p, "kernel.pyx.j2", kernel_context(p)),
+            "reference.py": _render(p, "reference.py.j2", reference_context(p))}
 
 
 def kernel_source(d) -> str:
     """The Cython source of a cell's kernel (a derivation, cell name or spec path)."""
     p = make_plan(d)
-    context = dict(kernel_context(p), header=header_lines(p.cell, "kernel.pyx.j2"))
-    return environment().get_template("kernel.pyx.j2").render(**context)
+    return _render(p, "kernel.pyx.j2", kernel_context(p))
 
 
 def reference_source(d) -> str:
     """The NumPy reference module of a cell."""
     p = make_plan(d)
-    context = dict(reference_context(p), header=header_lines(p.cell, "reference.py.j2"))
-    return environment().get_template("reference.py.j2").render(**context)
+    return _render(p, "reference.py.j2", reference_context(p))

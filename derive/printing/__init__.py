@@ -20,7 +20,7 @@ and last the activation derivative written from the stored output (oᵗ⊙(1 −
 A per-step parameter term is printed as ∂uᵗ/∂P ⊙ δuᵗ (cᵗ⁻¹ ⊙ δīᵗ). The forward pass
 keeps the order of the terms and factors of the spec. Inner sums print their positive
 terms first (1 − oᵗ); the setting ``sum_key`` of `TextPrinter` orders plain sums
-otherwise (`derive.verify.notation.format_expression`: Δ first, then by the delta carried).
+otherwise (`derive.verification.notation.format_expression`: Δ first, then by the delta carried).
 
 Expanded forms are printed as the structured form with every delta of step t replaced,
 in place and in parentheses, by its own expanded form: forward values, Δ and the
@@ -38,7 +38,7 @@ A matrix product that is a factor of a product, or is negated alone, is parenthe
 (``-(R_z.T @ v)``, ``a*(W @ v)``); its argument is parenthesized unless it is a
 single name or a call.
 
-LaTeX notation (exactly these forms are printed; `derive.verify.latex` parses them):
+LaTeX notation (exactly these forms are printed; `derive.verification.latex` parses them):
 
 ==========================  ================================================
 forward value               ``x^{(t)}``, ``c^{(t-1)}``, ``f^{(t+1)}``

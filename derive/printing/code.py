@@ -1,35 +1,44 @@
-"""SymPy printers of the kernel sources: `CythonPrinter` (loop bodies) and `NumpyPrinter` (whole arrays)."""
+"""SymPy printers of the kernel sources: `CythonPrinter` (loop bodies) and `NumpyPrinter`
+(whole arrays), and `ordered` (the order the terms are printed in)."""
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 import sympy as sp
 from sympy.printing.c import C99CodePrinter
 from sympy.printing.numpy import NumPyPrinter
 
-if TYPE_CHECKING:   # the printers read a plan's identifiers; the plan is built above them
-    from derive.kernel.plan import Plan
-
-#: the C types of the two kernels in one module (float32, float64)
-CTYPES = ("float", "double")
-
 _FUNCS = {"sigmoid": "_sigmoid", "tanh": "_tanh", "exp": "_exp", "log": "_log"}
+
+
+def ordered(expr: sp.Expr, rank: dict[sp.Symbol, int]) -> sp.Expr:
+    """`expr` rebuilt without evaluation, the terms of every sum and the factors of every
+    product ordered by `rank` of their first-ranked symbol (numbers first, unranked
+    symbols last, ties in SymPy's order); printed with order "none"."""
+    if expr.is_Atom:
+        return expr
+    args = [ordered(a, rank) for a in expr.args]
+    if isinstance(expr, (sp.Add, sp.Mul)):
+        def key(a):
+            if a.is_Number:
+                return (-1, sp.default_sort_key(a))
+            return (min((rank.get(s, 10 ** 6) for s in a.free_symbols), default=10 ** 6),
+                    sp.default_sort_key(a))
+        return expr.func(*sorted(args, key=key), evaluate=False)
+    if isinstance(expr, sp.Pow):
+        return sp.Pow(*args, evaluate=False)
+    return expr.func(*args)
 
 
 class CythonPrinter(C99CodePrinter):
     """Expressions of a plan program as Cython (C syntax, fused `floating` type)."""
 
-    def __init__(self, plan: "Plan", reads: dict[sp.Symbol, str], ctype: str = "floating"):
-        super().__init__({"strict": False})
-        self.plan = plan
+    def __init__(self, reads: dict[sp.Symbol, str], ctype: str = "floating"):
+        super().__init__({"strict": False, "order": "none"})
         self.reads = reads          # symbol -> code (pointer reads like `c_prev[_j]`)
         self.ctype = ctype          # "float" or "double": the type numbers are cast to
 
     def _print_Symbol(self, expr):
-        if expr in self.reads:
-            return self.reads[expr]
-        return self.plan.access[expr].ident
+        return self.reads.get(expr, expr.name)
 
     def _print_Integer(self, expr):
         return str(int(expr))
@@ -66,12 +75,11 @@ class CythonPrinter(C99CodePrinter):
 class NumpyPrinter(NumPyPrinter):
     """Expressions of a plan program over whole (B, N) NumPy arrays."""
 
-    def __init__(self, plan: "Plan"):
-        super().__init__({"strict": False})
-        self.plan = plan
+    def __init__(self):
+        super().__init__({"strict": False, "order": "none"})
 
     def _print_Symbol(self, expr):
-        return self.plan.access[expr].ident
+        return expr.name
 
     def _print_Pow(self, expr, rational=False):
         base, e = expr.args

@@ -6,8 +6,8 @@ import sympy as sp
 from sympy.printing.str import StrPrinter
 
 from derive.cell import symbols as S
+from derive.cell.canonical import Activations
 from derive.cell.spec import Cell
-from derive.cell.symbols import MAX_SHIFT
 
 _TOP = r"^{\top}"
 
@@ -42,7 +42,7 @@ def ordered(terms) -> sp.Expr:
     return flat[0] if len(flat) == 1 else Ordered(*flat)
 
 
-#: activation derivatives folded from their expansion (`derive.verify.notation.fold_derivatives`):
+#: activation derivatives folded from their expansion (`derive.verification.notation.fold_derivatives`):
 #: dsigmoid(f_bar[t]) for f[t]*(1 - f[t]), dtanh(c[t]) for 1 - tanh(c[t])**2 (display only)
 DSIGMOID = sp.Function("dsigmoid")
 DTANH = sp.Function("dtanh")
@@ -203,7 +203,7 @@ def _call_or_name(e: sp.Expr) -> bool:
 
 
 class TextPrinter(_Arithmetic, StrPrinter):
-    """Prints the text notation of hand derivations (what `derive.verify.notation` parses).
+    """Prints the text notation of hand derivations (what `derive.verification.notation` parses).
 
     Setting ``sum_key``: a sort key for the terms of plain SymPy sums (default: SymPy's
     order, positive terms first); `Ordered` sums keep their order.
@@ -283,15 +283,12 @@ def _term_key(term: sp.Expr, order: dict[str, int]):
 def fold_derivatives(expr: sp.Expr, cell: Cell | None = None) -> sp.Expr:
     """For display: v*(1 − v) → dsigmoid(v̄) and 1 − v² → dtanh(v̄) when v = σ(v̄) / tanh(v̄)
     is a node of `cell`, and 1 − tanh(a)² → dtanh(a)."""
-    acts: dict[sp.Symbol, tuple[str, sp.Expr]] = {}
-    if cell is not None:
-        for node in cell.nodes.values():
-            e = node.elementwise
-            if node.projections or not isinstance(e, (S.sigmoid, sp.tanh)):
-                continue
-            for k in range(-MAX_SHIFT - 2, MAX_SHIFT + 3):
-                kind = "s" if isinstance(e, S.sigmoid) else "t"
-                acts[S.value(node.name, k)] = (kind, S.shift_time(e.args[0], k))
+    activations = Activations(cell) if cell is not None else None
+
+    def activation(v: sp.Expr, kind: type) -> sp.Expr | None:
+        """v̄ when v is the stored output kind(v̄) of an activation node (else None)."""
+        app = activations.of(v) if activations is not None else None
+        return app.args[0] if isinstance(app, kind) else None
 
     def fold_mul(m: sp.Expr) -> sp.Expr:
         factors = list(sp.Mul.make_args(m))
@@ -299,10 +296,11 @@ def fold_derivatives(expr: sp.Expr, cell: Cell | None = None) -> sp.Expr:
         while changed:
             changed = False
             for i, f in enumerate(factors):
-                if f in acts and acts[f][0] == "s":
+                pre = activation(f, S.sigmoid)
+                if pre is not None:
                     for j, g in enumerate(factors):
                         if j != i and sp.expand(g - (1 - f)) == 0:
-                            new = DSIGMOID(acts[f][1])
+                            new = DSIGMOID(pre)
                             factors = [h for k, h in enumerate(factors) if k not in (i, j)]
                             factors.append(new)
                             changed = True
@@ -320,8 +318,9 @@ def fold_derivatives(expr: sp.Expr, cell: Cell | None = None) -> sp.Expr:
                         if isinstance(b, sp.tanh):
                             out.append(DTANH(b.args[0]))
                             continue
-                        if b in acts and acts[b][0] == "t":
-                            out.append(DTANH(acts[b][1]))
+                        pre = activation(b, sp.tanh)
+                        if pre is not None:
+                            out.append(DTANH(pre))
                             continue
             out.append(f)
         return sp.Mul(*out)

@@ -5,20 +5,20 @@
 
 Forward, one step (the spec):
     r_bar[t] = W_r @ x + R_r @ y[t-1] + b_r
-    u_bar[t] = W_u @ x + R_u @ y[t-1] + b_u
-    q[t] = R_h @ y[t-1] + b_hr
     r[t] = sigmoid(r_bar)
+    u_bar[t] = W_u @ x + R_u @ y[t-1] + b_u
     u[t] = sigmoid(u_bar)
+    q[t] = R_h @ y[t-1] + b_hr
     h_bar[t] = W_h @ x + r * q + b_h
     h[t] = tanh(h_bar)
     y[t] = (1 - u) * h + u * y[t-1]
 
 Backward, one step (derived; deltas at t+1 arrive through the carries):
-    dy[t] = Delta[t] + R_r.T @ dr_bar[t+1] + R_u.T @ du_bar[t+1] + R_h.T @ dq[t+1] + dy[t+1]*u[t+1]
-    dh_bar[t] = dy[t]*(1 - u[t])*(1 - h[t]**2)
-    dq[t] = dh_bar[t]*r[t]
-    du_bar[t] = dy[t]*(y[t-1] - h[t])*u[t]*(1 - u[t])
     dr_bar[t] = dh_bar[t]*q[t]*r[t]*(1 - r[t])
+    du_bar[t] = dy[t]*(y[t-1] - h[t])*u[t]*(1 - u[t])
+    dq[t] = dh_bar[t]*r[t]
+    dh_bar[t] = dy[t]*(1 - u[t])*(1 - h[t]**2)
+    dy[t] = Delta[t] + R_r.T @ dr_bar[t+1] + R_u.T @ du_bar[t+1] + R_h.T @ dq[t+1] + dy[t+1]*u[t+1]
 
 The same plan as the compiled kernel (kernel.pyx beside this file), whole-batch NumPy
 operations per step and the same fused GEMMs, with the same calling convention:
@@ -64,9 +64,9 @@ LAYOUT = {'cell': 'gru',
                         'group': 1}],
           'groups': [{'nodes': ['r_bar', 'u_bar', 'h_bar'], 'operands': ['x']},
                      {'nodes': ['r_bar', 'u_bar', 'q'], 'operands': ['y']}],
-          'stored': [{'name': 'q', 'kind': 'node'},
-                     {'name': 'r', 'kind': 'node'},
+          'stored': [{'name': 'r', 'kind': 'node'},
                      {'name': 'u', 'kind': 'node'},
+                     {'name': 'q', 'kind': 'node'},
                      {'name': 'h', 'kind': 'node'}],
           'carry_set': [True]}
 
@@ -87,19 +87,19 @@ def forward(X, W, V, S, A, G, threads=1):
     """Forward pass over the whole sequence and batch; fills S, A and G."""
     T, B, M = X.shape
     N = S[0].shape[2]
-    _W_x = W[0]    # (3N, M): W_r W_u W_h
-    _W_y = W[1]    # (3N, N): R_r R_u R_h
-    _V_b_r = V[0]
-    _V_b_u = V[1]
-    _V_b_h = V[2]
-    _V_b_hr = V[3]
-    _S_y = S[0]    # (T+1, B, N), _S_y[0] the initial state
-    _A_q = A[0]
-    _A_r = A[1]
-    _A_u = A[2]
-    _A_h = A[3]
-    _G_x = G[0]
-    _G_y = G[1]
+    _W_x = W[0]    # x
+    _W_y = W[1]    # y
+    _V_b_r = V[0]    # b_r
+    _V_b_u = V[1]    # b_u
+    _V_b_h = V[2]    # b_h
+    _V_b_hr = V[3]    # b_hr
+    _S_y = S[0]    # y
+    _A_r = A[0]    # r
+    _A_u = A[1]    # u
+    _A_q = A[2]    # q
+    _A_h = A[3]    # h
+    _G_x = G[0]    # x
+    _G_y = G[1]    # y
     with np.errstate(all="ignore"):
         # the input projections of all steps, one GEMM
         np.matmul(X.reshape(T * B, M), _W_x.T, out=_G_x.reshape(T * B, 3 * N))
@@ -107,11 +107,11 @@ def forward(X, W, V, S, A, G, threads=1):
             # r_bar u_bar q += R_r R_u R_h @ y[t-1]
             np.matmul(_S_y[t], _W_y.T, out=_G_y)
             R_h_y = _G_y[:, 2 * N:3 * N]
-            R_r_y = _G_y[:, 0 * N:1 * N]
-            R_u_y = _G_y[:, 1 * N:2 * N]
+            R_r_y = _G_y[:, :N]
+            R_u_y = _G_y[:, N:2 * N]
             W_h_x = _G_x[t][:, 2 * N:3 * N]
-            W_r_x = _G_x[t][:, 0 * N:1 * N]
-            W_u_x = _G_x[t][:, 1 * N:2 * N]
+            W_r_x = _G_x[t][:, :N]
+            W_u_x = _G_x[t][:, N:2 * N]
             b_h = _V_b_h
             b_hr = _V_b_hr
             b_r = _V_b_r
@@ -119,24 +119,24 @@ def forward(X, W, V, S, A, G, threads=1):
             y_prev = _S_y[t]
             # r_bar[t] = W_r @ x + R_r @ y[t-1] + b_r
             r_bar = W_r_x + R_r_y + b_r
-            # u_bar[t] = W_u @ x + R_u @ y[t-1] + b_u
-            u_bar = W_u_x + R_u_y + b_u
-            # q[t] = R_h @ y[t-1] + b_hr
-            q = R_h_y + b_hr
             # r[t] = sigmoid(r_bar)
             r = _sigmoid(r_bar)
+            # u_bar[t] = W_u @ x + R_u @ y[t-1] + b_u
+            u_bar = W_u_x + R_u_y + b_u
             # u[t] = sigmoid(u_bar)
             u = _sigmoid(u_bar)
+            # q[t] = R_h @ y[t-1] + b_hr
+            q = R_h_y + b_hr
             # h_bar[t] = W_h @ x + r * q + b_h
-            h_bar = W_h_x + q*r + b_h
+            h_bar = W_h_x + r*q + b_h
             # h[t] = tanh(h_bar)
             h = np.tanh(h_bar)
             # y[t] = (1 - u) * h + u * y[t-1]
-            y = y_prev*u + h*(1 - u)
+            y = (1 - u)*h + u*y_prev
             _S_y[t + 1] = y
-            _A_q[t] = q
             _A_r[t] = r
             _A_u[t] = u
+            _A_q[t] = q
             _A_h[t] = h
 
 
@@ -144,30 +144,32 @@ def backward(X, W, V, S, A, dY, dG, C, acc, dW, dX, threads=1):
     """Backward pass (BPTT) over the whole sequence; fills dG, C, acc, dW and dX."""
     T, B, M = X.shape
     N = S[0].shape[2]
-    _W_x = W[0]
-    _W_y = W[1]
-    _V_b_r = V[0]
-    _acc_b_r = acc[0]
+    _W_x = W[0]    # x
+    _W_y = W[1]    # y
+    _V_b_r = V[0]    # b_r
+    _V_b_u = V[1]    # b_u
+    _V_b_h = V[2]    # b_h
+    _V_b_hr = V[3]    # b_hr
+    _S_y = S[0]    # y
+    _A_r = A[0]    # r
+    _A_u = A[1]    # u
+    _A_q = A[2]    # q
+    _A_h = A[3]    # h
+    _dY_y = dY[0]    # y
+    _dG0 = dG[0]    # r_bar u_bar h_bar
+    _dG1 = dG[1]    # r_bar u_bar q
+    _C_y = C[0]    # y
+    _acc_b_r = acc[0]    # b_r
+    _acc_b_u = acc[1]    # b_u
+    _acc_b_h = acc[2]    # b_h
+    _acc_b_hr = acc[3]    # b_hr
+    _dW_x = dW[0]    # x
+    _dW_y = dW[1]    # y
     _acc_b_r[...] = 0
-    _V_b_u = V[1]
-    _acc_b_u = acc[1]
     _acc_b_u[...] = 0
-    _V_b_h = V[2]
-    _acc_b_h = acc[2]
     _acc_b_h[...] = 0
-    _V_b_hr = V[3]
-    _acc_b_hr = acc[3]
     _acc_b_hr[...] = 0
-    _S_y = S[0]
-    _C_y = C[0]    # carry of y: the step-(t+1) part of dy[t]
     _C_y[...] = 0
-    _A_q = A[0]
-    _A_r = A[1]
-    _A_u = A[2]
-    _A_h = A[3]
-    _dY_y = dY[0]
-    _dG0 = dG[0]    # deltas of r_bar u_bar h_bar
-    _dG1 = dG[1]    # deltas of r_bar u_bar q
     with np.errstate(all="ignore"):
         for t in range(T - 1, -1, -1):
             Delta = _dY_y[t]
@@ -178,33 +180,33 @@ def backward(X, W, V, S, A, dY, dG, C, acc, dW, dX, threads=1):
             u = _A_u[t]
             y_prev = _S_y[t]
             # dy[t] = Delta[t] + R_r.T @ dr_bar[t+1] + R_u.T @ du_bar[t+1] + R_h.T @ dq[t+1] + dy[t+1]*u[t+1]
-            dy = carry_y + Delta
+            dy = Delta + carry_y
             _e0 = 1 - u
             # dh_bar[t] = dy[t]*(1 - u[t])*(1 - h[t]**2)
-            dh_bar = dy*_e0*(1 - h*h)
+            dh_bar = dy*(1 - h*h)*_e0
             # dq[t] = dh_bar[t]*r[t]
             dq = dh_bar*r
             # dy[t-1] gets: R_r.T @ dr_bar[t] + R_u.T @ du_bar[t] + R_h.T @ dq[t] + dy[t]*u[t]
             _e2 = dy*u
             # du_bar[t] = dy[t]*(y[t-1] - h[t])*u[t]*(1 - u[t])
-            du_bar = _e0*_e2*(y_prev - h)
+            du_bar = (y_prev - h)*_e0*_e2
             # dr_bar[t] = dh_bar[t]*q[t]*r[t]*(1 - r[t])
-            dr_bar = dq*q*(1 - r)
-            _dG0[t, :, 0 * N:1 * N] = dr_bar
-            _dG0[t, :, 1 * N:2 * N] = du_bar
-            _dG0[t, :, 2 * N:3 * N] = dh_bar
-            _dG1[t, :, 0 * N:1 * N] = dr_bar
-            _dG1[t, :, 1 * N:2 * N] = du_bar
-            _dG1[t, :, 2 * N:3 * N] = dq
+            dr_bar = q*(1 - r)*dq
+            _dG0[t][:, :N] = dr_bar
+            _dG0[t][:, N:2 * N] = du_bar
+            _dG0[t][:, 2 * N:3 * N] = dh_bar
+            _dG1[t][:, :N] = dr_bar
+            _dG1[t][:, N:2 * N] = du_bar
+            _dG1[t][:, 2 * N:3 * N] = dq
             _C_y[...] = _e2
             _acc_b_r += _batch_sum(dr_bar, B)
             _acc_b_u += _batch_sum(du_bar, B)
             _acc_b_h += _batch_sum(dh_bar, B)
             _acc_b_hr += _batch_sum(dq, B)
-            # carry of y: dy[t-1] gets Σ Rᵀ δ over R_r R_u R_h
+            # dy[t-1] += Σ Rᵀ δ over R_r R_u R_h: dG1[t] · W_y
             _C_y += _dG1[t] @ _W_y
         # the weight gradients, one GEMM per operand over all steps
-        np.matmul(_dG0.reshape(T * B, 3 * N).T, X.reshape(T * B, M), out=dW[0])
-        np.matmul(_dG1.reshape(T * B, 3 * N).T, _S_y[:T].reshape(T * B, N), out=dW[1])
+        np.matmul(_dG0.reshape(T * B, 3 * N).T, X.reshape(T * B, M), out=_dW_x)
+        np.matmul(_dG1.reshape(T * B, 3 * N).T, _S_y[:T].reshape(T * B, N), out=_dW_y)
         # the input gradient, one GEMM
         np.matmul(_dG0.reshape(T * B, 3 * N), _W_x, out=dX.reshape(T * B, M))

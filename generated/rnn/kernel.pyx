@@ -10,8 +10,8 @@ Forward, one step (the spec):
     y[t] = tanh(a)
 
 Backward, one step (derived; deltas at t+1 arrive through the carries):
-    dy[t] = Delta[t] + R.T @ da[t+1]
     da[t] = dy[t]*(1 - y[t]**2)
+    dy[t] = Delta[t] + R.T @ da[t+1]
 
 Calling convention (derive.kernel.runtime allocates, packs and validates every array; each is
 C-contiguous and of one dtype, float32 or float64):
@@ -29,42 +29,19 @@ the vector parameters (N,); dW the gradients of the fused weights; dX (T, B, M).
 
 Threads: OpenMP owns them, BLAS runs single-threaded inside each. Batch rows are
 independent, so each thread runs the whole time loop on its own rows (its recurrent
-GEMMs, then its element-wise step) with no synchronisation between steps; the large
+products, then its element-wise step) with no synchronisation between steps; the large
 GEMMs before and after the time loop are split by rows between the threads.
 """
+
+# derive (templates/support/kernel.pyx): the static part of every kernel module, inlined
+# by derive.kernel.emit: element-wise functions, BLAS, the small product's declarations,
+# argument checks.
 
 from libc.math cimport expf, exp, tanhf, tanh, logf, log, powf, pow, sqrtf, sqrt
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
 from cython cimport floating
 from cython.parallel cimport prange
-
-KERNEL_API = 2
-
-LAYOUT = {'cell': 'rnn',
-          'title': 'Elman RNN (tanh)',
-          'spec_hash': 'e0449c166fb3',
-          'input': 'x',
-          'states': ['y'],
-          'outputs': ['y'],
-          'parameters': [['W', ['N', 'M']], ['R', ['N', 'N']], ['b', ['N']]],
-          'vectors': ['b'],
-          'operands': [{'name': 'x',
-                        'kind': 'input',
-                        'size': 'M',
-                        'blocks': [['a', 'W']],
-                        'group': 0},
-                       {'name': 'y',
-                        'kind': 'state',
-                        'size': 'N',
-                        'blocks': [['a', 'R']],
-                        'group': 0}],
-          'groups': [{'nodes': ['a'], 'operands': ['x', 'y']}],
-          'stored': [],
-          'carry_set': [False]}
-
-CELL = LAYOUT["cell"]
-SPEC_HASH = LAYOUT["spec_hash"]
 
 
 # --- element-wise functions -------------------------------------------------------------
@@ -167,33 +144,110 @@ cdef inline void _gemm(bint ta, bint tb, Py_ssize_t m, Py_ssize_t n, Py_ssize_t 
                           a, <int>lda, b, <int>ldb, beta, c, <int>ldc)
 
 
-# --- the per-step recurrent products ----------------------------------------------------
+# --- the per-step recurrent products (C: templates/support/small_gemm.h) -----------------
 # C (m × n) (=|+=) A (m × k) · B with m a thread's few batch rows: BLAS would pack the
 # weights B at every step, so they are packed once per call into column panels and a
-# register-blocked loop streams them (GCC vector extensions: AVX2 here, SSE elsewhere).
+# register-blocked loop streams them. The C code is inlined above, instantiated with
+# the vector width of each C type (the tiles of derive.kernel.lower).
+
+cdef extern from *:
+    Py_ssize_t derive_packed_f32(Py_ssize_t k, Py_ssize_t n) nogil
+    Py_ssize_t derive_packed_f64(Py_ssize_t k, Py_ssize_t n) nogil
+    void derive_pack_f32(Py_ssize_t k, Py_ssize_t n, const float* B, Py_ssize_t rs,
+                         Py_ssize_t cs, float* Bp, Py_ssize_t part, Py_ssize_t parts) nogil
+    void derive_pack_f64(Py_ssize_t k, Py_ssize_t n, const double* B, Py_ssize_t rs,
+                         Py_ssize_t cs, double* Bp, Py_ssize_t part, Py_ssize_t parts) nogil
+    void derive_small_gemm_f32(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* A,
+                               Py_ssize_t lda, const float* Bp, float* C, Py_ssize_t ldc,
+                               int add) nogil
+    void derive_small_gemm_f64(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const double* A,
+                               Py_ssize_t lda, const double* Bp, double* C, Py_ssize_t ldc,
+                               int add) nogil
+
+
+cdef void* _packed(Py_ssize_t k, Py_ssize_t n, floating zero) noexcept nogil:
+    # a zeroed buffer for the panels of a k × n matrix (NULL when out of memory)
+    if floating is float:
+        return calloc(derive_packed_f32(k, n), sizeof(float))
+    else:
+        return calloc(derive_packed_f64(k, n), sizeof(double))
+
+
+cdef void _sum_parts(floating* parts, Py_ssize_t stride, Py_ssize_t nt, Py_ssize_t N,
+                     floating* out) noexcept nogil:
+    # the vector gradients: the sum of the threads' partial sums
+    cdef Py_ssize_t c, j
+    for j in range(N):
+        out[j] = parts[j]
+    for c in range(1, nt):
+        for j in range(N):
+            out[j] += parts[c * stride + j]
+
+
+# --- one step, element-wise ----------------------------------------------------------
+# One version per C type: the pointers are `restrict` (the buffers never overlap), so
+# gcc vectorizes the loops without run-time alias checks; rows are read and written
+# through pointers derived from them.
+
+cdef extern from *:
+    ctypedef float* float_rp "float * __restrict__"
+    ctypedef double* double_rp "double * __restrict__"
+
+
+# --- argument checks -------------------------------------------------------------------
+# derive.kernel.runtime validates every argument (shapes, dtypes, contiguity) before it
+# calls a kernel; these checks only keep a direct caller from reading out of bounds.
+
+def _check(name, arrays, shapes):
+    """`arrays` (one argument: a tuple) holds arrays of exactly these shapes."""
+    if len(arrays) != len(shapes):
+        raise ValueError(f"{name} must hold {len(shapes)} arrays, not {len(arrays)}")
+    for k, (a, want) in enumerate(zip(arrays, shapes)):
+        if tuple(a.shape) != want:
+            raise ValueError(f"{name}[{k}] must have shape {want}, not {tuple(a.shape)}")
+
+
+def _sizes(X, S, max_k):
+    """(T, B, M, N): the sizes of a call, from the input and the first state."""
+    if len(S) < 1 or len(S[0].shape) != 3:
+        raise ValueError("S must hold the states, each of shape (T + 1, B, N)")
+    T, B, M, N = X.shape[0], X.shape[1], X.shape[2], S[0].shape[2]
+    if T < 1 or B < 1 or M < 1 or N < 1:
+        raise ValueError(f"sizes must be at least 1, not T={T}, B={B}, M={M}, N={N}")
+    if T * B > 2147483647 or max_k * N > 2147483647 or M > 2147483647:
+        raise ValueError("arrays too large for 32-bit BLAS indices")
+    return T, B, M, N
+
 
 cdef extern from *:
     """
-    /* derive: the per-step recurrent products, C (m x n) (=|+=) A (m x k) . B, row-major, m small
-       (a thread's batch rows). B (the weights) is packed once per call into panels of 2 vectors of
+    /* derive (templates/support/small_gemm.h): the per-step recurrent products,
+       C (m x n) (=|+=) A (m x k) . B, row-major, m small (a thread's batch rows). B (the weights) is packed once per call into panels of 2 vectors of
        columns, Bp[(p*k + kk)*PW + j] = B[kk][p*PW + j] (zero past n), so that every step streams it
        contiguously; a block of 4 rows x 2 vectors of C stays in registers over the whole k loop. */
     #include <string.h>
     #define DERIVE_SMALL_GEMM(T, S, VL)                                                             \
     typedef T derive_vec_##S __attribute__((vector_size((VL) * sizeof(T)), aligned(sizeof(T))));   \
     static Py_ssize_t derive_panels_##S(Py_ssize_t n) { return (n + 2 * (VL) - 1) / (2 * (VL)); } \
-    /* B[kk][c] = B[kk*rs + c*cs]: (rs, cs) = (ld, 1) for a matrix, (1, ld) for its transpose */    \
-    static void derive_pack_##S(Py_ssize_t k, Py_ssize_t n, const T* B, Py_ssize_t rs,             \
-                                Py_ssize_t cs, T* Bp, Py_ssize_t p0, Py_ssize_t p1) {              \
-        for (Py_ssize_t p = p0; p < p1; p++)                                                        \
-            for (Py_ssize_t kk = 0; kk < k; kk++) {                                                 \
-                T* dst = Bp + (p * k + kk) * 2 * (VL);                                              \
-                for (Py_ssize_t j = 0; j < 2 * (VL); j++) {                                         \
-                    Py_ssize_t c = p * 2 * (VL) + j;                                                \
-                    dst[j] = c < n ? B[kk * rs + c * cs] : (T)0;                                    \
-                }                                                                                   \
-            }                                                                                       \
-    }                                                                                               \
+    /* elements of the panels of a k x n matrix */                                                    \
+    static Py_ssize_t derive_packed_##S(Py_ssize_t k, Py_ssize_t n) {                                   \
+        return derive_panels_##S(n) * k * 2 * (VL);                                                     \
+    }                                                                                                   \
+    /* part `part` of `parts` of the panels; B[kk][c] = B[kk*rs + c*cs]: (rs, cs) = (ld, 1) for a       \
+       matrix, (1, ld) for its transpose */                                                             \
+    static void derive_pack_##S(Py_ssize_t k, Py_ssize_t n, const T* B, Py_ssize_t rs,                 \
+                                Py_ssize_t cs, T* Bp, Py_ssize_t part, Py_ssize_t parts) {             \
+        Py_ssize_t p0 = derive_panels_##S(n) * part / parts;                                            \
+        Py_ssize_t p1 = derive_panels_##S(n) * (part + 1) / parts;                                      \
+        for (Py_ssize_t p = p0; p < p1; p++)                                                            \
+            for (Py_ssize_t kk = 0; kk < k; kk++) {                                                     \
+                T* dst = Bp + (p * k + kk) * 2 * (VL);                                                  \
+                for (Py_ssize_t j = 0; j < 2 * (VL); j++) {                                             \
+                    Py_ssize_t c = p * 2 * (VL) + j;                                                    \
+                    dst[j] = c < n ? B[kk * rs + c * cs] : (T)0;                                        \
+                }                                                                                       \
+            }                                                                                           \
+    }                                                                                                   \
     static inline void derive_put_##S(T* c, const derive_vec_##S lo, const derive_vec_##S hi,      \
                                       Py_ssize_t w, int add) {                                      \
         if (w == 2 * (VL)) {                                                                        \
@@ -243,38 +297,66 @@ cdef extern from *:
             }                                                                                       \
         }                                                                                           \
     }
+    /* instantiated once per C type by the kernel template: DERIVE_SMALL_GEMM(float, f32, 8) … */
     DERIVE_SMALL_GEMM(float, f32, 8)
     DERIVE_SMALL_GEMM(double, f64, 4)
     """
-    Py_ssize_t derive_panels_f32(Py_ssize_t n) nogil
-    Py_ssize_t derive_panels_f64(Py_ssize_t n) nogil
-    void derive_pack_f32(Py_ssize_t k, Py_ssize_t n, const float* B, Py_ssize_t rs,
-                         Py_ssize_t cs, float* Bp, Py_ssize_t p0, Py_ssize_t p1) nogil
-    void derive_pack_f64(Py_ssize_t k, Py_ssize_t n, const double* B, Py_ssize_t rs,
-                         Py_ssize_t cs, double* Bp, Py_ssize_t p0, Py_ssize_t p1) nogil
-    void derive_small_gemm_f32(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* A,
-                               Py_ssize_t lda, const float* Bp, float* C, Py_ssize_t ldc,
-                               int add) nogil
-    void derive_small_gemm_f64(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const double* A,
-                               Py_ssize_t lda, const double* Bp, double* C, Py_ssize_t ldc,
-                               int add) nogil
 
 
-# --- one step, element-wise ----------------------------------------------------------
-# One version per C type: the pointers are `restrict` (the buffers never overlap), so
-# gcc vectorizes the loops without run-time alias checks; rows are read and written
-# through pointers derived from them.
+KERNEL_API = 2
 
-cdef extern from *:
-    ctypedef float* float_rp "float * __restrict__"
-    ctypedef double* double_rp "double * __restrict__"
+LAYOUT = {'cell': 'rnn',
+          'title': 'Elman RNN (tanh)',
+          'spec_hash': 'e0449c166fb3',
+          'input': 'x',
+          'states': ['y'],
+          'outputs': ['y'],
+          'parameters': [['W', ['N', 'M']], ['R', ['N', 'N']], ['b', ['N']]],
+          'vectors': ['b'],
+          'operands': [{'name': 'x',
+                        'kind': 'input',
+                        'size': 'M',
+                        'blocks': [['a', 'W']],
+                        'group': 0},
+                       {'name': 'y',
+                        'kind': 'state',
+                        'size': 'N',
+                        'blocks': [['a', 'R']],
+                        'group': 0}],
+          'groups': [{'nodes': ['a'], 'operands': ['x', 'y']}],
+          'stored': [],
+          'carry_set': [False]}
+
+CELL = LAYOUT["cell"]
+SPEC_HASH = LAYOUT["spec_hash"]
+
+
+# --- the arrays of a call ------------------------------------------------------------------
+
+cdef struct _Buffers:
+    Py_ssize_t T, B, M, N
+    void* X    # input x
+    void* W_x    # weights x
+    void* W_y    # weights y
+    void* V_b    # vector b
+    void* S_y    # state y
+    void* G_x    # projection x
+    void* G_y    # projection y
+    void* dY_y    # incoming y
+    void* dG0    # deltas a
+    void* C_y    # carry y
+    void* acc_b    # accumulator b
+    void* dW_x    # weight gradient x
+    void* dW_y    # weight gradient y
+    void* dX    # input gradient x
+    void* P_y    # packed panels (per-step products)
 
 
 cdef void _forward_step_f32(Py_ssize_t B, Py_ssize_t N,
+        float_rp _V_b,
+        float_rp _S_y,
         float_rp _G_x,
         float_rp _G_y,
-        float_rp _S_y,
-        float_rp _V_b,
         ) noexcept nogil:
     cdef Py_ssize_t _b, _j, _o
     cdef float* R_y
@@ -283,8 +365,8 @@ cdef void _forward_step_f32(Py_ssize_t B, Py_ssize_t N,
     cdef float y
     for _b in range(B):
         _o = _b * N
-        R_y = _G_y + _b * 1 * N + 0 * N
-        W_x = _G_x + _b * 1 * N + 0 * N
+        R_y = _G_y + _b * N
+        W_x = _G_x + _b * N
         for _j in range(N):
             # a[t] = W @ x + R @ y[t-1] + b
             a = W_x[_j] + R_y[_j] + _V_b[_j]
@@ -295,35 +377,102 @@ cdef void _forward_step_f32(Py_ssize_t B, Py_ssize_t N,
 
 cdef void _backward_step_f32(Py_ssize_t B, Py_ssize_t N,
         float_rp _S_y,
-        float_rp _D_y,
-        float_rp _C_y,
+        float_rp _dY_y,
         float_rp _dG0,
+        float_rp _C_y,
         float_rp _acc_b,
-        float_rp _V_b,
         ) noexcept nogil:
     cdef Py_ssize_t _b, _j, _o
     cdef float* Delta
+    cdef float* carry_y
     cdef float* y
     cdef float da
     cdef float dy
     for _b in range(B):
         _o = _b * N
-        Delta = _D_y + _b * N
+        Delta = _dY_y + _b * N
+        carry_y = _C_y + _b * N
         y = _S_y + _b * N
         for _j in range(N):
             # dy[t] = Delta[t] + R.T @ da[t+1]
-            dy = _C_y[_o + _j] + Delta[_j]
+            dy = Delta[_j] + carry_y[_j]
             # da[t] = dy[t]*(1 - y[t]**2)
             da = dy*(1 - y[_j]*y[_j])
-            _dG0[_b * 1 * N + 0 * N + _j] = da
+            _dG0[_o + _j] = da
             _acc_b[_j] += da
 
 
+# --- the time loops, one batch slice per thread (float) ----------------------------
+
+cdef void _prepare_f32(_Buffers* p, Py_ssize_t c, Py_ssize_t nt) noexcept nogil:
+    # before the forward loop, part c of nt of each product and of each packing
+    cdef Py_ssize_t N = p.N, M = p.M, T = p.T, B = p.B, r0, r1
+    # the input projections of all steps: G_x (T·B × N) = X · W_xᵀ
+    r0, r1 = T * B * c // nt, T * B * (c + 1) // nt
+    _gemm(False, True, r1 - r0, N, M, 1, <float*>p.X + r0 * M, M, <float*>p.W_x, M, 0, <float*>p.G_x + r0 * N, N)
+    derive_pack_f32(N, N, <float*>p.W_y, 1, N, <float*>p.P_y, c, nt)
+
+
+cdef void _forward_rows_f32(_Buffers* p, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
+    # steps 0 … T-1 for batch rows b0 … b1-1
+    cdef Py_ssize_t t, N = p.N, B = p.B, nb = b1 - b0, at, nxt
+    for t in range(p.T):
+        at = (t * B + b0) * N            # row b0 of step t in (T, B, N) and (T+1, B, N)
+        nxt = at + B * N                 # row b0 of step t+1 in (T+1, B, N)
+        # a += R @ y[t-1]
+        derive_small_gemm_f32(nb, N, N, <float*>p.S_y + at, N, <float*>p.P_y, <float*>p.G_y + b0 * N, N, 0)
+        _forward_step_f32(nb, N,
+            _V_b=<float*>p.V_b,
+            _S_y=<float*>p.S_y + nxt,
+            _G_x=<float*>p.G_x + at,
+            _G_y=<float*>p.G_y + b0 * N,
+        )
+
+
+cdef void _pack_backward_f32(_Buffers* p, Py_ssize_t c, Py_ssize_t nt) noexcept nogil:
+    # part c of nt of the panels of each state's weights, for the carries
+    cdef Py_ssize_t N = p.N
+    derive_pack_f32(N, N, <float*>p.W_y, N, 1, <float*>p.P_y, c, nt)
+
+
+cdef void _backward_rows_f32(_Buffers* p, Py_ssize_t b0, Py_ssize_t b1,
+                              float* part) noexcept nogil:
+    # steps T-1 … 0 for batch rows b0 … b1-1; `part` gets this slice's vector gradients
+    cdef Py_ssize_t t, N = p.N, B = p.B, nb = b1 - b0, at, nxt
+    for t in range(p.T - 1, -1, -1):
+        at = (t * B + b0) * N
+        nxt = at + B * N
+        _backward_step_f32(nb, N,
+            _S_y=<float*>p.S_y + nxt,
+            _dY_y=<float*>p.dY_y + at,
+            _dG0=<float*>p.dG0 + at,
+            _C_y=<float*>p.C_y + b0 * N,
+            _acc_b=part,
+        )
+        # dy[t-1] = Σ Rᵀ δ over R: dG0[t] · W_y
+        derive_small_gemm_f32(nb, N, N, <float*>p.dG0 + (t * B + b0) * N, N, <float*>p.P_y, <float*>p.C_y + b0 * N, N, 0)
+
+
+cdef void _finish_f32(_Buffers* p, Py_ssize_t task, Py_ssize_t nt) noexcept nogil:
+    # after the backward loop: part task % nt of product task // nt
+    cdef Py_ssize_t N = p.N, M = p.M, T = p.T, B = p.B, c = task % nt, which = task // nt
+    cdef Py_ssize_t r0, r1
+    if which == 0:    # d[W] = dG0ᵀ · x
+        r0, r1 = N * c // nt, N * (c + 1) // nt
+        _gemm(True, False, r1 - r0, M, T * B, 1, <float*>p.dG0 + r0, N, <float*>p.X, M, 0, <float*>p.dW_x + r0 * M, M)
+    if which == 1:    # d[R] = dG0ᵀ · y[t-1]
+        r0, r1 = N * c // nt, N * (c + 1) // nt
+        _gemm(True, False, r1 - r0, N, T * B, 1, <float*>p.dG0 + r0, N, <float*>p.S_y, N, 0, <float*>p.dW_y + r0 * N, N)
+    if which == 2:    # dX = dG0 · W_x
+        r0, r1 = T * B * c // nt, T * B * (c + 1) // nt
+        _gemm(False, False, r1 - r0, M, N, 1, <float*>p.dG0 + r0 * N, N, <float*>p.W_x, M, 0, <float*>p.dX + r0 * M, M)
+
+
 cdef void _forward_step_f64(Py_ssize_t B, Py_ssize_t N,
+        double_rp _V_b,
+        double_rp _S_y,
         double_rp _G_x,
         double_rp _G_y,
-        double_rp _S_y,
-        double_rp _V_b,
         ) noexcept nogil:
     cdef Py_ssize_t _b, _j, _o
     cdef double* R_y
@@ -332,8 +481,8 @@ cdef void _forward_step_f64(Py_ssize_t B, Py_ssize_t N,
     cdef double y
     for _b in range(B):
         _o = _b * N
-        R_y = _G_y + _b * 1 * N + 0 * N
-        W_x = _G_x + _b * 1 * N + 0 * N
+        R_y = _G_y + _b * N
+        W_x = _G_x + _b * N
         for _j in range(N):
             # a[t] = W @ x + R @ y[t-1] + b
             a = W_x[_j] + R_y[_j] + _V_b[_j]
@@ -344,146 +493,40 @@ cdef void _forward_step_f64(Py_ssize_t B, Py_ssize_t N,
 
 cdef void _backward_step_f64(Py_ssize_t B, Py_ssize_t N,
         double_rp _S_y,
-        double_rp _D_y,
-        double_rp _C_y,
+        double_rp _dY_y,
         double_rp _dG0,
+        double_rp _C_y,
         double_rp _acc_b,
-        double_rp _V_b,
         ) noexcept nogil:
     cdef Py_ssize_t _b, _j, _o
     cdef double* Delta
+    cdef double* carry_y
     cdef double* y
     cdef double da
     cdef double dy
     for _b in range(B):
         _o = _b * N
-        Delta = _D_y + _b * N
+        Delta = _dY_y + _b * N
+        carry_y = _C_y + _b * N
         y = _S_y + _b * N
         for _j in range(N):
             # dy[t] = Delta[t] + R.T @ da[t+1]
-            dy = _C_y[_o + _j] + Delta[_j]
+            dy = Delta[_j] + carry_y[_j]
             # da[t] = dy[t]*(1 - y[t]**2)
             da = dy*(1 - y[_j]*y[_j])
-            _dG0[_b * 1 * N + 0 * N + _j] = da
+            _dG0[_o + _j] = da
             _acc_b[_j] += da
 
 
-# --- the time loops, one batch slice per thread ---------------------------------------
+# --- the time loops, one batch slice per thread (double) ----------------------------
 
-cdef struct _Buffers:
-    Py_ssize_t T, B, M, N
-    void* X
-    void* dX
-    void* parts    # per-thread partial gradients of the vector parameters
-    void* W0
-    void* G0
-    void* dW0
-    void* P0    # packed weights of a state operand (per-step products)
-    void* W1
-    void* G1
-    void* dW1
-    void* P1    # packed weights of a state operand (per-step products)
-    void* V0
-    void* S0
-    void* C0
-    void* dY0
-    void* dG0
-
-
-cdef void _input_gemm_f32(_Buffers* p, Py_ssize_t c, Py_ssize_t nt) noexcept nogil:
-    # the input projections of all steps, rows c of nt: G_x (T·B × 1N) = X · W_xᵀ
-    cdef Py_ssize_t N = p.N, M = p.M, rows = p.T * p.B, panels
-    cdef Py_ssize_t r0 = rows * c // nt, r1 = rows * (c + 1) // nt
-    _gemm(False, True, r1 - r0, 1 * N, M, 1, <float*>p.X + r0 * M, M,
-          <float*>p.W0, M, 0, <float*>p.G0 + r0 * 1 * N, 1 * N)
-    # the panels c of nt of W_yᵀ (N × 1N), for G_y = y[t-1] · W_yᵀ
-    panels = derive_panels_f32(1 * N)
-    derive_pack_f32(N, 1 * N, <float*>p.W1, 1, N, <float*>p.P1,
-                       panels * c // nt, panels * (c + 1) // nt)
-
-
-cdef void _pack_backward_f32(_Buffers* p, Py_ssize_t c, Py_ssize_t nt) noexcept nogil:
-    # the panels c of nt of each state's W (kN × N), for the carries C += dG · W
-    cdef Py_ssize_t N = p.N, panels = derive_panels_f32(p.N)
-    derive_pack_f32(1 * N, N, <float*>p.W1, N, 1, <float*>p.P1,
-                       panels * c // nt, panels * (c + 1) // nt)
-
-
-cdef void _forward_rows_f32(_Buffers* p, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
-    # steps 0 … T-1 for batch rows b0 … b1-1
-    cdef Py_ssize_t t, N = p.N, B = p.B, nb = b1 - b0, at, nxt
-    for t in range(p.T):
-        at = (t * B + b0) * N            # row b0 of step t in (T, B, N) and (T+1, B, N)
-        nxt = ((t + 1) * B + b0) * N     # row b0 of step t+1 in (T+1, B, N)
-        # a += R @ y[t-1]: G_y (nb × 1N) = y[t-1] · W_yᵀ
-        derive_small_gemm_f32(nb, 1 * N, N, <float*>p.S0 + at, N,
-                             <float*>p.P1, <float*>p.G1 + b0 * 1 * N, 1 * N, 0)
-        _forward_step_f32(nb, N,
-            <float*>p.G0 + (t * B + b0) * 1 * N,
-            <float*>p.G1 + b0 * 1 * N,
-            <float*>p.S0 + nxt,
-            <float*>p.V0,
-            )
-
-
-cdef void _backward_rows_f32(_Buffers* p, Py_ssize_t b0, Py_ssize_t b1,
-                              float* part) noexcept nogil:
-    # steps T-1 … 0 for batch rows b0 … b1-1; `part` gets this slice's vector gradients
-    cdef Py_ssize_t t, N = p.N, B = p.B, nb = b1 - b0, at, nxt
-    for t in range(p.T - 1, -1, -1):
-        at = (t * B + b0) * N
-        nxt = ((t + 1) * B + b0) * N
-        _backward_step_f32(nb, N,
-            <float*>p.S0 + nxt,
-            <float*>p.dY0 + at,
-            <float*>p.C0 + b0 * N,
-            <float*>p.dG0 + (t * B + b0) * 1 * N,
-            part + 0 * N,
-            <float*>p.V0,
-            )
-        # carry of y: dy[t-1] gets Σ Rᵀ δ over R: C (nb × N) = dG0[t] · W_y
-        derive_small_gemm_f32(nb, N, 1 * N, <float*>p.dG0 + (t * B + b0) * 1 * N, 1 * N,
-                             <float*>p.P1, <float*>p.C0 + b0 * N, N, 0)
-
-
-cdef void _weight_gemm_f32(_Buffers* p, Py_ssize_t task, Py_ssize_t nt) noexcept nogil:
-    # after the time loop: the weight gradients dW = dGᵀ · values (one per operand) and
-    # the input gradient dX = dG · W_x, each split by rows into nt chunks
-    cdef Py_ssize_t N = p.N, M = p.M, TB = p.T * p.B, c = task % nt, which = task // nt
-    cdef Py_ssize_t rows, r0, r1
-    if which == 0:    # d[W] = dG0ᵀ · x
-        rows = 1 * N
-        r0, r1 = rows * c // nt, rows * (c + 1) // nt
-        _gemm(True, False, r1 - r0, M, TB, 1, <float*>p.dG0 + r0, 1 * N,
-              <float*>p.X, M, 0, <float*>p.dW0 + r0 * M, M)
-    if which == 1:    # d[R] = dG0ᵀ · y[t-1]
-        rows = 1 * N
-        r0, r1 = rows * c // nt, rows * (c + 1) // nt
-        _gemm(True, False, r1 - r0, N, TB, 1, <float*>p.dG0 + r0, 1 * N,
-              <float*>p.S0, N, 0, <float*>p.dW1 + r0 * N, N)
-    if which == 2:    # dX = dG0 · W_x
-        r0, r1 = TB * c // nt, TB * (c + 1) // nt
-        _gemm(False, False, r1 - r0, M, 1 * N, 1, <float*>p.dG0 + r0 * 1 * N,
-              1 * N, <float*>p.W0, M, 0, <float*>p.dX + r0 * M, M)
-
-
-cdef void _input_gemm_f64(_Buffers* p, Py_ssize_t c, Py_ssize_t nt) noexcept nogil:
-    # the input projections of all steps, rows c of nt: G_x (T·B × 1N) = X · W_xᵀ
-    cdef Py_ssize_t N = p.N, M = p.M, rows = p.T * p.B, panels
-    cdef Py_ssize_t r0 = rows * c // nt, r1 = rows * (c + 1) // nt
-    _gemm(False, True, r1 - r0, 1 * N, M, 1, <double*>p.X + r0 * M, M,
-          <double*>p.W0, M, 0, <double*>p.G0 + r0 * 1 * N, 1 * N)
-    # the panels c of nt of W_yᵀ (N × 1N), for G_y = y[t-1] · W_yᵀ
-    panels = derive_panels_f64(1 * N)
-    derive_pack_f64(N, 1 * N, <double*>p.W1, 1, N, <double*>p.P1,
-                       panels * c // nt, panels * (c + 1) // nt)
-
-
-cdef void _pack_backward_f64(_Buffers* p, Py_ssize_t c, Py_ssize_t nt) noexcept nogil:
-    # the panels c of nt of each state's W (kN × N), for the carries C += dG · W
-    cdef Py_ssize_t N = p.N, panels = derive_panels_f64(p.N)
-    derive_pack_f64(1 * N, N, <double*>p.W1, N, 1, <double*>p.P1,
-                       panels * c // nt, panels * (c + 1) // nt)
+cdef void _prepare_f64(_Buffers* p, Py_ssize_t c, Py_ssize_t nt) noexcept nogil:
+    # before the forward loop, part c of nt of each product and of each packing
+    cdef Py_ssize_t N = p.N, M = p.M, T = p.T, B = p.B, r0, r1
+    # the input projections of all steps: G_x (T·B × N) = X · W_xᵀ
+    r0, r1 = T * B * c // nt, T * B * (c + 1) // nt
+    _gemm(False, True, r1 - r0, N, M, 1, <double*>p.X + r0 * M, M, <double*>p.W_x, M, 0, <double*>p.G_x + r0 * N, N)
+    derive_pack_f64(N, N, <double*>p.W_y, 1, N, <double*>p.P_y, c, nt)
 
 
 cdef void _forward_rows_f64(_Buffers* p, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
@@ -491,16 +534,21 @@ cdef void _forward_rows_f64(_Buffers* p, Py_ssize_t b0, Py_ssize_t b1) noexcept 
     cdef Py_ssize_t t, N = p.N, B = p.B, nb = b1 - b0, at, nxt
     for t in range(p.T):
         at = (t * B + b0) * N            # row b0 of step t in (T, B, N) and (T+1, B, N)
-        nxt = ((t + 1) * B + b0) * N     # row b0 of step t+1 in (T+1, B, N)
-        # a += R @ y[t-1]: G_y (nb × 1N) = y[t-1] · W_yᵀ
-        derive_small_gemm_f64(nb, 1 * N, N, <double*>p.S0 + at, N,
-                             <double*>p.P1, <double*>p.G1 + b0 * 1 * N, 1 * N, 0)
+        nxt = at + B * N                 # row b0 of step t+1 in (T+1, B, N)
+        # a += R @ y[t-1]
+        derive_small_gemm_f64(nb, N, N, <double*>p.S_y + at, N, <double*>p.P_y, <double*>p.G_y + b0 * N, N, 0)
         _forward_step_f64(nb, N,
-            <double*>p.G0 + (t * B + b0) * 1 * N,
-            <double*>p.G1 + b0 * 1 * N,
-            <double*>p.S0 + nxt,
-            <double*>p.V0,
-            )
+            _V_b=<double*>p.V_b,
+            _S_y=<double*>p.S_y + nxt,
+            _G_x=<double*>p.G_x + at,
+            _G_y=<double*>p.G_y + b0 * N,
+        )
+
+
+cdef void _pack_backward_f64(_Buffers* p, Py_ssize_t c, Py_ssize_t nt) noexcept nogil:
+    # part c of nt of the panels of each state's weights, for the carries
+    cdef Py_ssize_t N = p.N
+    derive_pack_f64(N, N, <double*>p.W_y, N, 1, <double*>p.P_y, c, nt)
 
 
 cdef void _backward_rows_f64(_Buffers* p, Py_ssize_t b0, Py_ssize_t b1,
@@ -509,67 +557,31 @@ cdef void _backward_rows_f64(_Buffers* p, Py_ssize_t b0, Py_ssize_t b1,
     cdef Py_ssize_t t, N = p.N, B = p.B, nb = b1 - b0, at, nxt
     for t in range(p.T - 1, -1, -1):
         at = (t * B + b0) * N
-        nxt = ((t + 1) * B + b0) * N
+        nxt = at + B * N
         _backward_step_f64(nb, N,
-            <double*>p.S0 + nxt,
-            <double*>p.dY0 + at,
-            <double*>p.C0 + b0 * N,
-            <double*>p.dG0 + (t * B + b0) * 1 * N,
-            part + 0 * N,
-            <double*>p.V0,
-            )
-        # carry of y: dy[t-1] gets Σ Rᵀ δ over R: C (nb × N) = dG0[t] · W_y
-        derive_small_gemm_f64(nb, N, 1 * N, <double*>p.dG0 + (t * B + b0) * 1 * N, 1 * N,
-                             <double*>p.P1, <double*>p.C0 + b0 * N, N, 0)
+            _S_y=<double*>p.S_y + nxt,
+            _dY_y=<double*>p.dY_y + at,
+            _dG0=<double*>p.dG0 + at,
+            _C_y=<double*>p.C_y + b0 * N,
+            _acc_b=part,
+        )
+        # dy[t-1] = Σ Rᵀ δ over R: dG0[t] · W_y
+        derive_small_gemm_f64(nb, N, N, <double*>p.dG0 + (t * B + b0) * N, N, <double*>p.P_y, <double*>p.C_y + b0 * N, N, 0)
 
 
-cdef void _weight_gemm_f64(_Buffers* p, Py_ssize_t task, Py_ssize_t nt) noexcept nogil:
-    # after the time loop: the weight gradients dW = dGᵀ · values (one per operand) and
-    # the input gradient dX = dG · W_x, each split by rows into nt chunks
-    cdef Py_ssize_t N = p.N, M = p.M, TB = p.T * p.B, c = task % nt, which = task // nt
-    cdef Py_ssize_t rows, r0, r1
+cdef void _finish_f64(_Buffers* p, Py_ssize_t task, Py_ssize_t nt) noexcept nogil:
+    # after the backward loop: part task % nt of product task // nt
+    cdef Py_ssize_t N = p.N, M = p.M, T = p.T, B = p.B, c = task % nt, which = task // nt
+    cdef Py_ssize_t r0, r1
     if which == 0:    # d[W] = dG0ᵀ · x
-        rows = 1 * N
-        r0, r1 = rows * c // nt, rows * (c + 1) // nt
-        _gemm(True, False, r1 - r0, M, TB, 1, <double*>p.dG0 + r0, 1 * N,
-              <double*>p.X, M, 0, <double*>p.dW0 + r0 * M, M)
+        r0, r1 = N * c // nt, N * (c + 1) // nt
+        _gemm(True, False, r1 - r0, M, T * B, 1, <double*>p.dG0 + r0, N, <double*>p.X, M, 0, <double*>p.dW_x + r0 * M, M)
     if which == 1:    # d[R] = dG0ᵀ · y[t-1]
-        rows = 1 * N
-        r0, r1 = rows * c // nt, rows * (c + 1) // nt
-        _gemm(True, False, r1 - r0, N, TB, 1, <double*>p.dG0 + r0, 1 * N,
-              <double*>p.S0, N, 0, <double*>p.dW1 + r0 * N, N)
+        r0, r1 = N * c // nt, N * (c + 1) // nt
+        _gemm(True, False, r1 - r0, N, T * B, 1, <double*>p.dG0 + r0, N, <double*>p.S_y, N, 0, <double*>p.dW_y + r0 * N, N)
     if which == 2:    # dX = dG0 · W_x
-        r0, r1 = TB * c // nt, TB * (c + 1) // nt
-        _gemm(False, False, r1 - r0, M, 1 * N, 1, <double*>p.dG0 + r0 * 1 * N,
-              1 * N, <double*>p.W0, M, 0, <double*>p.dX + r0 * M, M)
-
-
-cdef void _sum_parts(floating* parts, Py_ssize_t stride, Py_ssize_t nt, Py_ssize_t N,
-                     floating* out) noexcept nogil:
-    cdef Py_ssize_t c, j
-    for j in range(N):
-        out[j] = parts[j]
-    for c in range(1, nt):
-        for j in range(N):
-            out[j] += parts[c * stride + j]
-
-
-# --- argument checks (before any C code runs) ------------------------------------------
-
-def _fail(what, got, want):
-    raise ValueError(f"{what} must have shape {want}, not {got}")
-
-
-def _count(name, seq, n):
-    if len(seq) != n:
-        raise ValueError(f"{name} must hold {n} arrays, not {len(seq)}")
-
-
-def _sizes(Py_ssize_t T, Py_ssize_t B, Py_ssize_t M, Py_ssize_t N):
-    if T < 1 or B < 1 or M < 1 or N < 1:
-        raise ValueError(f"sizes must be at least 1, not T={T}, B={B}, M={M}, N={N}")
-    if T * B > 2147483647 or 1 * N > 2147483647 or M > 2147483647:
-        raise ValueError("arrays too large for 32-bit BLAS indices")
+        r0, r1 = T * B * c // nt, T * B * (c + 1) // nt
+        _gemm(False, False, r1 - r0, M, N, 1, <double*>p.dG0 + r0 * N, N, <double*>p.W_x, M, 0, <double*>p.dX + r0 * M, M)
 
 
 # --- the whole sequence -----------------------------------------------------------------
@@ -577,111 +589,75 @@ def _sizes(Py_ssize_t T, Py_ssize_t B, Py_ssize_t M, Py_ssize_t N):
 def forward(const floating[:, :, ::1] X, tuple W, tuple V, tuple S, tuple A, tuple G,
             int threads=1):
     """Forward pass over the whole sequence and batch; fills S, A and G."""
-    _count("W", W, 2)
-    _count("V", V, 1)
-    _count("S", S, 1)
-    _count("A", A, 0)
-    _count("G", G, 2)
-    cdef Py_ssize_t T = X.shape[0], B = X.shape[1], M = X.shape[2], t
-    cdef floating[:, :, ::1] _S0 = S[0]    # y (T+1, B, N)
-    cdef Py_ssize_t N = _S0.shape[2]
-    _sizes(T, B, M, N)
-    cdef const floating[:, ::1] _W0 = W[0]    # x: W
-    cdef const floating[:, ::1] _W1 = W[1]    # y: R
-    cdef const floating[::1] _V0 = V[0]    # b
-    cdef floating[:, :, ::1] _G0 = G[0]    # W @ x, all steps
-    cdef floating[:, ::1] _G1 = G[1]    # W @ y[t-1]
-    if X.shape[0] != T or X.shape[1] != B or X.shape[2] != M:  # pragma: no cover
-        _fail("X", (X.shape[0], X.shape[1], X.shape[2]), (T, B, M))
-    if _S0.shape[0] != T + 1 or _S0.shape[1] != B or _S0.shape[2] != N:
-        _fail("S[0] (y)", (_S0.shape[0], _S0.shape[1], _S0.shape[2]), (T + 1, B, N))
-    if _W0.shape[0] != 1 * N or _W0.shape[1] != M:
-        _fail("W[0] (x)", (_W0.shape[0], _W0.shape[1]), (1 * N, M))
-    if _G0.shape[0] != T or _G0.shape[1] != B or _G0.shape[2] != 1 * N:
-        _fail("G[0] (x)", (_G0.shape[0], _G0.shape[1], _G0.shape[2]), (T, B, 1 * N))
-    if _W1.shape[0] != 1 * N or _W1.shape[1] != N:
-        _fail("W[1] (y)", (_W1.shape[0], _W1.shape[1]), (1 * N, N))
-    if _G1.shape[0] != B or _G1.shape[1] != 1 * N:
-        _fail("G[1] (y)", (_G1.shape[0], _G1.shape[1]), (B, 1 * N))
-    if _V0.shape[0] != N:
-        _fail("V[0] (b)", (_V0.shape[0],), (N,))
+    cdef Py_ssize_t T, B, M, N
+    T, B, M, N = _sizes(X, S, 1)
+    _check("W", W, [(N, M), (N, N)])
+    _check("V", V, [(N,)])
+    _check("S", S, [(T + 1, B, N)])
+    _check("A", A, [])
+    _check("G", G, [(T, B, N), (B, N)])
+    cdef const floating[:, ::1] _W_x = W[0]    # x
+    cdef const floating[:, ::1] _W_y = W[1]    # y
+    cdef const floating[::1] _V_b = V[0]    # b
+    cdef floating[:, :, ::1] _S_y = S[0]    # y
+    cdef floating[:, :, ::1] _G_x = G[0]    # x
+    cdef floating[:, ::1] _G_y = G[1]    # y
     cdef int nt = max(1, min(threads, B))
     cdef Py_ssize_t c
     cdef _Buffers p
     memset(&p, 0, sizeof(p))
     p.T, p.B, p.M, p.N = T, B, M, N
     p.X = <void*>&X[0, 0, 0]
-    p.W0 = <void*>&_W0[0, 0]
-    p.G0 = <void*>&_G0[0, 0, 0]
-    p.W1 = <void*>&_W1[0, 0]
-    p.G1 = <void*>&_G1[0, 0]
-    p.V0 = <void*>&_V0[0]
-    p.S0 = <void*>&_S0[0, 0, 0]
-    cdef Py_ssize_t pw = 16 if floating is float else 8    # columns of a panel
-    p.P1 = calloc((((1 * N + pw - 1) // pw) * pw) * N, sizeof(floating))
+    p.W_x = <void*>&_W_x[0, 0]
+    p.W_y = <void*>&_W_y[0, 0]
+    p.V_b = <void*>&_V_b[0]
+    p.S_y = <void*>&_S_y[0, 0, 0]
+    p.G_x = <void*>&_G_x[0, 0, 0]
+    p.G_y = <void*>&_G_y[0, 0]
+    p.P_y = _packed(N, N, <floating>0)
     try:
-        if p.P1 == NULL:
+        if p.P_y == NULL:
             raise MemoryError()
         with nogil:
             for c in prange(nt, schedule="static", chunksize=1, num_threads=nt):
                 if floating is float:
-                    _input_gemm_f32(&p, c, nt)
+                    _prepare_f32(&p, c, nt)
                 else:
-                    _input_gemm_f64(&p, c, nt)
+                    _prepare_f64(&p, c, nt)
             for c in prange(nt, schedule="static", chunksize=1, num_threads=nt):
                 if floating is float:
                     _forward_rows_f32(&p, B * c // nt, B * (c + 1) // nt)
                 else:
                     _forward_rows_f64(&p, B * c // nt, B * (c + 1) // nt)
     finally:
-        free(p.P1)
+        free(p.P_y)
 
 
 def backward(const floating[:, :, ::1] X, tuple W, tuple V, tuple S, tuple A, tuple dY,
              tuple dG, tuple C, tuple acc, tuple dW, floating[:, :, ::1] dX, int threads=1):
     """Backward pass (BPTT) over the whole sequence; fills dG, C, acc, dW and dX."""
-    _count("W", W, 2)
-    _count("V", V, 1)
-    _count("S", S, 1)
-    _count("A", A, 0)
-    _count("dY", dY, 1)
-    _count("dG", dG, 1)
-    _count("C", C, 1)
-    _count("acc", acc, 1)
-    _count("dW", dW, 2)
-    cdef Py_ssize_t T = X.shape[0], B = X.shape[1], M = X.shape[2], t
-    cdef const floating[:, :, ::1] _S0 = S[0]    # y (T+1, B, N)
-    cdef Py_ssize_t N = _S0.shape[2]
-    _sizes(T, B, M, N)
-    cdef const floating[:, ::1] _W0 = W[0]    # x: W
-    cdef floating[:, ::1] _dW0 = dW[0]
-    cdef const floating[:, ::1] _W1 = W[1]    # y: R
-    cdef floating[:, ::1] _dW1 = dW[1]
-    cdef const floating[::1] _V0 = V[0]    # b
-    cdef floating[::1] _acc0 = acc[0]
-    cdef const floating[:, :, ::1] _dY0 = dY[0]    # Δ of y
-    cdef floating[:, :, ::1] _dG0 = dG[0]    # δ a
-    cdef floating[:, ::1] _C0 = C[0]    # carry of y
-    if dX.shape[0] != T or dX.shape[1] != B or dX.shape[2] != M:
-        _fail("dX", (dX.shape[0], dX.shape[1], dX.shape[2]), (T, B, M))
-    if _S0.shape[0] != T + 1 or _S0.shape[1] != B or _S0.shape[2] != N:
-        _fail("S[0] (y)", (_S0.shape[0], _S0.shape[1], _S0.shape[2]), (T + 1, B, N))
-    if _C0.shape[0] != B or _C0.shape[1] != N:
-        _fail("C[0] (y)", (_C0.shape[0], _C0.shape[1]), (B, N))
-    if _W0.shape[0] != 1 * N or _W0.shape[1] != M:
-        _fail("W[0] (x)", (_W0.shape[0], _W0.shape[1]), (1 * N, M))
-    if _dW0.shape[0] != 1 * N or _dW0.shape[1] != M:
-        _fail("dW[0] (x)", (_dW0.shape[0], _dW0.shape[1]), (1 * N, M))
-    if _W1.shape[0] != 1 * N or _W1.shape[1] != N:
-        _fail("W[1] (y)", (_W1.shape[0], _W1.shape[1]), (1 * N, N))
-    if _dW1.shape[0] != 1 * N or _dW1.shape[1] != N:
-        _fail("dW[1] (y)", (_dW1.shape[0], _dW1.shape[1]), (1 * N, N))
-    if _V0.shape[0] != N or _acc0.shape[0] != N:
-        _fail("V[0] and acc[0] (b)", (_V0.shape[0], _acc0.shape[0]), (N, N))
-    if _dY0.shape[0] != T or _dY0.shape[1] != B or _dY0.shape[2] != N:
-        _fail("dY[0] (y)", (_dY0.shape[0], _dY0.shape[1], _dY0.shape[2]), (T, B, N))
-    if _dG0.shape[0] != T or _dG0.shape[1] != B or _dG0.shape[2] != 1 * N:
-        _fail("dG[0]", (_dG0.shape[0], _dG0.shape[1], _dG0.shape[2]), (T, B, 1 * N))
+    cdef Py_ssize_t T, B, M, N
+    T, B, M, N = _sizes(X, S, 1)
+    _check("W", W, [(N, M), (N, N)])
+    _check("V", V, [(N,)])
+    _check("S", S, [(T + 1, B, N)])
+    _check("A", A, [])
+    _check("dY", dY, [(T, B, N)])
+    _check("dG", dG, [(T, B, N)])
+    _check("C", C, [(B, N)])
+    _check("acc", acc, [(N,)])
+    _check("dW", dW, [(N, M), (N, N)])
+    _check("dX", (dX,), [(T, B, M)])
+    cdef const floating[:, ::1] _W_x = W[0]    # x
+    cdef const floating[:, ::1] _W_y = W[1]    # y
+    cdef const floating[::1] _V_b = V[0]    # b
+    cdef const floating[:, :, ::1] _S_y = S[0]    # y
+    cdef const floating[:, :, ::1] _dY_y = dY[0]    # y
+    cdef floating[:, :, ::1] _dG0 = dG[0]    # a
+    cdef floating[:, ::1] _C_y = C[0]    # y
+    cdef floating[::1] _acc_b = acc[0]    # b
+    cdef floating[:, ::1] _dW_x = dW[0]    # x
+    cdef floating[:, ::1] _dW_y = dW[1]    # y
     cdef int nt = max(1, min(threads, B))
     cdef Py_ssize_t c, nvec = 1
     cdef _Buffers p
@@ -689,23 +665,23 @@ def backward(const floating[:, :, ::1] X, tuple W, tuple V, tuple S, tuple A, tu
     p.T, p.B, p.M, p.N = T, B, M, N
     p.X = <void*>&X[0, 0, 0]
     p.dX = <void*>&dX[0, 0, 0]
-    p.W0 = <void*>&_W0[0, 0]
-    p.dW0 = <void*>&_dW0[0, 0]
-    p.W1 = <void*>&_W1[0, 0]
-    p.dW1 = <void*>&_dW1[0, 0]
-    p.V0 = <void*>&_V0[0]
-    p.S0 = <void*>&_S0[0, 0, 0]
-    p.C0 = <void*>&_C0[0, 0]
-    p.dY0 = <void*>&_dY0[0, 0, 0]
+    p.W_x = <void*>&_W_x[0, 0]
+    p.W_y = <void*>&_W_y[0, 0]
+    p.V_b = <void*>&_V_b[0]
+    p.S_y = <void*>&_S_y[0, 0, 0]
+    p.dY_y = <void*>&_dY_y[0, 0, 0]
     p.dG0 = <void*>&_dG0[0, 0, 0]
-    cdef Py_ssize_t pw = 16 if floating is float else 8    # columns of a panel
-    p.P1 = calloc(((N + pw - 1) // pw) * pw * 1 * N, sizeof(floating))
+    p.C_y = <void*>&_C_y[0, 0]
+    p.acc_b = <void*>&_acc_b[0]
+    p.dW_x = <void*>&_dW_x[0, 0]
+    p.dW_y = <void*>&_dW_y[0, 0]
+    p.P_y = _packed(N, N, <floating>0)
     cdef floating* parts = <floating*>calloc(max(1, nt * nvec * N), sizeof(floating))
     try:
-        if parts == NULL or p.P1 == NULL:
+        if parts == NULL or p.P_y == NULL:
             raise MemoryError()
         with nogil:
-            _C0[:, :] = 0
+            _C_y[:, :] = 0
             for c in prange(nt, schedule="static", chunksize=1, num_threads=nt):
                 if floating is float:
                     _pack_backward_f32(&p, c, nt)
@@ -716,13 +692,12 @@ def backward(const floating[:, :, ::1] X, tuple W, tuple V, tuple S, tuple A, tu
                     _backward_rows_f32(&p, B * c // nt, B * (c + 1) // nt, parts + c * nvec * N)
                 else:
                     _backward_rows_f64(&p, B * c // nt, B * (c + 1) // nt, parts + c * nvec * N)
-            # the vector gradients: the sum of the slices' partial sums
-            _sum_parts(parts + 0 * N, nvec * N, nt, N, &_acc0[0])
-            for c in prange((2 + 1) * nt, schedule="static", chunksize=1, num_threads=nt):
+            _sum_parts(parts, nvec * N, nt, N, &_acc_b[0])
+            for c in prange(3 * nt, schedule="static", chunksize=1, num_threads=nt):
                 if floating is float:
-                    _weight_gemm_f32(&p, c, nt)
+                    _finish_f32(&p, c, nt)
                 else:
-                    _weight_gemm_f64(&p, c, nt)
+                    _finish_f64(&p, c, nt)
     finally:
         free(parts)
-        free(p.P1)
+        free(p.P_y)

@@ -8,8 +8,8 @@ Forward, one step (the spec):
     y[t] = tanh(a)
 
 Backward, one step (derived; deltas at t+1 arrive through the carries):
-    dy[t] = Delta[t] + R.T @ da[t+1]
     da[t] = dy[t]*(1 - y[t]**2)
+    dy[t] = Delta[t] + R.T @ da[t+1]
 
 The same plan as the compiled kernel (kernel.pyx beside this file), whole-batch NumPy
 operations per step and the same fused GEMMs, with the same calling convention:
@@ -65,20 +65,20 @@ def forward(X, W, V, S, A, G, threads=1):
     """Forward pass over the whole sequence and batch; fills S, A and G."""
     T, B, M = X.shape
     N = S[0].shape[2]
-    _W_x = W[0]    # (1N, M): W
-    _W_y = W[1]    # (1N, N): R
-    _V_b = V[0]
-    _S_y = S[0]    # (T+1, B, N), _S_y[0] the initial state
-    _G_x = G[0]
-    _G_y = G[1]
+    _W_x = W[0]    # x
+    _W_y = W[1]    # y
+    _V_b = V[0]    # b
+    _S_y = S[0]    # y
+    _G_x = G[0]    # x
+    _G_y = G[1]    # y
     with np.errstate(all="ignore"):
         # the input projections of all steps, one GEMM
         np.matmul(X.reshape(T * B, M), _W_x.T, out=_G_x.reshape(T * B, 1 * N))
         for t in range(T):
             # a += R @ y[t-1]
             np.matmul(_S_y[t], _W_y.T, out=_G_y)
-            R_y = _G_y[:, 0 * N:1 * N]
-            W_x = _G_x[t][:, 0 * N:1 * N]
+            R_y = _G_y[:, :N]
+            W_x = _G_x[t][:, :N]
             b = _V_b
             # a[t] = W @ x + R @ y[t-1] + b
             a = W_x + R_y + b
@@ -91,31 +91,33 @@ def backward(X, W, V, S, A, dY, dG, C, acc, dW, dX, threads=1):
     """Backward pass (BPTT) over the whole sequence; fills dG, C, acc, dW and dX."""
     T, B, M = X.shape
     N = S[0].shape[2]
-    _W_x = W[0]
-    _W_y = W[1]
-    _V_b = V[0]
-    _acc_b = acc[0]
+    _W_x = W[0]    # x
+    _W_y = W[1]    # y
+    _V_b = V[0]    # b
+    _S_y = S[0]    # y
+    _dY_y = dY[0]    # y
+    _dG0 = dG[0]    # a
+    _C_y = C[0]    # y
+    _acc_b = acc[0]    # b
+    _dW_x = dW[0]    # x
+    _dW_y = dW[1]    # y
     _acc_b[...] = 0
-    _S_y = S[0]
-    _C_y = C[0]    # carry of y: the step-(t+1) part of dy[t]
     _C_y[...] = 0
-    _dY_y = dY[0]
-    _dG0 = dG[0]    # deltas of a
     with np.errstate(all="ignore"):
         for t in range(T - 1, -1, -1):
             Delta = _dY_y[t]
             carry_y = _C_y
             y = _S_y[t + 1]
             # dy[t] = Delta[t] + R.T @ da[t+1]
-            dy = carry_y + Delta
+            dy = Delta + carry_y
             # da[t] = dy[t]*(1 - y[t]**2)
             da = dy*(1 - y*y)
-            _dG0[t, :, 0 * N:1 * N] = da
+            _dG0[t][:, :N] = da
             _acc_b += _batch_sum(da, B)
-            # carry of y: dy[t-1] gets Σ Rᵀ δ over R
+            # dy[t-1] = Σ Rᵀ δ over R: dG0[t] · W_y
             np.matmul(_dG0[t], _W_y, out=_C_y)
         # the weight gradients, one GEMM per operand over all steps
-        np.matmul(_dG0.reshape(T * B, 1 * N).T, X.reshape(T * B, M), out=dW[0])
-        np.matmul(_dG0.reshape(T * B, 1 * N).T, _S_y[:T].reshape(T * B, N), out=dW[1])
+        np.matmul(_dG0.reshape(T * B, 1 * N).T, X.reshape(T * B, M), out=_dW_x)
+        np.matmul(_dG0.reshape(T * B, 1 * N).T, _S_y[:T].reshape(T * B, N), out=_dW_y)
         # the input gradient, one GEMM
         np.matmul(_dG0.reshape(T * B, 1 * N), _W_x, out=dX.reshape(T * B, M))

@@ -1,0 +1,271 @@
+"""Stage 3b — lowering: from a plan to the functions of a kernel, language-neutral.
+
+The plan says what a step computes; lowering says which generated function receives
+which array at which row, once, for both the function's parameter list and its call
+site (`StepFunction.params`: a parameter *is* its argument, so the two cannot drift),
+and which products run before, inside and after the time loop (`Call`s). The emitters
+(`derive.kernel.emit`) only map this to Cython or NumPy syntax.
+
+Offsets are written in the names the generated row loops define: t (the step),
+b0 (a thread's first batch row), at = (t·B + b0)·N and nxt = at + B·N (row b0 of steps
+t and t+1 of a (T(+1), B, N) array).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import sympy as sp
+
+from derive.kernel.plan import Buffer, Kind, Plan, Program, Ref, Role, Storage
+
+
+class Step(Enum):
+    """Which row of a per-step array a step function gets."""
+
+    CURRENT = "t"          # the step's own row (row t+1 of a state array)
+    PREVIOUS = "t-1"       # the previous step's row (row t of a state array)
+
+
+@dataclass(frozen=True)
+class Tile:
+    """The register block of the per-step small product for one C type: `lanes`
+    elements per vector, panels of two vectors of columns, four rows at a time.
+
+    One per ISA level (portable, AVX2, AVX-512) is where wider units plug in; today
+    one tile per C type (the AVX2 widths) serves every build.
+    """
+
+    ctype: str
+    suffix: str
+    lanes: int
+
+
+#: the tiles of the small product, one per C type of a kernel module
+TILES = (Tile("float", "f32", 8), Tile("double", "f64", 4))
+
+
+@dataclass(frozen=True)
+class Pointer:
+    """Element `offset` of a kernel array (`field`: a Buffer's field, or the packed
+    panels P_<operand>), or of a thread's slice of partial sums (`partial`)."""
+
+    field: str
+    offset: str = ""
+    partial: bool = False
+
+
+@dataclass(frozen=True)
+class Param:
+    """A parameter of a step function and, in the same record, its argument."""
+
+    buffer: Buffer
+    step: Step
+    written: bool               # the step writes it (accessed in place, not by row)
+
+    @property
+    def name(self) -> str:
+        return self.buffer.field + ("_prev" if self.step is Step.PREVIOUS else "")
+
+    @property
+    def argument(self) -> Pointer:
+        return Pointer(self.buffer.field, _offset(self.buffer, self.step),
+                       self.buffer.storage is Storage.ACCUMULATOR)
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a program symbol is read or written: block `block` of `param`'s row."""
+
+    param: Param
+    block: int = 0
+
+
+@dataclass(frozen=True)
+class StepFunction:
+    """One step's element-wise function: its parameters and where each symbol lives."""
+
+    name: str                   # "forward" | "backward"
+    program: Program
+    params: tuple[Param, ...]
+    reads: dict[sp.Symbol, Place]
+    writes: tuple[Place, ...]   # one per program write, in order
+
+    @property
+    def locals(self) -> list[sp.Symbol]:
+        return sorted({s.target for s in self.program.statements}, key=lambda s: s.name)
+
+    @property
+    def rows(self) -> list[tuple[sp.Symbol, Place]]:
+        """The symbols read through a row pointer (their buffer has a batch axis and the
+        step does not write it), by name."""
+        return sorted(((s, p) for s, p in self.reads.items()
+                       if p.param.buffer.rows and not p.param.written),
+                      key=lambda sp_: sp_[0].name)
+
+
+def _offset(b: Buffer, step: Step) -> str:
+    """Row b0 of step t (t+1 for a state's current row) of `b`, as an element offset."""
+    width = f"{b.blocks} * N" if b.blocks > 1 else "N"
+    if b.storage is Storage.ACCUMULATOR:
+        return {0: "", 1: "N"}.get(b.index, f"{b.index} * N")
+    if not b.rows:
+        return ""
+    if not b.per_step:
+        return f"b0 * {width}"
+    if b.blocks == 1:
+        return "nxt" if (b.storage is Storage.STATE and step is Step.CURRENT) else "at"
+    return f"(t * B + b0) * {width}"
+
+
+def _place(p: Plan, ref: Ref) -> tuple[Buffer, Step, int]:
+    """The array, row and block a program symbol reads."""
+    kind, name = ref.kind, ref.name
+    if kind is Kind.PROJECTION:
+        return p.buffer(Storage.PROJECTION, name), Step.CURRENT, ref.block
+    if kind is Kind.PREVIOUS:
+        return p.buffer(Storage.STATE, name), Step.PREVIOUS, 0
+    if kind is Kind.VECTOR:
+        return p.buffer(Storage.VECTOR, name), Step.CURRENT, 0
+    if kind is Kind.INCOMING:
+        return p.buffer(Storage.INCOMING, name), Step.CURRENT, 0
+    if kind is Kind.CARRY:
+        return p.buffer(Storage.CARRY, name), Step.CURRENT, 0
+    if kind is Kind.VALUE and name in p.states:
+        return p.buffer(Storage.STATE, name), Step.CURRENT, 0
+    if kind in (Kind.VALUE, Kind.AUX):
+        return p.buffer(Storage.STORED, name), Step.CURRENT, 0
+    raise AssertionError(f"a step cannot read {ref}")  # pragma: no cover
+
+
+def step_function(p: Plan, name: str, program: Program) -> StepFunction:
+    """The parameters of one step (in calling-convention order) and its places."""
+    wanted = {s: _place(p, p.refs[s]) for s in sorted(program.reads, key=lambda s: s.name)}
+    written = {(w.buffer, Step.CURRENT) for w in program.writes}
+    keys = written | {(b, step) for b, step, _ in wanted.values()}
+    order = {b: k for k, b in enumerate(p.buffers)}
+    params = {key: Param(key[0], key[1], key in written)
+              for key in sorted(keys, key=lambda k: (order[k[0]], k[1].value))}
+    reads = {s: Place(params[b, step], block) for s, (b, step, block) in wanted.items()}
+    writes = tuple(Place(params[w.buffer, Step.CURRENT], w.block) for w in program.writes)
+    return StepFunction(name, program, tuple(params.values()), reads, writes)
+
+
+@dataclass(frozen=True)
+class Call:
+    """A call of a support function; `typed`: one version per C type (a suffix)."""
+
+    function: str
+    args: tuple                 # text or Pointer, positional
+    comment: str = ""
+    typed: bool = False
+
+
+@dataclass(frozen=True)
+class Task:
+    """A product split by rows between threads: chunk c of nt of `rows` rows."""
+
+    rows: str
+    call: Call
+    comment: str
+
+
+#: the arrays each entry point receives (in order) and the ones it writes
+ENTRY_ARRAYS = {
+    "forward": ((Storage.WEIGHTS, Storage.VECTOR, Storage.STATE, Storage.STORED,
+                 Storage.PROJECTION), {Storage.STATE, Storage.STORED, Storage.PROJECTION}),
+    "backward": ((Storage.WEIGHTS, Storage.VECTOR, Storage.STATE, Storage.STORED,
+                  Storage.INCOMING, Storage.DELTAS, Storage.CARRY, Storage.ACCUMULATOR,
+                  Storage.WEIGHT_GRADIENT),
+                 {Storage.DELTAS, Storage.CARRY, Storage.ACCUMULATOR,
+                  Storage.WEIGHT_GRADIENT}),
+}
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """The lowered kernel of a plan: step functions and the products around them.
+
+    A step split into phases (a product of a same-step node between element-wise
+    parts) becomes several StepFunctions with Calls between them in `per_step_*`.
+    """
+
+    plan: Plan
+    forward_step: StepFunction
+    backward_step: StepFunction
+    prepare: tuple[Task, ...]            # before the forward loop, split by rows
+    pack_forward: tuple[Call, ...]       # panels of the recurrent weights (forward)
+    per_step_forward: tuple[Call, ...]   # before each forward step: state products
+    pack_backward: tuple[Call, ...]
+    per_step_backward: tuple[Call, ...]  # after each backward step: carry products
+    finish: tuple[Task, ...]             # after the backward loop: dW and dX
+    panels_forward: tuple[tuple[str, str, str], ...]    # (field, k, n) of each P
+    panels_backward: tuple[tuple[str, str, str], ...]
+
+    @property
+    def state_operands(self):
+        return [o for o in self.plan.operands if o.role is Role.STATE]
+
+
+def _width(k: int) -> str:
+    return f"{k} * N" if k > 1 else "N"
+
+
+def lower(p: Plan) -> Kernel:
+    """The kernel of a plan: both step functions and every product around them."""
+    x = next(o for o in p.operands if o.role is Role.INPUT)
+    states = [o for o in p.operands if o.role is Role.STATE]
+    G = {o.name: p.buffer(Storage.PROJECTION, o.name).field for o in p.operands}
+    W = {o.name: p.buffer(Storage.WEIGHTS, o.name).field for o in p.operands}
+    dG = {g.index: p.buffer(Storage.DELTAS, " ".join(g.nodes)).field for g in p.groups}
+    S = {s: p.buffer(Storage.STATE, s).field for s in p.states}
+    C = {s: p.buffer(Storage.CARRY, s).field for s in p.states}
+    xw = _width(x.k)
+    prepare = (Task("T * B", Call("_gemm", ("False", "True", "r1 - r0", xw, "M", "1",
+                                            Pointer("X", "r0 * M"), "M", Pointer(W[x.name]),
+                                            "M", "0", Pointer(G[x.name], f"r0 * {xw}"), xw)),
+                    f"the input projections of all steps: G_{x.name} (T·B × {xw}) = X · "
+                    f"W_{x.name}ᵀ"),)
+    pack_fwd = tuple(Call("derive_pack", ("N", _width(o.k), Pointer(W[o.name]), "1", "N",
+                                          Pointer(f"P_{o.name}"), "c", "nt"),
+                          f"W_{o.name}ᵀ (N × {_width(o.k)}) for G_{o.name} = "
+                          f"{o.name}[t-1] · W_{o.name}ᵀ", True) for o in states)
+    per_fwd = tuple(Call("derive_small_gemm", (
+        "nb", _width(o.k), "N", Pointer(S[o.name], "at"), "N", Pointer(f"P_{o.name}"),
+        Pointer(G[o.name], f"b0 * {_width(o.k)}"), _width(o.k), "0"),
+        f"{' '.join(o.nodes)} += {' '.join(o.matrices)} @ {o.name}[t-1]", True)
+        for o in states)
+    pack_bwd = tuple(Call("derive_pack", (_width(o.k), "N", Pointer(W[o.name]), "N", "1",
+                                          Pointer(f"P_{o.name}"), "c", "nt"),
+                          f"W_{o.name} ({_width(o.k)} × N) for the carry of {o.name}", True)
+                     for o in states)
+    per_bwd = tuple(Call("derive_small_gemm", (
+        "nb", "N", _width(o.k), Pointer(dG[o.group], f"(t * B + b0) * {_width(o.k)}"),
+        _width(o.k), Pointer(f"P_{o.name}"), Pointer(C[o.name], "b0 * N"), "N",
+        "1" if o.name in p.carried else "0"),
+        f"d{o.name}[t-1] {'+' if o.name in p.carried else ''}= Σ Rᵀ δ over "
+        f"{' '.join(o.matrices)}: dG{o.group}[t] · W_{o.name}", True) for o in states)
+    finish = tuple(_weight_task(p, o, dG[o.group]) for o in p.operands) + (
+        Task("T * B", Call("_gemm", ("False", "False", "r1 - r0", "M", xw, "1",
+                                     Pointer(dG[x.group], f"r0 * {xw}"), xw, Pointer(W[x.name]),
+                                     "M", "0", Pointer("dX", "r0 * M"), "M")),
+             f"dX = dG{x.group} · W_{x.name}"),)
+    return Kernel(p, step_function(p, "forward", p.forward),
+                  step_function(p, "backward", p.backward), prepare, pack_fwd, per_fwd,
+                  pack_bwd, per_bwd, finish,
+                  tuple((f"P_{o.name}", "N", _width(o.k)) for o in states),
+                  tuple((f"P_{o.name}", _width(o.k), "N") for o in states))
+
+
+def _weight_task(p: Plan, o, dG: str) -> Task:
+    """d[matrices of o] = dGᵀ · o's values over all steps, split by rows."""
+    w = _width(o.k)
+    values = (Pointer("X") if o.role is Role.INPUT
+              else Pointer(p.buffer(Storage.STATE, o.name).field))
+    call = Call("_gemm", ("True", "False", "r1 - r0", o.size, "T * B", "1",
+                          Pointer(dG, "r0"), w, values, o.size, "0",
+                          Pointer(p.buffer(Storage.WEIGHT_GRADIENT, o.name).field,
+                                  f"r0 * {o.size}"), o.size))
+    at = "" if o.role is Role.INPUT else "[t-1]"
+    return Task(w, call, f"d[{' '.join(o.matrices)}] = dG{o.group}ᵀ · {o.name}{at}")

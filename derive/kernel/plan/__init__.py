@@ -1,0 +1,113 @@
+"""Stage 3 — the kernel *plan* of a derivation, built by small passes over a typed plan.
+
+Every decision about what a kernel computes, stores and fuses lives here; the lowering
+(`derive.kernel.lower`), the emitters (`derive.kernel.emit`) and the templates only lay
+the plan out. The passes, in order (one module each):
+
+1. `operands` — operands (the vectors matrices multiply) and groups (shared dG buffers);
+2. `forward` — forward allocation: the program symbols of one step's values;
+3. `backward` — backward deltas: δ of every node, the projection deltas into dG;
+4. `backward` — carries: the element-wise part of δs[t-1], written at step t;
+5. `backward` — accumulators: the vector parameters' gradients over batch and time;
+6. `storage` — auxiliary values, the values the forward stores, the arrays of a call;
+7. `cse` — both step programs as CSE'd, dependency-ordered straight-line code.
+
+The model (`model`): the plan's symbols are plain identifiers whose meaning is a typed
+`Ref` (`Plan.refs`); the arrays of a call are `Buffer`s; a step is a `Program` of
+statements and writes. `describe(plan)` prints it (`derive plan CELL`).
+
+Cells whose projections read a node of the same step (a multi-phase cell), cells with
+several inputs and cells that use an input element-wise are valid specs that the
+kernels do not support yet: `plan()` raises a UserError naming the node.
+"""
+
+from __future__ import annotations
+
+from derive.derivation import Derivation, derive
+from derive.kernel.plan.backward import Backward
+from derive.kernel.plan.cse import expand_powers, finish
+from derive.kernel.plan.describe import describe
+from derive.kernel.plan.forward import Allocation, forward_program
+from derive.kernel.plan.model import (
+    Block,
+    Buffer,
+    Group,
+    Kind,
+    Operand,
+    Plan,
+    Program,
+    Ref,
+    Role,
+    Statement,
+    Storage,
+    Stored,
+    Write,
+)
+from derive.kernel.plan.operands import (
+    check_matrix_gradients,
+    check_supported,
+    operands_and_groups,
+)
+from derive.kernel.plan.storage import (
+    FUNCTIONS,
+    all_buffers,
+    auxiliaries,
+    fixed_buffers,
+    stored_values,
+)
+from derive.kernel.plan.symbols import Symbols
+
+__all__ = ["FUNCTIONS", "Block", "Buffer", "Group", "Kind", "Operand", "Plan", "Program",
+           "Ref", "Role", "Statement", "Storage", "Stored", "Write", "describe", "expand_powers",
+           "plan"]
+
+
+def plan(d: "Derivation | str") -> Plan:
+    """The kernel plan of a derivation (or of a cell name / spec path)."""
+    if not isinstance(d, Derivation):
+        d = derive(d)
+    cell = d.cell
+    check_supported(cell)
+    operands, groups = operands_and_groups(cell)
+    check_matrix_gradients(d, operands)
+    params = {n: p.shape for n, p in cell.parameters.items()}
+    vectors = tuple(n for n, s in params.items() if len(s) == 1)
+    symbols = Symbols()
+    alloc = Allocation(cell, operands, vectors, symbols)
+    fixed = fixed_buffers(cell, operands, groups, vectors)
+    by_name = {(b.storage, b.name): b for b in fixed}
+    bwd = Backward(d, alloc.subs, symbols)
+    bwd.deltas(groups, by_name)
+    carried = bwd.carry_writes(operands, by_name)
+    bwd.accumulators(vectors, by_name)
+    backward, aux = _with_auxiliaries(bwd, symbols)
+    stored = stored_values(cell, alloc.values, aux, backward, symbols)
+    buffers = all_buffers(fixed, stored)
+    forward, comments = forward_program(cell, alloc, stored,
+                                        {(b.storage, b.name): b for b in buffers})
+    result = Plan(cell, cell.inputs[0], cell.states, cell.outputs, params, vectors,
+                  operands, groups, stored, buffers, finish(forward, symbols),
+                  backward, symbols.refs, carried, {**comments, **bwd.comments})
+    _check_backward_reads(result)
+    return result
+
+
+def _with_auxiliaries(bwd: Backward, symbols: Symbols) -> tuple[Program, dict]:
+    """The finished backward program, reading AUX symbols in place of its function
+    calls, and those symbols (function call -> symbol)."""
+    aux = auxiliaries(bwd.statements, symbols)
+    statements = tuple(Statement(s.target, s.expr.xreplace(aux), s.comment)
+                       for s in bwd.statements)
+    return finish(Program(statements, tuple(bwd.writes)), symbols), aux
+
+
+def _check_backward_reads(p: Plan) -> None:
+    """The backward reads only what the forward stores (no values at t+1)."""
+    ok = {Kind.PREVIOUS, Kind.VECTOR, Kind.INCOMING, Kind.CARRY, Kind.AUX}
+    stored = {s.symbol for s in p.stored}
+    for sym in p.backward.reads:
+        ref = p.refs[sym]
+        if ref.kind in ok or sym in stored or (ref.kind is Kind.VALUE
+                                               and ref.name in p.states):
+            continue
+        raise AssertionError(f"backward reads {ref}")  # pragma: no cover

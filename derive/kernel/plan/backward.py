@@ -1,0 +1,118 @@
+"""Passes 3–5 — the backward program of one step: deltas, carries, accumulators.
+
+Every contribution that reaches a state from step t+1 arrives through one *carry*
+buffer per state: carry_s holds the step-(t+1) part of δsᵗ, that is
+`shift_time(d.initial[s], +1)`; its element-wise part is written by step t+1's loop and
+its matrix part (Σ Rᵀ δūᵗ⁺¹) is added by one product per state, carry_s += dG[t+1] ·
+Wcat_s. So δsᵗ = (its step-t flows and Δᵗ) + carry_s, and after step 0 the carry *is*
+the initial-state gradient δs⁰. The program writes each projection node's delta into
+dG of every group that has it, the new carries, and accumulates the gradients of the
+vector parameters (peepholes, biases) over the batch and time.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from derive.cell import symbols as S
+from derive.derivation import Derivation
+from derive.kernel.plan.model import (
+    Buffer,
+    Group,
+    Kind,
+    Operand,
+    Ref,
+    Statement,
+    Storage,
+    Write,
+)
+from derive.kernel.plan.operands import unsupported
+from derive.kernel.plan.symbols import Symbols
+from derive.printing import presentation
+from derive.printing.text import text
+
+Buffers = dict[tuple[Storage, str], Buffer]
+
+
+class Backward:
+    """The statements and writes of one backward step, built pass by pass."""
+
+    def __init__(self, d: Derivation, subs: dict, symbols: Symbols):
+        cell = d.cell
+        self.d, self.cell, self.symbols = d, cell, symbols
+        self.statements: list[Statement] = []
+        self.writes: list[Write] = []
+        self.comments: dict[str, str] = {}
+        self.carries = {s: symbols.of(Ref(Kind.CARRY, s), f"carry_{s}") for s in cell.states}
+        single = len(cell.outputs) == 1
+        self.subs = dict(subs)
+        for o in cell.outputs:
+            self.subs[S.incoming(o, 0, single=single)] = symbols.of(
+                Ref(Kind.INCOMING, o), "Delta" if single else f"Delta_{o}")
+        self.delta = {n: symbols.of(Ref(Kind.DELTA, n), f"d{n}") for n in d.deltas
+                      if n not in cell.inputs}
+        self.subs.update({S.delta(n): sym for n, sym in self.delta.items()})
+
+    def deltas(self, groups: tuple[Group, ...], buffers: Buffers) -> None:
+        """Pass 3: δ of every node (its step-t flows, plus the carry of a state);
+        each projection node's δ is written into its groups' dG."""
+        cell, d = self.cell, self.d
+        for n, sym in self.delta.items():
+            expr = sp.Add(*[f.term for f in d.deltas[n].flows if f.shift == 0])
+            later = [f.term for f in d.deltas[n].flows if f.shift != 0]
+            if later and n not in cell.states:  # pragma: no cover - only states at t+1
+                raise unsupported(cell, f"δ{n} receives terms from step t+1 but {n} is "
+                                        f"not a state")
+            if later and sp.expand(sp.Add(*later) - S.shift_time(d.initial[n], 1)) != 0:
+                raise AssertionError(f"carry of {n} does not match d.initial")  # pragma: no cover
+            if n in cell.states:
+                expr = expr + self.carries[n]
+            if expr.has(S.MatTVec, S.MatVec):  # pragma: no cover - multi-phase is rejected
+                raise unsupported(cell, f"δ{n} needs a matrix product inside the step")
+            comment = f"d{n}[t] = {text(presentation.structured(d, n))}"
+            self.comments[f"d{n}"] = comment
+            self.statements.append(Statement(sym, expr.xreplace(self.subs), comment))
+        for g in groups:
+            for k, node in enumerate(g.nodes):
+                self.writes.append(Write(buffers[Storage.DELTAS, " ".join(g.nodes)],
+                                         self.delta[node], k, f"dG{g.index}[t][{k}] = "
+                                                              f"d{node}[t]"))
+
+    def carry_writes(self, operands: tuple[Operand, ...], buffers: Buffers) -> frozenset:
+        """Pass 4: the element-wise part of δs at t-1, written at step t, for every state
+        that has one; returns those states (the others get only the matrix part)."""
+        carried = set()
+        for s in self.cell.states:
+            init = self.d.initial[s]
+            terms = sp.Add.make_args(sp.expand(init) if init.has(S.MatTVec) else init)
+            ew = sp.Add(*[t for t in terms if not t.has(S.MatTVec)])
+            _check_matrix_part(s, terms, operands)
+            if ew == 0:
+                continue
+            carried.add(s)
+            target = self.symbols.temp(f"carry_{s}_next")
+            comment = f"d{s}[t-1] gets: {text(presentation.initial_state(self.d, s))}"
+            self.comments[f"carry_{s}"] = comment
+            self.statements.append(Statement(target, ew.xreplace(self.subs), comment))
+            self.writes.append(Write(buffers[Storage.CARRY, s], target, 0, comment))
+        return frozenset(carried)
+
+    def accumulators(self, vectors: tuple[str, ...], buffers: Buffers) -> None:
+        """Pass 5: each vector parameter's gradient term, summed over batch and time."""
+        for v in vectors:
+            expr = self.d.params[v].step
+            if expr.has(S.Outer, S.MatTVec, S.MatVec):  # pragma: no cover
+                raise AssertionError(f"vector parameter {v} has a matrix gradient term")
+            target = self.symbols.temp(f"g_{v}")
+            comment = f"d{v} += {text(presentation.parameter_term(self.d, v))}"
+            self.statements.append(Statement(target, expr.xreplace(self.subs), comment))
+            self.writes.append(Write(buffers[Storage.ACCUMULATOR, v], target, 0, comment))
+
+
+def _check_matrix_part(s: str, terms, operands: tuple[Operand, ...]) -> None:
+    """The matrix part of δs[t-1] is Σ Rᵀ δ over exactly the blocks of operand s."""
+    mat = {(t.args[0].name, S.ref(t.args[1]).name) for t in terms if isinstance(t, S.MatTVec)}
+    bad = [t for t in terms if t.has(S.MatTVec) and not isinstance(t, S.MatTVec)]
+    expect = {(b.matrix, b.node) for o in operands if o.name == s for b in o.blocks}
+    if bad or mat != expect:  # pragma: no cover - guarded by the derivation
+        raise AssertionError(f"matrix part of the carry of {s}: {terms}")

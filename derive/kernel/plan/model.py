@@ -1,0 +1,269 @@
+"""The typed plan of a kernel: what every symbol of a step program stands for, the arrays
+a kernel call passes, and the programs of one forward and one backward step.
+
+Nothing here is a name string to be parsed: a program symbol is `sp.Symbol(identifier)`
+(the identifier the generated code uses, unique in the plan) and `Plan.refs` says what
+it is, as a `Ref` of a `Kind`; an array of the calling convention is a `Buffer` of a
+`Storage`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import sympy as sp
+
+
+class Role(Enum):
+    """How an operand enters the step: the input at t, or a state at t-1."""
+
+    INPUT = "input"      # its projections of all T steps: one GEMM before the time loop
+    STATE = "state"      # its projections: one (small) product per step
+
+
+class Kind(Enum):
+    """What a symbol of a step program stands for."""
+
+    PROJECTION = "projection"   # block `block` of operand `name`'s projection result
+    PREVIOUS = "previous"       # state `name` at t-1
+    VALUE = "value"             # node `name` at t (computed in the forward, read back)
+    AUX = "aux"                 # an auxiliary value the forward stores (like tanh(c[t]))
+    VECTOR = "vector"           # the vector parameter `name`
+    INCOMING = "incoming"       # Δ of output `name` (from the loss)
+    CARRY = "carry"             # the step-(t+1) part of δ of state `name`
+    DELTA = "delta"             # δ of node `name`: a local of the backward step
+    TEMP = "temp"               # a local: CSE temporary, new carry, parameter-gradient term
+
+
+@dataclass(frozen=True)
+class Ref:
+    """The meaning of one program symbol."""
+
+    kind: Kind
+    name: str = ""       # the cell's node, state, operand, parameter or output
+    block: int = 0       # PROJECTION: the block inside the operand's projection result
+
+
+class Storage(Enum):
+    """The arrays of a kernel call (the calling convention of generated/<cell>/kernel.pyx).
+
+    value: (argument of forward/backward, its shape in T, B, M, N, k = blocks and size =
+    the operand's length).
+    """
+
+    INPUT = ("X", ("T", "B", "M"))
+    WEIGHTS = ("W", ("k * N", "size"))                 # fused matrices of an operand
+    VECTOR = ("V", ("N",))
+    STATE = ("S", ("T + 1", "B", "N"))                 # index 0: the initial state
+    STORED = ("A", ("T", "B", "N"))                    # node or aux values for the backward
+    PROJECTION = ("G", ("T", "B", "k * N"))            # a state operand's: (B, k·N)
+    INCOMING = ("dY", ("T", "B", "N"))
+    DELTAS = ("dG", ("T", "B", "k * N"))               # deltas of a group's projection nodes
+    CARRY = ("C", ("B", "N"))                          # the initial-state gradients at the end
+    ACCUMULATOR = ("acc", ("N",))                      # gradients of the vector parameters
+    WEIGHT_GRADIENT = ("dW", ("k * N", "size"))
+    INPUT_GRADIENT = ("dX", ("T", "B", "M"))
+
+    @property
+    def argument(self) -> str:
+        return self.value[0]
+
+
+@dataclass(frozen=True)
+class Buffer:
+    """One array of a kernel call: `storage`[index], holding `name`'s values.
+
+    blocks: how many N-wide blocks a row holds (k of a projection or delta group, else 1);
+    steps: T (per step), T + 1 (states), or 0 (no time axis); size: "M" or "N", the
+    width of a row (of a block).
+    """
+
+    storage: Storage
+    name: str
+    index: int
+    shape: tuple[str, ...]
+    blocks: int = 1
+
+    @property
+    def field(self) -> str:
+        """The identifier of this array in generated code (`S_c`, `dG0`, `X`)."""
+        if self.storage in (Storage.INPUT, Storage.INPUT_GRADIENT):
+            return self.storage.argument
+        if self.storage is Storage.DELTAS:
+            return f"dG{self.index}"
+        return f"{self.storage.argument}_{self.name}"
+
+    @property
+    def rows(self) -> bool:
+        """Has a batch axis: read row by row (b = 0 … B-1)."""
+        return "B" in self.shape
+
+    @property
+    def per_step(self) -> bool:
+        return self.shape[0] in ("T", "T + 1")
+
+
+@dataclass(frozen=True)
+class Block:
+    """One projection `matrix @ operand` feeding `node`: the k-th N rows of Wcat."""
+
+    node: str
+    matrix: str
+
+
+@dataclass(frozen=True)
+class Operand:
+    """A vector multiplied by matrices: the input (read at t) or a state (read at t-1)."""
+
+    name: str
+    role: Role
+    size: str                 # "M" | "N": the length of the vector
+    blocks: tuple[Block, ...]
+    group: int                # index of the dG buffer holding its blocks' deltas
+
+    @property
+    def matrices(self) -> tuple[str, ...]:
+        return tuple(b.matrix for b in self.blocks)
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        return tuple(b.node for b in self.blocks)
+
+    @property
+    def k(self) -> int:
+        return len(self.blocks)
+
+
+@dataclass(frozen=True)
+class Group:
+    """A dG buffer (T, B, k·N): the deltas of `nodes`, shared by `operands`."""
+
+    index: int
+    nodes: tuple[str, ...]
+    operands: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A (T, B, N) array the forward pass writes for the backward pass.
+
+    symbol: what it holds at step t (a node value, or an AUX symbol); expr: for an
+    auxiliary value, the forward expression it stands for.
+    """
+
+    name: str
+    symbol: sp.Symbol
+    expr: sp.Expr | None = None
+
+    @property
+    def is_aux(self) -> bool:
+        return self.expr is not None
+
+
+@dataclass(frozen=True)
+class Statement:
+    """`target = expr` in one step's straight-line program (comment: its equation)."""
+
+    target: sp.Symbol
+    expr: sp.Expr
+    comment: str = ""
+
+
+@dataclass(frozen=True)
+class Write:
+    """After the statements: store `value` into `buffer` (block `block` of a row), or
+    add it into the buffer when it is an ACCUMULATOR."""
+
+    buffer: Buffer
+    value: sp.Symbol
+    block: int = 0
+    comment: str = ""
+
+    @property
+    def accumulates(self) -> bool:
+        return self.buffer.storage is Storage.ACCUMULATOR
+
+
+@dataclass(frozen=True)
+class Program:
+    """The element-wise work of one step: statements (dependency order), then writes.
+
+    A later phase structure (a step split into element-wise phases around products of
+    a same-step node, reductions over hidden units) becomes a sequence of Programs.
+    """
+
+    statements: tuple[Statement, ...]
+    writes: tuple[Write, ...]
+
+    @property
+    def reads(self) -> frozenset[sp.Symbol]:
+        """The symbols the program reads and does not assign."""
+        assigned = {s.target for s in self.statements}
+        free = set().union(*(s.expr.free_symbols for s in self.statements), set())
+        free |= {w.value for w in self.writes}
+        return frozenset(free - assigned)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a backend needs to lay out the kernel of one cell.
+
+    buffers: every array of the calling convention, in argument order; refs: the
+    meaning of every program symbol; carried: the states whose carry the backward step
+    writes element-wise (the others receive only the recurrent product);
+    equations: the comment of each node, delta, carry and vector gradient.
+    """
+
+    cell: object
+    input: str
+    states: tuple[str, ...]
+    outputs: tuple[str, ...]
+    parameters: dict[str, tuple[str, ...]]      # name -> paper shape
+    vectors: tuple[str, ...]                    # element-wise parameters, in order
+    operands: tuple[Operand, ...]
+    groups: tuple[Group, ...]
+    stored: tuple[Stored, ...]
+    buffers: tuple[Buffer, ...]
+    forward: Program
+    backward: Program
+    refs: dict[sp.Symbol, Ref]
+    carried: frozenset[str]
+    equations: dict[str, str]
+
+    @property
+    def name(self) -> str:
+        return self.cell.name
+
+    def operand(self, name: str) -> Operand:
+        return next(o for o in self.operands if o.name == name)
+
+    def buffer(self, storage: Storage, name: str = "") -> Buffer:
+        """The array of `storage` holding `name` (the only one for X and dX)."""
+        return next(b for b in self.buffers if b.storage is storage
+                    and (b.name == name or not name))
+
+    def arrays(self, storage: Storage) -> tuple[Buffer, ...]:
+        """The arrays of one argument of the calling convention, in order."""
+        return tuple(b for b in self.buffers if b.storage is storage)
+
+    def layout(self) -> dict:
+        """JSON-able metadata embedded in generated modules (runtime needs no SymPy)."""
+        return {
+            "cell": self.cell.name,
+            "title": self.cell.title,
+            "spec_hash": self.cell.hash,
+            "input": self.input,
+            "states": list(self.states),
+            "outputs": list(self.outputs),
+            "parameters": [[n, list(s)] for n, s in self.parameters.items()],
+            "vectors": list(self.vectors),
+            "operands": [{"name": o.name, "kind": o.role.value, "size": o.size,
+                          "blocks": [[b.node, b.matrix] for b in o.blocks],
+                          "group": o.group} for o in self.operands],
+            "groups": [{"nodes": list(g.nodes), "operands": list(g.operands)}
+                       for g in self.groups],
+            "stored": [{"name": s.name, "kind": "aux" if s.is_aux else "node"}
+                       for s in self.stored],
+            "carry_set": [s in self.carried for s in self.states],
+        }

@@ -1,0 +1,93 @@
+"""Pass 6 — storage: the arrays of a kernel call, and what the forward stores for the
+backward.
+
+*Auxiliary* values are functions of forward values that the backward needs (like
+tanh(cᵗ)): they are stored by the forward, never recomputed. The forward stores every
+node the backward reads (states live in S anyway) and every output that is not a
+state.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from derive.cell import symbols as S
+from derive.kernel.plan.model import (
+    Buffer,
+    Group,
+    Kind,
+    Operand,
+    Program,
+    Ref,
+    Role,
+    Statement,
+    Storage,
+    Stored,
+)
+from derive.kernel.plan.symbols import Symbols
+
+#: functions of the element-wise programs (applied to one vector)
+FUNCTIONS = (S.sigmoid, sp.tanh, sp.exp, sp.log)
+
+
+def make_buffer(storage: Storage, name: str, index: int, blocks: int = 1,
+                size: str = "N", per_step: bool = True) -> Buffer:
+    """A Buffer with its shape spelled out (k = blocks, size = M or N); without its time
+    axis unless per_step (the projections of a state operand: one step at a time)."""
+    dims = storage.value[1] if per_step else storage.value[1][1:]
+    width = f"{blocks} * N" if blocks > 1 else "N"
+    shape = tuple(d.replace("size", size).replace("k * N", width) for d in dims)
+    return Buffer(storage, name, index, shape, blocks)
+
+
+def auxiliaries(statements: list[Statement], symbols: Symbols) -> dict[sp.Expr, sp.Symbol]:
+    """An AUX symbol for every function call of the backward statements."""
+    aux: dict[sp.Expr, sp.Symbol] = {}
+    for st in statements:
+        for f in sorted(st.expr.atoms(*FUNCTIONS), key=sp.default_sort_key):
+            if f not in aux:
+                ref = symbols.refs.get(f.args[0])
+                of = f"_{f.args[0].name}" if ref and ref.kind in (Kind.VALUE,
+                                                                   Kind.PREVIOUS) else "_aux"
+                aux[f] = symbols.new(Ref(Kind.AUX), f"{type(f).__name__}{of}")
+    return aux
+
+
+def stored_values(cell, values: dict[str, sp.Symbol], aux: dict[sp.Expr, sp.Symbol],
+                  backward: Program, symbols: Symbols) -> tuple[Stored, ...]:
+    """The nodes and auxiliary values the backward reads (and non-state outputs)."""
+    reads = backward.reads
+    out = [Stored(n, values[n]) for n in cell.nodes
+           if n not in cell.states and (values[n] in reads or n in cell.outputs)]
+    for expr, sym in sorted(aux.items(), key=lambda kv: kv[1].name):
+        if sym in reads:
+            symbols.refs[sym] = Ref(Kind.AUX, sym.name)
+            out.append(Stored(sym.name, sym, expr))
+    return tuple(out)
+
+
+def fixed_buffers(cell, operands: tuple[Operand, ...], groups: tuple[Group, ...],
+                  vectors: tuple[str, ...]) -> tuple[Buffer, ...]:
+    """Every array of the calling convention except the stored values A."""
+    out = [make_buffer(Storage.INPUT, cell.inputs[0], 0),
+           make_buffer(Storage.INPUT_GRADIENT, cell.inputs[0], 0)]
+    for k, o in enumerate(operands):
+        out += [make_buffer(Storage.WEIGHTS, o.name, k, o.k, o.size),
+                make_buffer(Storage.WEIGHT_GRADIENT, o.name, k, o.k, o.size),
+                make_buffer(Storage.PROJECTION, o.name, k, o.k,
+                            per_step=o.role is Role.INPUT)]
+    for k, v in enumerate(vectors):
+        out += [make_buffer(Storage.VECTOR, v, k), make_buffer(Storage.ACCUMULATOR, v, k)]
+    for k, s in enumerate(cell.states):
+        out += [make_buffer(Storage.STATE, s, k), make_buffer(Storage.CARRY, s, k)]
+    out += [make_buffer(Storage.INCOMING, o, k) for k, o in enumerate(cell.outputs)]
+    out += [make_buffer(Storage.DELTAS, " ".join(g.nodes), g.index, len(g.nodes))
+            for g in groups]
+    return tuple(out)
+
+
+def all_buffers(fixed: tuple[Buffer, ...], stored: tuple[Stored, ...]) -> tuple[Buffer, ...]:
+    """The arrays in the order of the calling convention (by argument, then index)."""
+    order = list(Storage)
+    out = list(fixed) + [make_buffer(Storage.STORED, s.name, k) for k, s in enumerate(stored)]
+    return tuple(sorted(out, key=lambda b: (order.index(b.storage), b.index)))
