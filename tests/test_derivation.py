@@ -4,6 +4,7 @@ import pytest
 import sympy as sp
 
 import derive
+from catalog import cell_path
 from derive.cell import symbols as S
 from derive.verify.notation import parse_expression
 
@@ -125,13 +126,10 @@ def test_fgr_state_carries_the_gates():
     assert set(d.initial) == {"y", "c", "i", "f", "o"}
 
 
-def test_cells_with_differently_named_outputs_coexist_in_one_process(tmp_path):
+def test_cells_with_differently_named_outputs_coexist_in_one_process():
     """`Delta[t]` is shared by every single-output cell, whatever its output is called."""
     from derive import check
-    spec = tmp_path / "elman_h.toml"
-    spec.write_text('name = "elman_h"\ninputs = ["x"]\nstate = ["h"]\noutputs = ["h"]\n'
-                    '[parameters]\nW = ["N", "M"]\nR = ["N", "N"]\nb = ["N"]\n'
-                    '[nodes]\na = "W @ x + R @ h[t-1] + b"\nh = "tanh(a)"\n')
+    spec = cell_path("elman_h")
     derive.derive("lstm")
     d = derive.derive(spec)
     assert d.structured("h") == parse_expression(d.cell, "Delta[t] + R.T @ da[t+1]")

@@ -6,23 +6,11 @@ import sys
 import pytest
 
 import derive
+import catalog
+from catalog import cell_text
 from derive.errors import SpecError
 
-GOOD = '''\
-name = "tiny"
-inputs = ["x"]
-state = ["y"]
-outputs = ["y"]
-
-[parameters]
-W = ["N", "M"]
-R = ["N", "N"]
-b = ["N"]
-
-[nodes]
-a = "W @ x + R @ y[t-1] + b"
-y = "tanh(a)"
-'''
+GOOD = cell_text("tiny")
 
 # (rule, edit of GOOD, words the message must contain, line it must name)
 BAD = [
@@ -112,3 +100,10 @@ def test_spec_is_never_executed(tmp_path):
     with pytest.raises(SpecError):
         derive.load_cell(write(tmp_path, evil))
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("name", catalog.NAMES)
+def test_every_cell_of_the_test_catalog_is_a_valid_cell(name):
+    """tests/cells/ holds valid cells only (the invalid ones are edits in BAD above)."""
+    cell = derive.load_cell(catalog.cell_path(name))
+    assert cell.nodes and cell.outputs
