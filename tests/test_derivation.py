@@ -1,4 +1,5 @@
-"""The derived equations against the paper (lstm-equations.md) and the variants' changes."""
+"""The derived equations against the paper (Greff et al., "LSTM: A Search Space Odyssey",
+section 2) and the variants' changes."""
 
 import pytest
 import sympy as sp
@@ -8,7 +9,8 @@ from catalog import cell_path
 from derive.cell import symbols as S
 from derive.verify.notation import parse_expression
 
-# lstm-equations.md, written as a person would type them (text notation of design.md)
+# the paper's backward pass of the vanilla LSTM, written as a person would type it (the
+# text notation of `derive verify`, see the README)
 PAPER = {
     "y": "Delta[t] + R_z.T @ dz_bar[t+1] + R_i.T @ di_bar[t+1] + R_f.T @ df_bar[t+1]"
          " + R_o.T @ do_bar[t+1]",

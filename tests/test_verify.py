@@ -1,4 +1,4 @@
-"""derive verify: hand derivations against the derived truth (issue 4)."""
+"""derive verify: hand derivations against the derived truth."""
 
 import json
 import subprocess
