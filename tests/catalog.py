@@ -11,8 +11,6 @@ from pathlib import Path
 
 FOLDER = Path(__file__).resolve().parent / "cells"
 NAMES = tuple(sorted(p.stem for p in FOLDER.glob("*.toml")))
-#: valid cells that the kernel path refuses (a clear error, never a wrong kernel)
-NOT_FOR_KERNELS = ("input_elementwise", "same_step_product", "two_inputs")
 
 
 def cell_path(name: str) -> str:
