@@ -36,6 +36,8 @@ def test_ratio_is_derive_time_over_peer_time_and_peak_a_fraction():
             "50 % | 40 % |") in text
     assert "failed" in text
     assert "float32 200 GFlop/s" in bench.peak_line(r)
+    r.peak_runs = {"float32": [180.0, 200.0]}
+    assert "float32 200 GFlop/s (180 at the start, 200 at the end)" in bench.peak_line(r)
 
 
 def test_useful_flops_are_the_projections_of_the_pass():
