@@ -4,7 +4,7 @@ Everything else about the package is declared in pyproject.toml. Each shipped ce
 committed generated/<cell>/kernel.pyx becomes the extension module
 `derive._kernels.<cell>` (float32 and float64 in one module), with BUILD_INFO appended:
 the fingerprint of the generator that wrote it, which derive.kernel.build compares with the
-installed generator before using the module (see derive/build.py). They link the BLAS
+installed generator before using the module (see derive/kernel/build.py). They link the BLAS
 of the scipy-openblas32 wheel, which derive loads before importing them. The extensions are
 optional: a machine where they do not compile still installs derive, and the kernels
 then compile on first use into the cache, or the NumPy reference backend is used.

@@ -1,23 +1,66 @@
 """Benchmark derive's kernels against the NumPy reference, PyTorch and the GEMM floor.
 
-    python benchmarks/bench.py                 # print the table
-    python benchmarks/bench.py --record        # also rewrite benchmarks/results.md
+    python benchmarks/bench.py                 # print the machine and the table
+    python benchmarks/bench.py --record        # also record them in benchmarks/results.md
 
 Shapes S1 (T=100, B=32, M=128, N=256), S2 (T=50, B=64, M=256, N=512),
 S3 (T=200, B=16, M=64, N=128); float32 and float64; medians of --repeats runs after
-warm-up, all peers measured side by side in this one process. PyTorch is optional:
-`pip install torch==2.13.0` (a CPU build).
+warm-up, all peers measured side by side in this one process, with the machine's GEMM
+peak measured in the same run. PyTorch is optional: `pip install torch==2.13.0` (a CPU
+build).
+
+results.md keeps one section per machine (CPU, vector extensions, CPU count): --record
+replaces the section of the machine it runs on, or adds one, and leaves the others and
+every hand-written note alone. Some machines set OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE,
+which force OpenBLAS's AVX2 kernels; a user's machine does not: record with
+`env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench.py ... --record`.
 """
 
 import argparse
 import os
+import re
 import sys
+import time
 from pathlib import Path
 
 from derive import bench
 
 HERE = Path(__file__).resolve().parent
-NOTES = "<!-- notes: kept when the table above is re-recorded -->"
+HEADER = """\
+# Benchmark results
+
+One section per machine measured, newest machine first. Each was recorded by
+`benchmarks/bench.py --record`, which replaces only the section of the machine it runs
+on; notes written below a section's table (after its end marker) are kept.
+"""
+BEGIN, END = "<!-- machine: {key} -->", "<!-- end of machine -->"
+SECTION = re.compile(r"<!-- machine: (?P<key>.*?) -->\n.*?<!-- end of machine -->", re.S)
+
+
+def section(result, key: str, command: str, load: tuple[float, float]) -> str:
+    """One machine's recorded block: what it is, how the run was made, the table."""
+    return (f"{BEGIN.format(key=key)}\n## {key}\n\n{bench.describe(result.machine)}\n"
+            f"- {bench.peak_line(result)}\n"
+            f"- Recorded {time.strftime('%Y-%m-%d')} by `{command}`; load average (1 min) "
+            f"{load[0]:.2f} before the run, {load[1]:.2f} after\n\n"
+            f"Medians of {result.repeats} runs after 2 warm-up runs, times in ms, all peers "
+            f"measured in the same process, round-robin (one run of each per round). "
+            f"Ratios are derive's time ÷ the peer's (< 1: derive is faster). % of peak: "
+            f"useful flops (the pass's matrix products, 3 · 2·T·B·4N·(M+N) for lstm_np) ÷ "
+            f"time ÷ the GEMM peak above. A shared machine is noisy: compare ratios, and "
+            f"only margins above ~30 %.\n\n{bench.table(result)}{END}")
+
+
+def record(old: str, key: str, block: str) -> str:
+    """results.md with `block` as the section of machine `key` (replaced or added first)."""
+    if not old.strip():
+        return f"{HEADER}\n{block}\n"
+    for m in SECTION.finditer(old):
+        if m.group("key") == key:
+            return old[:m.start()] + block + old[m.end():]
+    first = SECTION.search(old)
+    at = first.start() if first else len(old)
+    return old[:at].rstrip("\n") + "\n\n" + block + "\n\n" + old[at:].lstrip("\n")
 
 
 def main() -> int:
@@ -25,30 +68,26 @@ def main() -> int:
     parser.add_argument("cells", nargs="*", default=["lstm_np", "lstm", "gru"])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--shapes", nargs="*", default=list(bench.SHAPES))
-    parser.add_argument("--record", action="store_true", help="rewrite results.md")
+    parser.add_argument("--record", action="store_true",
+                        help="record this machine's section of results.md")
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
     result = bench.run(args.cells, shapes=args.shapes, repeats=args.repeats,
                        progress=lambda t: print(f"  {t}", file=sys.stderr, flush=True))
-    text = bench.table(result)
-    print(text)
     load_after = os.getloadavg()[0]
+    print(bench.describe(result.machine))
+    print(f"- {bench.peak_line(result)}\n")
+    print(bench.table(result))
     if args.record:
-        m = result.machine
-        command = "python benchmarks/bench.py " + " ".join(sys.argv[1:])
-        body = (f"# Benchmark results\n\nRecorded by `{command.strip()}`.\n"
-                f"Medians of {result.repeats} runs after 2 warm-up runs, times in ms, all "
-                f"peers measured in the same process, round-robin (one run of each per "
-                f"round). Ratios are derive's time ÷ the peer's (< 1: derive is faster). "
-                f"Python {m['python']}, NumPy {m['numpy']}, "
-                f"PyTorch {m['torch'] or 'not installed'}; 2-core AMD EPYC (Zen 3), shared "
-                f"and noisy: compare ratios, and only margins above ~30 %. Load average "
-                f"(1 min) {load_before:.2f} before the run, {load_after:.2f} after.\n\n{text}")
-        # hand-written notes below the marker survive re-recording
+        command = " ".join(["python benchmarks/bench.py", *sys.argv[1:]])
+        if result.machine["openblas_env"]:
+            command = " ".join(["env", *(f"{k}={v}" for k, v in
+                                         result.machine["openblas_env"].items()), command])
+        key = bench.machine_key(result.machine)
         path = HERE / "results.md"
         old = path.read_text() if path.exists() else ""
-        notes = old[old.index(NOTES):] if NOTES in old else NOTES + "\n"
-        path.write_text(body + "\n" + notes)
+        path.write_text(record(old, key, section(result, key, command,
+                                                 (load_before, load_after))))
     return 0
 
 

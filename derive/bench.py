@@ -13,16 +13,31 @@ forward+backward over a whole sequence and batch, for
 Ratios (derive ÷ peer) are the figures to compare: the machine is shared and noisy,
 so only ratios measured in the same run mean anything. The peers of one (cell, shape,
 dtype) are timed round-robin, one run each per round, so that drifts hit them alike.
+
+Beside the ratios, the physical limit: the run measures the machine's GEMM peak (a
+large square product, 2·n³ flops, in NumPy's BLAS on all its threads) for each dtype,
+at its start and at its end, and reports each kernel's forward+backward as a fraction of it,
+
+    useful flops ÷ time ÷ peak,    useful flops = 3 · 2·T·B·N·Σ_projections (M or N),
+
+the matrix products of the pass (each projection W @ operand is 2·N·size(operand) flops
+per step and sequence, once forward and twice backward: the delta of the operand and
+the weight gradient); for lstm_np that is 3 · 2·T·B·4N·(M+N). Every result names its
+machine (`machine()`): the CPU model, its vector extensions, the BLAS libraries loaded
+and the core each one chose, the flags the kernels were compiled with, the threads.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
 import platform
 import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -32,6 +47,7 @@ SHAPES = {  # name: (T, B, M, N)
     "S3": (200, 16, 64, 128),
 }
 TORCH_PEERS = {"lstm_np": "LSTM", "gru": "GRU", "rnn": "RNN"}
+PEAK_SIZE = 2048   # n of the n×n×n product that measures the GEMM peak
 
 
 @dataclass
@@ -43,6 +59,7 @@ class Row:
     forward_ms: float | None
     total_ms: float | None  # forward + backward
     note: str = ""
+    gflop: float | None = None  # useful GFlop of one forward + backward (see the docstring)
 
 
 @dataclass
@@ -50,6 +67,16 @@ class Result:
     rows: list[Row] = field(default_factory=list)
     repeats: int = 5
     machine: dict = field(default_factory=dict)
+    peak: dict = field(default_factory=dict)   # dtype -> GFlop/s of the large GEMM
+    peak_runs: dict = field(default_factory=dict)  # dtype -> [at the start, at the end]
+    peak_size: int = PEAK_SIZE                     # n of the n×n×n product
+
+    def of_peak(self, row: "Row | None") -> float | None:
+        """The row's forward+backward as a fraction of its dtype's GEMM peak."""
+        if row is None or row.total_ms is None or row.gflop is None \
+                or not self.peak.get(row.dtype):
+            return None
+        return row.gflop / (row.total_ms / 1e3) / self.peak[row.dtype]
 
     def ratio(self, cell, shape, dtype, peer, key="total_ms"):
         """derive's time ÷ the peer's time (< 1: derive is faster)."""
@@ -64,17 +91,6 @@ class Result:
             if (r.cell, r.shape, r.dtype, r.peer) == (cell, shape, dtype, peer):
                 return r
         return None
-
-
-def median_ms(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
 
 
 def interleaved_ms(peers: dict, repeats: int, warmup: int = 2, pause: float = 0.15) -> dict:
@@ -99,6 +115,162 @@ def interleaved_ms(peers: dict, repeats: int, warmup: int = 2, pause: float = 0.
                 out.append(time.perf_counter() - t0)
     return {name: (1e3 * statistics.median(f), 1e3 * statistics.median(t))
             for name, (f, t) in times.items()}
+
+
+# --- the machine ------------------------------------------------------------------------------
+
+#: vector extensions worth naming, in the order they are printed (/proc/cpuinfo flag names)
+VECTOR_FLAGS = {"sse4_2": "SSE4.2", "avx": "AVX", "avx2": "AVX2", "fma": "FMA",
+                "avx_vnni": "AVX-VNNI", "asimd": "NEON", "sve": "SVE", "sve2": "SVE2"}
+
+
+def vector_extensions(flags) -> str:
+    """The vector extensions among CPU `flags`: "SSE4.2, AVX, AVX2, FMA, AVX-512 (F, BW…)"."""
+    flags = set(flags)
+    named = [text for flag, text in VECTOR_FLAGS.items() if flag in flags]
+    avx512 = sorted(f[len("avx512"):].lstrip("_").upper() for f in flags
+                    if f.startswith("avx512"))
+    if avx512:
+        first = [f for f in ("F", "CD", "DQ", "BW", "VL") if f in avx512]
+        avx512 = first + [f for f in avx512 if f not in first]
+        named.insert(next((i for i, t in enumerate(named) if t == "AVX-VNNI"), len(named)),
+                     f"AVX-512 ({', '.join(avx512)})")
+    amx = sorted(f[len("amx_"):].upper() for f in flags if f.startswith("amx_"))
+    if amx:
+        named.append(f"AMX ({', '.join(amx)})")
+    return ", ".join(named) or "none known"
+
+
+def _cpuinfo() -> dict:
+    """The first processor's fields of /proc/cpuinfo (empty where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    block = text.split("\n\n")[0]
+    return {k.strip(): v.strip() for k, _, v in
+            (line.partition(":") for line in block.splitlines()) if k.strip()}
+
+
+def _openblas_query(lib, name: str, restype):
+    """OpenBLAS's own query `name` (openblas_get_corename…) under the names its builds
+    export (plain, scipy-openblas's "scipy_" prefix, the 64-bit-integer "64_" suffix)."""
+    for symbol in (name, f"scipy_{name}", f"{name}64_", f"scipy_{name}64_"):
+        fn = getattr(lib, symbol, None)
+        if fn is not None:
+            fn.restype, fn.argtypes = restype, []
+            value = fn()
+            return value.decode().strip() if isinstance(value, bytes) else value
+    return None
+
+
+def blas_libraries() -> list[dict]:
+    """Every OpenBLAS loaded in this process (NumPy's, the kernels' scipy-openblas32…):
+    the package that ships it, its configuration, the core it chose and its threads.
+    Read from the library itself (Linux: the mapped files of /proc/self/maps)."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return []
+    paths = sorted({line.split(None, 5)[-1] for line in maps.splitlines()
+                    if "openblas" in line.rsplit("/", 1)[-1].lower() and "/" in line})
+    out = []
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        parts = Path(path).parts
+        owner = parts[parts.index("site-packages") + 1] if "site-packages" in parts \
+            else Path(path).name
+        out.append({"package": owner.removesuffix(".libs"), "path": path,
+                    "config": _openblas_query(lib, "openblas_get_config", ctypes.c_char_p),
+                    "core": _openblas_query(lib, "openblas_get_corename", ctypes.c_char_p),
+                    "threads": _openblas_query(lib, "openblas_get_num_threads",
+                                               ctypes.c_int)})
+    return out
+
+
+def machine(kernel=None) -> dict:
+    """What a benchmark ran on: CPU model, vector extensions, BLAS cores, threads.
+
+    Call it after the kernels and NumPy have run (their BLAS libraries are then loaded);
+    `kernel` (a loaded Kernel) adds the flags the kernels were compiled with.
+    """
+    from derive.kernel.runtime import default_threads
+    info = _cpuinfo()
+    cpu = info.get("model name") or platform.processor() or platform.machine()
+    detail = ", ".join(f"{k} {info[k]}" for k in ("cpu family", "model", "stepping")
+                       if k in info)
+    torch = torch_version()
+    m = {"cpu": cpu + (f" ({detail})" if detail else ""),
+         "architecture": platform.machine(),
+         "cpus": default_threads(),
+         "vector_extensions": vector_extensions(info.get("flags", "").split()),
+         "blas": blas_libraries(),
+         "kernel_flags": (getattr(kernel.module, "BUILD_INFO", {}).get("flags")
+                          if kernel is not None else None),
+         "kernel_threads": kernel.threads if kernel is not None else default_threads(),
+         "openblas_env": {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
+                                                     "OPENBLAS_NUM_THREADS") if k in os.environ},
+         "python": platform.python_version(), "numpy": np.__version__, "torch": torch}
+    if torch:
+        import torch as t
+        m["torch_threads"] = t.get_num_threads()
+        m["torch_blas"] = "MKL" if t.backends.mkl.is_available() else "not MKL"
+    return m
+
+
+def machine_key(m: dict) -> str:
+    """One name per kind of machine: CPU, its vector extensions and CPU count."""
+    avx512 = "AVX-512" if "AVX-512" in m["vector_extensions"] else (
+        "AVX2" if "AVX2" in m["vector_extensions"] else m["architecture"])
+    return f"{m['cpu']}, {avx512}, {m['cpus']} CPUs"
+
+
+def describe(m: dict) -> str:
+    """The machine as Markdown bullet points (for results.md and `derive bench`)."""
+    blas = "; ".join(f"{b['package']}: core {b['core'] or '?'}, {b['threads']} "
+                     f"thread{'' if b['threads'] == 1 else 's'} "
+                     f"({b['config'] or 'configuration unknown'})" for b in m["blas"]) \
+        or "no OpenBLAS found loaded"
+    env = ", ".join(f"{k}={v}" for k, v in m["openblas_env"].items()) or "none"
+    torch = (f"PyTorch {m['torch']} ({m['torch_blas']}, {m['torch_threads']} threads)"
+             if m.get("torch") else "PyTorch not installed")
+    return "\n".join([
+        f"- CPU: {m['cpu']}, {m['architecture']}, {m['cpus']} CPUs usable",
+        f"- Vector extensions: {m['vector_extensions']}",
+        f"- BLAS (OpenBLAS's own query): {blas}",
+        f"- OpenBLAS environment: {env}",
+        f"- Kernels: compiled with `{m['kernel_flags'] or '?'}`, "
+        f"{m['kernel_threads']} threads",
+        f"- Python {m['python']}, NumPy {m['numpy']}, {torch}"])
+
+
+def gemm_peak(dtype, n: int = PEAK_SIZE, repeats: int = 5, pause: float = 0.15) -> float:
+    """GFlop/s of an n×n×n product in NumPy's BLAS (2·n³ flops), median of `repeats`."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((n, n)).astype(dtype) for _ in range(2))
+    out = np.empty((n, n), dtype)
+    np.matmul(a, b, out=out)
+    times = []
+    for _ in range(repeats):
+        time.sleep(pause)
+        t0 = time.perf_counter()
+        np.matmul(a, b, out=out)
+        times.append(time.perf_counter() - t0)
+    return 2.0 * n ** 3 / statistics.median(times) / 1e9
+
+
+def useful_gflop(cell, shape) -> float:
+    """GFlop of the matrix products of one forward+backward pass (see the docstring)."""
+    from derive.cell.spec import load_cell
+    c = load_cell(cell)
+    T, B, M, N = shape
+    sizes = {"M": M, "N": N}
+    per_step = sum(2 * N * sizes[c.size(p.operand)]
+                   for n in c.nodes.values() for p in n.projections)
+    return 3 * T * B * per_step / 1e9
 
 
 # --- peers: each returns (forward, forward+backward) callables ------------------------------
@@ -154,8 +326,9 @@ def _gemm_peer(cell, dtype, shape, rng):
 
 def _torch_peer(cell, dtype, shape, rng):
     import torch
+    from derive.kernel.runtime import default_threads
     T, B, M, N = shape
-    torch.set_num_threads(2)
+    torch.set_num_threads(default_threads())   # the threads derive's kernels use
     tdtype = getattr(torch, dtype)
     module = getattr(torch.nn, TORCH_PEERS[cell])(M, N).to(tdtype)
     x = torch.from_numpy(rng.standard_normal((T, B, M)).astype(dtype)).requires_grad_(True)
@@ -183,25 +356,37 @@ def torch_version() -> str | None:
 
 
 def run(cells=None, shapes=None, dtypes=("float32", "float64"), repeats=5,
-        progress=None) -> Result:
+        progress=None, peak_size: int = PEAK_SIZE) -> Result:
     """Measure every peer for every (cell, shape, dtype); `progress(text)` reports.
 
-    The peers of one (cell, shape, dtype) are timed round-robin (`interleaved_ms`).
+    The peers of one (cell, shape, dtype) are timed round-robin (`interleaved_ms`). The
+    GEMM peak of each dtype is measured at the start and at the end of the run; the
+    higher of the two is the peak (on a shared machine a neighbour can slow either).
     """
+    from derive.kernel.runtime import load_kernel
     cells = cells or ["lstm_np", "lstm"]
     shapes = shapes or list(SHAPES)
     rng = np.random.default_rng(0)
-    result = Result(repeats=repeats, machine={
-        "python": platform.python_version(), "numpy": np.__version__,
-        "torch": torch_version(), "processor": platform.processor() or platform.machine()})
+    result = Result(repeats=repeats, peak_size=peak_size)
+
+    def measure_peak():
+        for dtype in dtypes:
+            if progress:
+                progress(f"GEMM peak, {dtype}: {peak_size}×{peak_size}×{peak_size}")
+            result.peak_runs.setdefault(dtype, []).append(gemm_peak(dtype, peak_size, repeats))
+            result.peak[dtype] = max(result.peak_runs[dtype])
+
+    measure_peak()
+    has_torch = torch_version() is not None
     for cell in cells:
         for sname in shapes:
             shape = SHAPES[sname]
+            gflop = useful_gflop(cell, shape)
             for dtype in dtypes:
                 makers = [("derive", lambda: _derive_peer(cell, None, dtype, shape, rng)),
                           ("numpy", lambda: _derive_peer(cell, "numpy", dtype, shape, rng)),
                           ("gemm", lambda: _gemm_peer(cell, dtype, shape, rng))]
-                if cell in TORCH_PEERS and result.machine["torch"]:
+                if cell in TORCH_PEERS and has_torch:
                     makers.append(("torch", lambda: _torch_peer(cell, dtype, shape, rng)))
                 if progress:
                     progress(f"{cell} {sname} {dtype}: {', '.join(n for n, _ in makers)}")
@@ -220,15 +405,24 @@ def run(cells=None, shapes=None, dtypes=("float32", "float64"), repeats=5,
                         result.rows.append(Row(cell, sname, dtype, peer, None, None,
                                                note=f"{type(exc).__name__}: {exc}"))
                 for peer, (fwd, total) in medians.items():
-                    result.rows.append(Row(cell, sname, dtype, peer, fwd, total))
+                    result.rows.append(Row(cell, sname, dtype, peer, fwd, total, gflop=gflop))
+    measure_peak()
+    kernel = None
+    try:
+        kernel = load_kernel(cells[0], dtypes[0], "cython")
+    except Exception:  # pragma: no cover - the rows already say why derive did not run
+        pass
+    result.machine = machine(kernel)
     return result
 
 
 def table(result: Result) -> str:
-    """A Markdown table: times in ms and derive's ratios against each peer."""
+    """A Markdown table: times in ms, derive's ratios against each peer, and derive's and
+    torch's forward+backward as a fraction of the GEMM peak."""
     lines = ["| cell | shape | dtype | derive fwd | derive fwd+bwd | numpy fwd+bwd | "
-             "torch fwd+bwd | GEMMs alone | derive/torch | derive/numpy | derive/GEMMs |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "torch fwd+bwd | GEMMs alone | derive/torch | derive/numpy | derive/GEMMs | "
+             "derive % of peak | torch % of peak |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     keys = sorted({(r.cell, r.shape, r.dtype) for r in result.rows},
                   key=lambda k: (k[0], k[1], k[2]))
 
@@ -238,18 +432,37 @@ def table(result: Result) -> str:
     def ratio(x):
         return "—" if x is None else f"{x:.2f}"
 
+    def percent(r):
+        x = result.of_peak(r)
+        return "—" if x is None else f"{100 * x:.0f} %"
+
     for cell, shape, dtype in keys:
         d = result.get(cell, shape, dtype, "derive")
+        torch = result.get(cell, shape, dtype, "torch")
         lines.append(
             f"| {cell} | {shape} | {dtype} | {ms(d, 'forward_ms')} | {ms(d)} | "
-            f"{ms(result.get(cell, shape, dtype, 'numpy'))} | "
-            f"{ms(result.get(cell, shape, dtype, 'torch'))} | "
+            f"{ms(result.get(cell, shape, dtype, 'numpy'))} | {ms(torch)} | "
             f"{ms(result.get(cell, shape, dtype, 'gemm'))} | "
             f"{ratio(result.ratio(cell, shape, dtype, 'torch'))} | "
             f"{ratio(result.ratio(cell, shape, dtype, 'numpy'))} | "
-            f"{ratio(result.ratio(cell, shape, dtype, 'gemm'))} |")
+            f"{ratio(result.ratio(cell, shape, dtype, 'gemm'))} | "
+            f"{percent(d)} | {percent(torch)} |")
     notes = [f"- {r.cell} {r.shape} {r.dtype} {r.peer}: {r.note}" for r in result.rows if r.note]
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
+
+
+def peak_line(result: Result) -> str:
+    """"GEMM peak (…): float32 470 GFlop/s (470 at the start, 455 at the end), …"."""
+    def runs(dtype):
+        r = result.peak_runs.get(dtype, [])
+        return f" ({r[0]:.0f} at the start, {r[1]:.0f} at the end)" if len(r) == 2 else ""
+
+    peaks = ", ".join(f"{dtype} {gflops:.0f} GFlop/s{runs(dtype)}"
+                      for dtype, gflops in result.peak.items())
+    n = result.peak_size
+    return (f"GEMM peak (NumPy's BLAS, {n}×{n}×{n}, median of "
+            f"{result.repeats}, the higher of this run's start and end): "
+            f"{peaks or 'not measured'}")
 
 
 def run_bench(cells=None, as_json=False, quick=False) -> int:
@@ -267,10 +480,15 @@ def run_bench(cells=None, as_json=False, quick=False) -> int:
     result = run(names or None, shapes=shapes, repeats=repeats, progress=progress)
     if as_json:
         print(json.dumps({"repeats": result.repeats, "machine": result.machine,
+                          "peak_gflops": result.peak, "peak_runs": result.peak_runs,
                           "shapes": {k: dict(zip("TBMN", v)) for k, v in SHAPES.items()},
-                          "rows": [asdict(r) for r in result.rows]}, indent=2))
+                          "rows": [dict(asdict(r), of_peak=result.of_peak(r))
+                                   for r in result.rows]}, indent=2))
     else:
+        print(describe(result.machine))
+        print(f"- {peak_line(result)}\n")
         print(f"medians of {result.repeats} runs after warm-up, in ms; ratios are derive's "
-              f"time ÷ the peer's (< 1: derive is faster)")
+              f"time ÷ the peer's (< 1: derive is faster); % of peak: useful flops ÷ "
+              f"time ÷ the GEMM peak")
         print(table(result))
     return 0

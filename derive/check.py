@@ -1,49 +1,196 @@
-"""Stage 7 — check: a kernel's gradients against finite differences of its own forward.
+"""Stage 7 — check: every gradient of a cell against finite differences of its forward pass.
 
-float64: the loss is a random projection of the outputs, L = Σ P ⊙ outputs (P fixed
-and seeded, not all ones), and every gradient the backward pass returns — each
-parameter, the input x and every initial state — is compared, element by element,
-with the fourth-order central difference
+One check for everything that computes a cell's backward pass. What it differentiates
+is a `Subject`: the compiled kernel (backend "cython"), the NumPy reference kernel
+generated from the same plan ("numpy"), or the derivation itself, its structured
+equations evaluated step by step on an unrolled sequence by `derive.numeric`
+("derivation"). A subject runs the forward pass of a `Problem` and returns the gradients
+of the loss
+
+    L = Σ_outputs Σ_t Σ_batch ⟨Pᵗ, outputᵗ⟩
+
+(a random projection P of the outputs, not all ones, so Δᵗ = Pᵗ): every parameter,
+every input and every initial state ("<state>0").
+
+**float64** (`finite_difference_check`): each gradient is compared, element by element,
+with the fourth-order central difference of L
 
     ∂L/∂θ ≈ [8 (L(θ+h) − L(θ−h)) − (L(θ+2h) − L(θ−2h))] / 12h,     h = 1e-3,
 
 whose error (≈ h⁴ from truncation, ≈ 1e-16·|L|/h from rounding, both ≲ 1e-12 here)
-is far below the tolerance. The sizes catch the usual mistakes: T ≥ 3 (boundary
+is far below the tolerance. The problem catches the usual mistakes: T ≥ 3 (boundary
 terms at t = 0 and t = T−1 and a middle step), batch ≥ 2, M ≠ N (transposes), a
-non-zero initial state (t = −1 terms), small weights (gates not saturated).
-
+non-zero initial state (t = −1 terms), small weights (gates not saturated), all seeded.
 The error of one element is |analytic − numeric| / max(|analytic|, |numeric|, floor)
 with floor = 1e-5 (so tiny entries are compared absolutely); a gradient passes when its
 largest error is ≤ 1e-6.
 
-float32: the float32 kernel is compared with the float64 kernel (of the same backend)
-on the same inputs rounded to float32. The error of a gradient is
-max |g32 − g64| / max |g64|: relative to its largest entry, because an entry near zero
-carries the rounding error of the large terms it is a sum of. The tolerance, 1e-4, is
-about 1000 float32 roundings (ε = 6e-8): a sequence of T steps and sums over T·B terms
-accumulate a few hundred; a wrong formula is off by O(1).
+**float32** (`rounding_check`, kernels only): the float32 kernel is compared with the
+float64 kernel of the same backend on the same inputs rounded to float32. The error of
+a gradient is max |g32 − g64| / max |g64|: relative to its largest entry, because an
+entry near zero carries the rounding error of the large terms it is a sum of. The
+tolerance, 1e-4, is about 1000 float32 roundings (ε = 6e-8): a sequence of T steps and
+sums over T·B terms accumulate a few hundred; a wrong formula is off by O(1).
+
+Checking a kernel imports neither SymPy nor the derivation (unless the kernel has to be
+built first); checking the derivation does.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable
 
 import numpy as np
+
+from derive.errors import UserError
 
 TOLERANCE = {"float64": 1e-6, "float32": 1e-4}
 FLOOR = 1e-5
 STEP = 1e-3
 SIZES = {"T": 4, "B": 3, "M": 5, "N": 4}
+BACKENDS = ("cython", "numpy", "derivation")
+
+Arrays = dict[str, np.ndarray]
+
+
+# --- what is checked -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Subject:
+    """Something that computes a cell's forward and backward pass.
+
+    `parameters` maps each parameter to its shape in the sizes 'N' and 'M', `inputs` each
+    input to its size; `outputs(problem)` runs the forward pass ({output: (T, B, N)}),
+    `gradients(problem)` the backward pass of L = Σ P ⊙ outputs (every parameter, input
+    and "<state>0"). Both read the problem's arrays as they are at the call.
+    """
+
+    cell: str
+    backend: str
+    dtype: str
+    parameters: dict[str, tuple[str, ...]]
+    inputs: dict[str, str]
+    states: tuple[str, ...]
+    output_names: tuple[str, ...]
+    outputs: Callable[["Problem"], Arrays]
+    gradients: Callable[["Problem"], Arrays]
 
 
 @dataclass
+class Problem:
+    """A small random instance, float64: parameters, inputs, initial state, projection P."""
+
+    params: Arrays
+    inputs: Arrays          # input -> (T, B, size)
+    initial: Arrays         # state -> (B, N)
+    projection: Arrays      # output -> (T, B, N): Δᵗ of that output
+    sizes: dict[str, int]
+    seed: int
+
+    def targets(self) -> list[tuple[str, np.ndarray]]:
+        """Every array a gradient is taken of, by its gradient's name."""
+        return (list(self.params.items()) + list(self.inputs.items())
+                + [(f"{s}0", v) for s, v in self.initial.items()])
+
+    def rounded(self, dtype) -> "Problem":
+        """The same problem with every array rounded to `dtype` (kept as float64)."""
+        def r(arrays):
+            return {k: v.astype(dtype).astype(np.float64) for k, v in arrays.items()}
+        return replace(self, params=r(self.params), inputs=r(self.inputs),
+                       initial=r(self.initial), projection=r(self.projection))
+
+
+def random_problem(subject: Subject, sizes: dict | None = None, seed: int = 0) -> Problem:
+    """Parameters ~ U(±1/√N) (gates stay away from saturation), inputs and a non-zero
+    initial state ~ N(0, 0.5²), a projection P ~ N(0, 1); seeded, float64."""
+    sizes = dict(SIZES, **(sizes or {}))
+    T, B, N = sizes["T"], sizes["B"], sizes["N"]
+    rng = np.random.default_rng(seed)
+    bound = 1.0 / np.sqrt(N)
+    params = {name: rng.uniform(-bound, bound, tuple(sizes[s] for s in shape))
+              for name, shape in subject.parameters.items()}
+    inputs = {name: 0.5 * rng.standard_normal((T, B, sizes[size]))
+              for name, size in subject.inputs.items()}
+    initial = {s: 0.5 * rng.standard_normal((B, N)) for s in subject.states}
+    projection = {o: rng.standard_normal((T, B, N)) for o in subject.output_names}
+    return Problem(params, inputs, initial, projection, sizes, seed)
+
+
+def loss(subject: Subject, problem: Problem) -> float:
+    """L = Σ_outputs Σ_t Σ_batch ⟨Pᵗ, outputᵗ⟩, in float64."""
+    outs = subject.outputs(problem)
+    return float(sum(np.sum(problem.projection[o] * np.asarray(outs[o], np.float64))
+                     for o in subject.output_names))
+
+
+def of_kernel(kernel) -> Subject:
+    """A `derive.kernel.runtime.Kernel` (either backend) as a subject; its dtype's arrays."""
+    dt = kernel.dtype
+
+    def cast(arrays):
+        return {k: np.ascontiguousarray(v, dtype=dt) for k, v in arrays.items()}
+
+    def forward(problem):
+        return kernel.forward(cast(problem.inputs)[kernel.input], cast(problem.params),
+                              cast(problem.initial))
+
+    def outputs(problem):
+        out = forward(problem).outputs
+        return out if isinstance(out, dict) else {kernel.outputs[0]: out}
+
+    def gradients(problem):
+        d_outputs = cast(problem.projection)
+        if len(kernel.outputs) == 1:
+            d_outputs = d_outputs[kernel.outputs[0]]
+        return kernel.backward(forward(problem), d_outputs)
+
+    return Subject(kernel.cell, kernel.backend, dt.name,
+                   {n: tuple(s) for n, s in kernel.parameters.items()},
+                   {kernel.input: "M"}, tuple(kernel.states), tuple(kernel.outputs),
+                   outputs, gradients)
+
+
+def of_derivation(derivation) -> Subject:
+    """The derivation itself: its structured equations evaluated by `derive.numeric` on
+    the unrolled sequence (float64). Pass a modified derivation to see the check bite."""
+    from derive import numeric
+    cell = derivation.cell
+
+    def unrolled(problem):
+        s = problem.sizes
+        p = numeric.Problem(cell, problem.params, problem.inputs, problem.initial,
+                            problem.projection, s["T"], s["B"], s["N"], s["M"])
+        return p, numeric.forward(p)
+
+    def outputs(problem):
+        _, env = unrolled(problem)
+        return {o: np.stack([env.values[(o, t)] for t in range(problem.sizes["T"])])
+                for o in cell.outputs}
+
+    def gradients(problem):
+        p, env = unrolled(problem)
+        return numeric.backward(derivation, p, env)
+
+    return Subject(cell.name, "derivation", "float64",
+                   {n: tuple(p.shape) for n, p in cell.parameters.items()},
+                   {n: cell.size(n) for n in cell.inputs}, tuple(cell.states),
+                   tuple(cell.outputs), outputs, gradients)
+
+
+# --- the report ----------------------------------------------------------------------------
+
+@dataclass
 class Row:
+    """One gradient: its largest error (relative, see the module docstring) and scale."""
+
     name: str
     shape: tuple
     max_rel_error: float
     max_abs_error: float
+    scale: float            # max |reference|: a gradient that is all but zero checks nothing
     passed: bool
 
 
@@ -65,11 +212,15 @@ class CheckReport:
         return bool(self.rows) and all(r.passed for r in self.rows)
 
     @property
+    def failures(self) -> list[Row]:
+        return [r for r in self.rows if not r.passed]
+
+    @property
     def max_error(self) -> float:
         return max((r.max_rel_error for r in self.rows), default=float("nan"))
 
     def summary(self) -> str:
-        bad = [r.name for r in self.rows if not r.passed]
+        bad = [r.name for r in self.failures]
         head = "passed" if self.passed else f"FAILED ({', '.join(bad)})"
         floor = f", floor {self.floor:g}" if self.floor is not None else ""
         return (f"{head}: {len(self.rows)} gradients of {self.cell} ({self.backend}, "
@@ -80,13 +231,14 @@ class CheckReport:
         s = self.sizes
         lines = [f"{self.method}; T={s['T']} B={s['B']} M={s['M']} N={s['N']}, "
                  f"non-zero initial state, seed {self.seed}",
-                 f"{'gradient':<12} {'shape':<12} {'max rel err':>12} {'max abs err':>12}  "
-                 f"status"]
+                 f"{'gradient':<12} {'shape':<12} {'max rel err':>12} {'max abs err':>12} "
+                 f"{'max |g|':>9}  status"]
         for r in self.rows:
             shape = "(" + ", ".join(map(str, r.shape)) + ("," if len(r.shape) == 1 else "") \
                 + ")"
             lines.append(f"{r.name:<12} {shape:<12} {r.max_rel_error:>12.2e} "
-                         f"{r.max_abs_error:>12.2e}  {'ok' if r.passed else 'FAIL'}")
+                         f"{r.max_abs_error:>12.2e} {r.scale:>9.2e}  "
+                         f"{'ok' if r.passed else 'FAIL'}")
         if self.output_error is not None:
             lines.append(f"outputs: max relative error {self.output_error:.2e} vs float64")
         return "\n".join(lines)
@@ -100,106 +252,107 @@ class CheckReport:
         return d
 
 
-def _problem(kernel, sizes, seed):
-    """Parameters, input, initial state and output projection, float64, seeded."""
-    rng = np.random.default_rng(seed)
-    T, B, M, N = (sizes[k] for k in "TBMN")
-    params = {k: np.array(v, dtype=np.float64)
-              for k, v in kernel.init_params(M, N, seed=seed).items()}
-    x = 0.5 * rng.standard_normal((T, B, M))
-    state0 = {s: 0.5 * rng.standard_normal((B, N)) for s in kernel.states}
-    P = {o: rng.standard_normal((T, B, N)) for o in kernel.outputs}
-    return params, x, state0, P
+def _row(name, got, want, floor, tolerance) -> Row:
+    """|got − want| / max(|got|, |want|, floor) over the entries (floor None: relative to
+    max |want|, the float32 measure); a shape mismatch or a missing gradient fails."""
+    want = np.asarray(want, np.float64)
+    scale = float(np.max(np.abs(want))) if want.size else 0.0
+    got = None if got is None else np.asarray(got, np.float64)
+    if got is None or got.shape != want.shape:
+        return Row(name, tuple(want.shape), float("inf"), float("inf"), scale, False)
+    diff = np.abs(got - want)
+    if floor is None:
+        worst = float(np.max(diff)) / max(scale, 1e-30) if diff.size else 0.0
+    else:
+        rel = diff / np.maximum(np.maximum(np.abs(got), np.abs(want)), floor)
+        worst = float(np.max(rel)) if rel.size else 0.0
+    worst = worst if np.isfinite(worst) else float("inf")
+    return Row(name, tuple(want.shape), worst, float(np.max(diff, initial=0.0)), scale,
+               worst <= tolerance)
 
 
-def _loss(kernel, params, x, state0, P) -> float:
-    tr = kernel.forward(x, params, state0)
-    outs = tr.outputs if isinstance(tr.outputs, dict) else {kernel.outputs[0]: tr.outputs}
-    return float(sum(np.sum(P[o] * outs[o]) for o in kernel.outputs))
+# --- the checks ----------------------------------------------------------------------------
+
+def central_differences(subject: Subject, problem: Problem, array: np.ndarray) -> np.ndarray:
+    """∂L/∂array by fourth-order central differences, perturbing `array` in place (it is
+    one of `problem`'s arrays) and restoring every entry."""
+    numeric = np.empty_like(array)
+    flat, out = array.reshape(-1), numeric.reshape(-1)
+    for i in range(flat.size):
+        keep = flat[i]
+        values = []
+        for step in (STEP, -STEP, 2 * STEP, -2 * STEP):
+            flat[i] = keep + step
+            values.append(loss(subject, problem))
+        flat[i] = keep
+        out[i] = (8 * (values[0] - values[1]) - (values[2] - values[3])) / (12 * STEP)
+    return numeric
 
 
-def _d_outputs(kernel, P):
-    return P[kernel.outputs[0]] if len(kernel.outputs) == 1 else P
+def finite_difference_check(subject: Subject, *, seed: int = 0,
+                            sizes: dict | None = None) -> CheckReport:
+    """Every gradient of a float64 subject against central differences of its own loss."""
+    if subject.dtype != "float64":
+        raise ValueError(f"finite differences need a float64 subject, not {subject.dtype}")
+    problem = random_problem(subject, sizes, seed)
+    report = CheckReport(subject.cell, subject.backend, "float64",
+                         f"fourth-order central differences (h={STEP:g}) of L = sum(P * "
+                         f"outputs)", TOLERANCE["float64"], FLOOR, problem.sizes, seed)
+    grads = subject.gradients(problem)
+    for name, array in problem.targets():
+        report.rows.append(_row(name, grads.get(name),
+                                central_differences(subject, problem, array),
+                                FLOOR, report.tolerance))
+    return report
+
+
+def rounding_check(k32: Subject, k64: Subject, *, seed: int = 0,
+                   sizes: dict | None = None) -> CheckReport:
+    """A float32 subject against a float64 one on the same float32-rounded problem."""
+    problem = random_problem(k64, sizes, seed).rounded(np.float32)
+    tol = TOLERANCE["float32"]
+    report = CheckReport(k32.cell, k32.backend, "float32",
+                         f"float32 kernel vs float64 kernel ({k64.backend}) on the same "
+                         f"float32 inputs, error relative to each gradient's largest entry",
+                         tol, None, problem.sizes, seed)
+    o32, o64 = k32.outputs(problem), k64.outputs(problem)
+    outputs = [_row(o, o32[o], o64[o], None, tol) for o in k64.output_names]
+    report.output_error = max(r.max_rel_error for r in outputs)
+    g32, g64 = k32.gradients(problem), k64.gradients(problem)
+    report.rows = [_row(name, g32.get(name), g64[name], None, tol) for name in g64]
+    if report.output_error > tol:
+        worst = max(outputs, key=lambda r: r.max_rel_error)
+        report.rows.append(replace(worst, name="outputs"))
+    return report
+
+
+def subject(cell, backend: str = "cython", dtype: str = "float64") -> Subject:
+    """CELL's kernel of `backend` ("cython", "numpy") or its derivation ("derivation")."""
+    if backend not in BACKENDS:
+        raise UserError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    if backend == "derivation":
+        from derive.derivation import derive
+        return of_derivation(derive(cell))
+    from derive.kernel.runtime import load_kernel
+    return of_kernel(load_kernel(cell, dtype, backend))
 
 
 def gradient_check(cell, backend: str = "cython", dtype: str = "float64", *,
                    seed: int = 0, sizes: dict | None = None) -> CheckReport:
-    """Check every gradient of CELL's kernel; see the module docstring for the method."""
-    from derive.kernel.runtime import load_kernel
-    dtype = np.dtype(dtype).name
+    """Check every gradient of CELL's `backend`; see the module docstring for the method."""
+    try:
+        dtype = np.dtype(dtype).name
+    except TypeError:
+        dtype = str(dtype)
     if dtype not in TOLERANCE:
         raise ValueError(f"dtype must be float32 or float64, not {dtype!r}")
-    sizes = dict(SIZES, **(sizes or {}))
-    k64 = load_kernel(cell, "float64", backend)
-    params, x, state0, P = _problem(k64, sizes, seed)
     if dtype == "float64":
-        return _finite_differences(k64, params, x, state0, P, sizes, seed)
-    return _against_float64(cell, k64, backend, params, x, state0, P, sizes, seed)
-
-
-def _finite_differences(k, params, x, state0, P, sizes, seed) -> CheckReport:
-    report = CheckReport(k.cell, k.backend, "float64",
-                         f"fourth-order central differences (h={STEP:g}) of L = sum(P * "
-                         f"outputs)", TOLERANCE["float64"], FLOOR, sizes, seed)
-    tr = k.forward(x, params, state0)
-    grads = k.backward(tr, _d_outputs(k, P))
-    targets = [(n, params[n]) for n in params] + [(k.input, x)] + \
-        [(f"{s}0", state0[s]) for s in k.states]
-    for name, arr in targets:
-        numeric = np.empty_like(arr)
-        flat, out = arr.reshape(-1), numeric.reshape(-1)
-        for i in range(flat.size):
-            keep = flat[i]
-            values = []
-            for step in (STEP, -STEP, 2 * STEP, -2 * STEP):
-                flat[i] = keep + step
-                values.append(_loss(k, params, x, state0, P))
-            flat[i] = keep
-            out[i] = (8 * (values[0] - values[1]) - (values[2] - values[3])) / (12 * STEP)
-        g = np.asarray(grads[name])
-        diff = np.abs(g - numeric)
-        rel = diff / np.maximum(np.maximum(np.abs(g), np.abs(numeric)), FLOOR)
-        worst = float(np.max(rel)) if rel.size else 0.0
-        worst = worst if np.isfinite(worst) else float("inf")
-        report.rows.append(Row(name, tuple(arr.shape), worst, float(np.max(diff)),
-                               worst <= report.tolerance))
-    return report
-
-
-def _against_float64(cell, k64, backend, params, x, state0, P, sizes, seed) -> CheckReport:
-    from derive.kernel.runtime import load_kernel
-    k32 = load_kernel(cell, "float32", backend)
-    f32 = np.float32
-    p32 = {n: v.astype(f32) for n, v in params.items()}
-    x32, s32 = x.astype(f32), {s: v.astype(f32) for s, v in state0.items()}
-    P32 = {o: v.astype(f32) for o, v in P.items()}
-    # float64 on exactly the float32-rounded inputs
-    p64 = {n: v.astype(np.float64) for n, v in p32.items()}
-    x64, s64 = x32.astype(np.float64), {s: v.astype(np.float64) for s, v in s32.items()}
-    P64 = {o: v.astype(np.float64) for o, v in P32.items()}
-    report = CheckReport(k32.cell, k32.backend, "float32",
-                         f"float32 kernel vs float64 kernel ({k64.backend}) on the same "
-                         f"float32 inputs, error relative to each gradient's largest entry",
-                         TOLERANCE["float32"], None, sizes, seed)
-    tr32, tr64 = k32.forward(x32, p32, s32), k64.forward(x64, p64, s64)
-    o32 = tr32.outputs if isinstance(tr32.outputs, dict) else {"": tr32.outputs}
-    o64 = tr64.outputs if isinstance(tr64.outputs, dict) else {"": tr64.outputs}
-    report.output_error = float(max(np.max(np.abs(o32[o] - o64[o])) /
-                                    max(np.max(np.abs(o64[o])), 1e-30) for o in o64))
-    g32 = k32.backward(tr32, _d_outputs(k32, P32))
-    g64 = k64.backward(tr64, _d_outputs(k64, P64))
-    for name in g64:
-        a, b = np.asarray(g32[name], np.float64), np.asarray(g64[name])
-        diff = np.abs(a - b)
-        scale = max(float(np.max(np.abs(b))), 1e-30)
-        worst = float(np.max(diff)) / scale
-        worst = worst if np.isfinite(worst) else float("inf")
-        report.rows.append(Row(name, tuple(b.shape), worst, float(np.max(diff)),
-                               worst <= report.tolerance))
-    if report.output_error > report.tolerance:
-        report.rows.append(Row("outputs", tuple(next(iter(o64.values())).shape),
-                               report.output_error, report.output_error, False))
-    return report
+        return finite_difference_check(subject(cell, backend), seed=seed, sizes=sizes)
+    if backend == "derivation":
+        raise UserError("the derivation is checked in float64 only (float32 is a kernel's "
+                        "rounding, checked against its float64 kernel)")
+    return rounding_check(subject(cell, backend, "float32"), subject(cell, backend),
+                          seed=seed, sizes=sizes)
 
 
 def run_check(cell, dtype: str = "float64", backend: str = "cython",

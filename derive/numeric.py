@@ -23,10 +23,11 @@ step").
   step t already known, the folded nodes' deltas from `Derivation.raw`, the parameter
   gradients as Σ_t Σ_batch of the per-step contributions (at t = 0 the state read at t−1
   is the initial state: the boundary terms), and the initial-state gradients `d.initial`
-  evaluated at t = 0;
-* `finite_differences` differentiates the forward pass by central differences of the loss
-  J = Σ_t Σ_batch ⟨Pᵗ, yᵗ⟩ (a random projection P of the outputs, so Δᵗ = Pᵗ);
-* `gradient_check` compares the two, per gradient, as a `CheckReport`.
+  evaluated at t = 0.
+
+`derive.check` differentiates the forward pass by central differences and compares the
+two, per gradient (its `of_derivation` subject); `derive verify` reads values and deltas
+of the unrolled sequence.
 
 Nothing here knows a particular cell: everything comes from the spec and the derivation.
 """
@@ -358,14 +359,9 @@ def forward(problem: Problem, params: dict | None = None, x: dict | None = None,
     return env
 
 
-def loss(problem: Problem, env: Env) -> float:
-    """J = Σ_outputs Σ_t Σ_batch ⟨Pᵗ, outputᵗ⟩."""
-    return float(sum(np.sum(problem.projection[o][t] * env.values[(o, t)])
-                     for o in problem.cell.outputs for t in range(problem.T)))
-
-
 def backward(derivation, problem: Problem, env: Env) -> dict[str, np.ndarray]:
-    """Evaluate the derivation's structured equations in reverse; every gradient of J.
+    """Evaluate the derivation's structured equations in reverse: every gradient of the
+    loss Σ_outputs Σ_t Σ_batch ⟨Pᵗ, outputᵗ⟩ (P = `problem.projection`).
 
     Fills ``env.deltas`` (kept and folded nodes and inputs, every step) and
     ``env.incoming`` (Δᵗ = Pᵗ) and returns {parameter: δP, input: (T, B, M), "<state>0"}.
@@ -395,115 +391,3 @@ def backward(derivation, problem: Problem, env: Env) -> dict[str, np.ndarray]:
     for s, expr in d.initial.items():
         grads[f"{s}0"] = np.broadcast_to(evaluate(expr, env, 0), (p.B, p.N)) + 0.0
     return grads
-
-
-def finite_differences(problem: Problem, h: float = 1e-5) -> dict[str, np.ndarray]:
-    """Central differences (J(θ+h) − J(θ−h)) / 2h of the loss, for every parameter entry,
-    every input entry and every initial-state entry."""
-    p = problem
-    out: dict[str, np.ndarray] = {}
-
-    def central(array, run) -> np.ndarray:
-        g = np.zeros_like(array)
-        for idx in np.ndindex(array.shape):
-            keep = array[idx]
-            array[idx] = keep + h
-            plus = run()
-            array[idx] = keep - h
-            minus = run()
-            array[idx] = keep
-            g[idx] = (plus - minus) / (2 * h)
-        return g
-
-    params = {k: v.copy() for k, v in p.params.items()}
-    xs = {k: v.copy() for k, v in p.x.items()}
-    init = {k: v.copy() for k, v in p.initial.items()}
-
-    def run():
-        return loss(p, forward(p, params, xs, init))
-
-    for name in params:
-        out[name] = central(params[name], run)
-    for name in xs:
-        out[name] = central(xs[name], run)
-    for s in init:
-        out[f"{s}0"] = central(init[s], run)
-    return out
-
-
-@dataclass
-class GradientError:
-    """The comparison of one gradient: max relative error |g − fd| / max(|g|, |fd|, floor)."""
-
-    name: str
-    shape: tuple[int, ...]
-    max_rel: float
-    max_abs: float
-    scale: float
-
-    def passed(self, tol: float) -> bool:
-        return self.max_rel <= tol
-
-
-@dataclass
-class CheckReport:
-    """Per-gradient errors of the unrolled derivation against finite differences."""
-
-    cell: str
-    errors: list[GradientError]
-    tol: float
-    floor: float
-    settings: dict
-
-    @property
-    def passed(self) -> bool:
-        return all(e.passed(self.tol) for e in self.errors)
-
-    @property
-    def failures(self) -> list[GradientError]:
-        return [e for e in self.errors if not e.passed(self.tol)]
-
-    def table(self) -> str:
-        width = max(len(e.name) for e in self.errors)
-        rows = [f"{'gradient':<{width}}  {'shape':<10} {'max rel err':>11}  {'max |g|':>9}  ok"]
-        for e in self.errors:
-            rows.append(f"{e.name:<{width}}  {str(e.shape):<10} {e.max_rel:>11.2e}  "
-                        f"{e.scale:>9.2e}  {'yes' if e.passed(self.tol) else 'NO'}")
-        return "\n".join(rows)
-
-    def summary(self) -> str:
-        worst = max(self.errors, key=lambda e: e.max_rel)
-        verdict = "passed" if self.passed else f"FAILED ({len(self.failures)} gradients)"
-        return (f"{self.cell}: {len(self.errors)} gradients {verdict}; worst {worst.name} "
-                f"{worst.max_rel:.1e} (tolerance {self.tol:g}, floor {self.floor:g})")
-
-
-def compare(name: str, g: np.ndarray, fd: np.ndarray, floor: float) -> GradientError:
-    """Max over entries of |g − fd| / max(|g|, |fd|, floor)."""
-    g, fd = np.asarray(g, float), np.asarray(fd, float)
-    if g.shape != fd.shape:
-        return GradientError(name, fd.shape, np.inf, np.inf, float(np.max(np.abs(fd))))
-    diff = np.abs(g - fd)
-    rel = diff / np.maximum(np.maximum(np.abs(g), np.abs(fd)), floor)
-    return GradientError(name, fd.shape, float(rel.max()), float(diff.max()),
-                         float(np.max(np.abs(fd))))
-
-
-def gradient_check(cell, derivation=None, *, T: int = 4, B: int = 2, M: int = 2, N: int = 3,
-                   seed: int = 0, h: float = 1e-5, tol: float = 1e-6,
-                   floor: float = 1e-4) -> CheckReport:
-    """The unrolled derivation against central differences, for every gradient of `cell`.
-
-    `derivation` defaults to `derive(cell)`; pass a modified one to see the check bite.
-    """
-    from derive.cell.spec import load_cell
-    from derive.derivation import derive
-    cell = load_cell(cell)
-    d = derivation if derivation is not None else derive(cell)
-    problem = random_problem(cell, T=T, B=B, M=M, N=N, seed=seed)
-    env = forward(problem)
-    grads = backward(d, problem, env)
-    fds = finite_differences(problem, h=h)
-    errors = [compare(name, grads.get(name, np.zeros(0)), fds[name], floor) for name in fds]
-    return CheckReport(cell.name, errors, tol, floor,
-                       dict(T=T, B=B, M=M, N=N, seed=seed, h=h))

@@ -1,20 +1,94 @@
-"""The benchmark harness: table layout and ratios (timings themselves are not tested)."""
+"""The benchmark harness: table layout, ratios, fractions of the GEMM peak, the machine it
+names and the per-machine record (timings themselves are not tested)."""
 
+import importlib.util
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
+
+import derive
 from derive import bench
 
+ROOT = Path(__file__).resolve().parents[1]
 
-def test_ratio_is_derive_time_over_peer_time():
-    r = bench.Result(rows=[bench.Row("lstm_np", "S1", "float32", "derive", 10.0, 80.0),
-                           bench.Row("lstm_np", "S1", "float32", "torch", 30.0, 100.0),
-                           bench.Row("lstm_np", "S1", "float32", "numpy", None, None, "failed")])
+
+def _script():
+    spec = importlib.util.spec_from_file_location("bench_script", ROOT / "benchmarks/bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ratio_is_derive_time_over_peer_time_and_peak_a_fraction():
+    r = bench.Result(rows=[bench.Row("lstm_np", "S1", "float32", "derive", 10.0, 80.0,
+                                     gflop=8.0),
+                           bench.Row("lstm_np", "S1", "float32", "torch", 30.0, 100.0,
+                                     gflop=8.0),
+                           bench.Row("lstm_np", "S1", "float32", "numpy", None, None, "failed")],
+                     peak={"float32": 200.0})
     assert r.ratio("lstm_np", "S1", "float32", "torch") == 0.8
     assert r.ratio("lstm_np", "S1", "float32", "numpy") is None
+    assert r.of_peak(r.rows[0]) == 8.0 / 0.08 / 200.0          # 100 GFlop/s of 200
     text = bench.table(r)
-    assert "| lstm_np | S1 | float32 | 10.0 | 80.0 | — | 100.0 | — | 0.80 | — | — |" in text
+    assert ("| lstm_np | S1 | float32 | 10.0 | 80.0 | — | 100.0 | — | 0.80 | — | — | "
+            "50 % | 40 % |") in text
     assert "failed" in text
+    assert "float32 200 GFlop/s" in bench.peak_line(r)
+    r.peak_runs = {"float32": [180.0, 200.0]}
+    assert "float32 200 GFlop/s (180 at the start, 200 at the end)" in bench.peak_line(r)
+
+
+def test_useful_flops_are_the_projections_of_the_pass():
+    T, B, M, N = bench.SHAPES["S1"]
+    assert np.isclose(bench.useful_gflop("lstm_np", (T, B, M, N)),
+                      3 * 2 * T * B * 4 * N * (M + N) / 1e9)
+    assert np.isclose(bench.useful_gflop("rnn", (T, B, M, N)), 3 * 2 * T * B * N * (M + N) / 1e9)
+    # gru: r, u and h_bar read x; r and u read y[t-1], q reads r*y[t-1]: 3 N×M, 3 N×N
+    assert np.isclose(bench.useful_gflop("gru", (T, B, M, N)),
+                      3 * 2 * T * B * 3 * N * (M + N) / 1e9)
+
+
+def test_vector_extensions_are_named():
+    flags = "fpu sse4_2 avx avx2 fma avx512f avx512bw avx512vl avx512_bf16 avx512cd".split()
+    assert bench.vector_extensions(flags) == \
+        "SSE4.2, AVX, AVX2, FMA, AVX-512 (F, CD, BW, VL, BF16)"
+    assert bench.vector_extensions(["sse4_2", "avx", "avx2", "fma"]) == "SSE4.2, AVX, AVX2, FMA"
+    assert bench.vector_extensions(["fpu"]) == "none known"
+
+
+def test_the_machine_names_its_blas_cores_and_threads():
+    k = derive.load_kernel("rnn", "float64")
+    np.ones((64, 64)) @ np.ones((64, 64))
+    m = bench.machine(k)
+    assert m["cpu"] and m["cpus"] >= 1 and m["kernel_threads"] == k.threads
+    assert "-O" in m["kernel_flags"]
+    kernels_blas = [b for b in m["blas"] if b["package"] == "scipy_openblas32"]
+    assert kernels_blas and kernels_blas[0]["core"] and kernels_blas[0]["threads"] == 1
+    assert all(b["core"] and b["config"].startswith("OpenBLAS") for b in m["blas"])
+    text = bench.describe(m)
+    assert f"core {kernels_blas[0]['core']}, 1 thread " in text
+    assert bench.machine_key(m).endswith(f"{m['cpus']} CPUs")
+
+
+def test_gemm_peak_is_a_rate():
+    assert bench.gemm_peak("float64", n=32, repeats=1, pause=0) > 0
+
+
+def test_recording_keeps_the_other_machines_and_their_notes():
+    script = _script()
+    old = (f"{script.HEADER}\n<!-- machine: A -->\n## A\nold A\n<!-- end of machine -->\n\n"
+           f"notes on A\n")
+    with_b = script.record(old, "B", "<!-- machine: B -->\n## B\nB\n<!-- end of machine -->")
+    assert with_b.index("## B") < with_b.index("## A") and "old A" in with_b
+    assert with_b.endswith("notes on A\n")
+    again = script.record(with_b, "A", "<!-- machine: A -->\n## A\nnew A\n"
+                                       "<!-- end of machine -->")
+    assert "old A" not in again and "new A" in again and "## B\nB" in again
+    assert again.count("<!-- machine:") == 2 and "notes on A" in again
+    recorded = (ROOT / "benchmarks/results.md").read_text()
+    assert recorded.count("<!-- machine:") == recorded.count("<!-- end of machine -->") >= 1
 
 
 def test_bench_rejects_an_unknown_cell_with_exit_2():

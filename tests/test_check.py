@@ -1,4 +1,8 @@
-"""The gradient check: report, command line, and that it catches a wrong gradient."""
+"""The gradient check: report, command line, and that it catches a wrong gradient.
+
+The derivation's own check (the same check with the derivation as its subject) is in
+test_numeric.py; every shipped kernel's is in test_kernels.py.
+"""
 
 import json
 import subprocess
@@ -19,7 +23,7 @@ def test_report_is_complete_and_json_able():
     assert s["T"] >= 3 and s["B"] >= 2 and s["M"] != s["N"]
     assert "floor 1e-05" in report.summary() and "passed" in report.summary()
     table = report.table()
-    assert "max rel err" in table and "y0" in table and "non-zero initial state" in table
+    assert "max rel err" in table and "max |g|" in table and "y0" in table and "non-zero initial state" in table
     data = json.loads(json.dumps(report.to_dict()))
     assert data["passed"] is True and data["rows"][0]["name"] == "W"
 
@@ -69,6 +73,39 @@ def test_cli_check_json_and_exit_codes():
     run = subprocess.run([sys.executable, "-m", "derive", "check", "nope.toml"],
                          capture_output=True, text=True)
     assert run.returncode == 2 and "no such cell file" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_kernel_and_derivation_are_checked_on_the_same_problem():
+    """One problem for every subject: the kernel's and the derivation's gradients agree."""
+    kernel = check.subject("gru", "cython")
+    unrolled = check.subject("gru", "derivation")
+    p = check.random_problem(kernel, seed=3)
+    assert p.sizes == check.SIZES and check.random_problem(unrolled, seed=3).params.keys() \
+        == p.params.keys()
+    gk, gd = kernel.gradients(p), unrolled.gradients(p)
+    assert set(gk) == set(gd) == {name for name, _ in p.targets()}
+    for name in gd:
+        np.testing.assert_allclose(gk[name], gd[name], rtol=0, atol=1e-12, err_msg=name)
+
+
+def test_a_missing_gradient_fails(monkeypatch):
+    real = runtime.Kernel.backward
+    monkeypatch.setattr(runtime.Kernel, "backward",
+                        lambda self, tr, d: {k: v for k, v in real(self, tr, d).items()
+                                             if k != "b"})
+    report = check.gradient_check("rnn", backend="numpy")
+    assert [r.name for r in report.failures] == ["b"]
+
+
+def test_cli_checks_the_derivation_in_float64_only():
+    run = subprocess.run([sys.executable, "-m", "derive", "check", "rnn", "--backend",
+                          "derivation"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("passed: 5 gradients of rnn (derivation, float64)")
+    run = subprocess.run([sys.executable, "-m", "derive", "check", "rnn", "--backend",
+                          "derivation", "--dtype", "float32"], capture_output=True, text=True)
+    assert run.returncode == 2 and "float64 only" in run.stderr
     assert "Traceback" not in run.stderr
 
 

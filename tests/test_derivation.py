@@ -1,13 +1,16 @@
-"""The derived equations against the paper (lstm-equations.md) and the variants' changes."""
+"""The derived equations against the paper (Greff et al., "LSTM: A Search Space Odyssey",
+section 2) and the variants' changes."""
 
 import pytest
 import sympy as sp
+from catalog import cell_path
 
 import derive
 from derive.cell import symbols as S
 from derive.verification.notation import parse_expression
 
-# lstm-equations.md, written as a person would type them (text notation of design.md)
+# the paper's backward pass of the vanilla LSTM, written as a person would type it (the
+# text notation of `derive verify`, see the README)
 PAPER = {
     "y": "Delta[t] + R_z.T @ dz_bar[t+1] + R_i.T @ di_bar[t+1] + R_f.T @ df_bar[t+1]"
          " + R_o.T @ do_bar[t+1]",
@@ -125,15 +128,12 @@ def test_fgr_state_carries_the_gates():
     assert set(d.initial) == {"y", "c", "i", "f", "o"}
 
 
-def test_cells_with_differently_named_outputs_coexist_in_one_process(tmp_path):
+def test_cells_with_differently_named_outputs_coexist_in_one_process():
     """`Delta[t]` is shared by every single-output cell, whatever its output is called."""
-    from derive import numeric
-    spec = tmp_path / "elman_h.toml"
-    spec.write_text('name = "elman_h"\ninputs = ["x"]\nstate = ["h"]\noutputs = ["h"]\n'
-                    '[parameters]\nW = ["N", "M"]\nR = ["N", "N"]\nb = ["N"]\n'
-                    '[nodes]\na = "W @ x + R @ h[t-1] + b"\nh = "tanh(a)"\n')
+    from derive import check
+    spec = cell_path("elman_h")
     derive.derive("lstm")
     d = derive.derive(spec)
     assert d.structured("h") == parse_expression(d.cell, "Delta[t] + R.T @ da[t+1]")
-    assert numeric.gradient_check(d.cell, d).passed
+    assert check.finite_difference_check(check.of_derivation(d)).passed
     derive.derive("lstm")  # and back

@@ -1,8 +1,9 @@
-"""An independent numeric check of the derivation itself (issue 2).
+"""An independent numeric check of the derivation itself, and the evaluator behind it.
 
 The derived structured equations, evaluated step by step in NumPy on a small unrolled
 sequence, must agree with central finite differences of the forward pass, for every
-parameter, the input and every initial state, for every shipped cell.
+parameter, the input and every initial state, for every shipped cell (the one gradient
+check of derive.check, with the derivation as its subject).
 """
 
 import copy
@@ -13,40 +14,43 @@ import pytest
 import sympy as sp
 
 import derive
-from derive import numeric
+from derive import check, numeric
 from derive.cell import symbols as S
 from derive.verification.notation import parse_expression
 
-SETTINGS = dict(T=4, B=2, M=2, N=3, seed=7)
-TOL, FLOOR = 1e-6, 1e-4
+
+def _check(derivation):
+    return check.finite_difference_check(check.of_derivation(derivation))
 
 
 def test_the_setting_is_one_a_check_can_trust(cell_name):
     """T ≥ 3, batch ≥ 2, M ≠ N, a non-zero initial state, distinct peepholes, no saturation."""
-    p = numeric.random_problem(cell_name, **SETTINGS)
-    assert p.T >= 3 and p.B >= 2 and p.M != p.N and min(p.M, p.N) >= 2
+    d = derive.derive(cell_name)
+    p = check.random_problem(check.of_derivation(d))
+    T, B, M, N = (p.sizes[k] for k in "TBMN")
+    assert T >= 3 and B >= 2 and M != N and min(M, N) >= 2
     for s, v in p.initial.items():
         assert np.abs(v).min() > 0 and np.abs(v).mean() > 0.1, s
     peepholes = [p.params[n] for n in ("p_i", "p_f", "p_o") if n in p.params]
     for a in range(len(peepholes)):
         for b in range(a):
             assert np.abs(peepholes[a] - peepholes[b]).min() > 1e-3
-    env = numeric.forward(p)
-    for node in derive.load_cell(cell_name).nodes.values():
+    env = numeric.forward(numeric.Problem(d.cell, p.params, p.inputs, p.initial,
+                                          p.projection, T, B, N, M))
+    for node in d.cell.nodes.values():
         if isinstance(node.elementwise, (S.sigmoid, sp.tanh)) and not node.projections:
-            for t in range(p.T):
+            for t in range(T):
                 pre = np.abs(env.values[(node.elementwise.args[0].name.split("[")[0], t)])
                 assert pre.max() < 3.0, (node.name, t, pre.max())  # σ' and tanh' stay > 0.04
 
 
 def test_every_gradient_matches_finite_differences(cell_name):
-    report = numeric.gradient_check(cell_name, tol=TOL, floor=FLOOR, **SETTINGS)
+    report = check.gradient_check(cell_name, backend="derivation")
     cell = derive.load_cell(cell_name)
     expected = set(cell.parameters) | set(cell.inputs) | {f"{s}0" for s in cell.states}
-    assert {e.name for e in report.errors} == expected
-    bad = "\n".join(f"{e.name}: max relative error {e.max_rel:.2e}" for e in report.failures)
-    assert report.passed, f"{report.summary()}\n{bad}\n{report.table()}"
-    assert all(e.scale > 1e-3 for e in report.errors), report.table()  # nothing trivially zero
+    assert {r.name for r in report.rows} == expected
+    assert report.passed and report.tolerance == 1e-6, report.table()
+    assert all(r.scale > 1e-3 for r in report.rows), report.table()  # nothing trivially zero
 
 
 def _tampered(cell: str, node: str, text: str):
@@ -59,8 +63,8 @@ def test_negative_control_swapped_peepholes_in_dc_fail():
     """p_i and p_f swapped in δc: the check bites on the gradients it should."""
     wrong = _tampered("lstm", "c", "dy[t]*o[t]*dtanh(c[t]) + p_o*do_bar[t] + p_f*di_bar[t+1]"
                                    " + p_i*df_bar[t+1] + dc[t+1]*f[t+1]")
-    report = numeric.gradient_check("lstm", wrong, tol=TOL, floor=FLOOR, **SETTINGS)
-    failed = {e.name for e in report.failures}
+    report = _check(wrong)
+    failed = {r.name for r in report.failures}
     assert not report.passed
     assert {"p_i", "p_f", "W_z", "x", "c0", "y0"} <= failed, report.table()
 
@@ -68,17 +72,17 @@ def test_negative_control_swapped_peepholes_in_dc_fail():
 def test_negative_control_wrong_time_step_and_missing_boundary_fail():
     wrong = _tampered("lstm", "c", "dy[t]*o[t]*dtanh(c[t]) + p_o*do_bar[t] + p_i*di_bar[t+1]"
                                    " + p_f*df_bar[t+1] + dc[t+1]*f[t]")  # f[t], not f[t+1]
-    assert not numeric.gradient_check("lstm", wrong, **SETTINGS).passed
+    assert not _check(wrong).passed
     d = copy.deepcopy(derive.derive("lstm"))
     d.initial["c"] = parse_expression(d.cell, "p_i*di_bar[t] + p_f*df_bar[t]")  # no dc*f term
-    report = numeric.gradient_check("lstm", d, **SETTINGS)
-    assert {e.name for e in report.failures} == {"c0"}, report.table()
+    report = _check(d)
+    assert {r.name for r in report.failures} == {"c0"}, report.table()
 
 
 def test_a_transposed_recurrent_matrix_is_caught():
     wrong = _tampered("rnn", "y", "Delta[t] + R @ da[t+1]")
-    report = numeric.gradient_check("rnn", wrong, **SETTINGS)
-    assert not report.passed and "R" in {e.name for e in report.failures}
+    report = _check(wrong)
+    assert not report.passed and "R" in {r.name for r in report.failures}
 
 
 # --- the evaluator ------------------------------------------------------------------------

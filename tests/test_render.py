@@ -191,6 +191,7 @@ def test_every_document_compiles_with_pdflatex(regenerated, cell_name, tmp_path)
     """equations.tex is a standalone document: it compiles, with no line too wide, and
     includes the pictures of its flows (PDFs beside it in the cell's folder)."""
     if shutil.which("pdflatex") is None:
+        assert not os.environ.get("CI"), ".ci/run installs pdflatex: it must be there in CI"
         pytest.skip("pdflatex is not installed (.ci/run installs it)")
     tex = regenerated / cell_name / "equations.tex"
     run = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error",

@@ -3,26 +3,14 @@
 import subprocess
 import sys
 
+import catalog
 import pytest
+from catalog import cell_text
 
 import derive
 from derive.errors import SpecError
 
-GOOD = '''\
-name = "tiny"
-inputs = ["x"]
-state = ["y"]
-outputs = ["y"]
-
-[parameters]
-W = ["N", "M"]
-R = ["N", "N"]
-b = ["N"]
-
-[nodes]
-a = "W @ x + R @ y[t-1] + b"
-y = "tanh(a)"
-'''
+GOOD = cell_text("tiny")
 
 # (rule, edit of GOOD, words the message must contain, line it must name)
 BAD = [
@@ -66,6 +54,13 @@ def test_good_spec_loads(tmp_path):
 def test_shipped_cells_all_load(cell_name):
     cell = derive.load_cell(cell_name)
     assert cell.name == cell_name and cell.shipped
+
+
+@pytest.mark.parametrize("name", catalog.NAMES)
+def test_every_cell_of_the_test_catalog_is_a_valid_cell(name):
+    """tests/cells/ holds valid cells only (the invalid ones are edits of tiny, in BAD)."""
+    cell = derive.load_cell(catalog.cell_path(name))
+    assert cell.nodes and cell.outputs
 
 
 @pytest.mark.parametrize("rule,edit,words,line", BAD, ids=[b[0] for b in BAD])

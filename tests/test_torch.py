@@ -16,11 +16,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import derive  # noqa: E402
-import derive.torch as dt  # noqa: E402
+from conftest import SHIPPED  # noqa: E402
 from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
 
-from conftest import SHIPPED  # noqa: E402
+import derive  # noqa: E402
+import derive.torch as dt  # noqa: E402
 
 F64 = torch.float64
 T, B, M, N = 4, 3, 5, 2          # T >= 3, B >= 2, M != N

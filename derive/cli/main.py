@@ -85,15 +85,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="finite-difference check of the compiled kernel",
                        formatter_class=fmt, epilog=EPILOG, description=textwrap.dedent("""\
-            Check every gradient of CELL's kernel against float64 central differences of
-            its forward pass (random output projection as the loss, T >= 3, batch >= 2,
-            M != N, non-zero initial state). Prints the maximum relative error per
-            gradient; exit 1 when any is over the tolerance."""))
+            Check every gradient of CELL's kernel (or of the NumPy reference kernel, or
+            of the derivation itself) against float64 central differences of its forward
+            pass (random output projection as the loss, T >= 3, batch >= 2, M != N,
+            non-zero initial state). Prints the maximum relative error per gradient;
+            exit 1 when any is over the tolerance."""))
     p.add_argument("cell", metavar="CELL")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float64",
                    help="kernel dtype to check (float32 is compared with the float64 "
                         "kernel within float32 rounding)")
-    p.add_argument("--backend", choices=["cython", "numpy"], default="cython")
+    p.add_argument("--backend", choices=["cython", "numpy", "derivation"], default="cython",
+                   help="what to differentiate: the compiled kernel (default), the NumPy "
+                        "reference kernel, or the derived equations evaluated step by step "
+                        "on the unrolled sequence")
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser("verify", help="check hand-derived equations against the derivation",

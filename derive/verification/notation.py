@@ -1,4 +1,4 @@
-"""The text notation of hand derivations (design.md), parsed into the derivation's symbols.
+"""The text notation of hand derivations, parsed into the derivation's symbols.
 
 One equation a line, ``#`` starts a comment. The left side says what is derived:
 
