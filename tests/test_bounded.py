@@ -56,3 +56,99 @@ def test_derived_tanh_keeps_its_derivative_and_printing():
     assert format_expression(e) == "tanh(a[t])"
     assert LatexPrinter().doprint(e).startswith(r"\tanh")
     assert sp.simplify(e.rewrite(sp.exp) - sp.tanh(a).rewrite(sp.exp)) == 0
+
+
+# --- 2, 5, 6. literals and constants: bounded, finite, real; refused where written ---------
+
+CELL_CONSTANTS = [  # (node expression, words of the message)
+    ("tanh(a) ** (9**9**9)", "exponents must be numbers of size at most 16"),
+    ("a * 2**99999999", "exponents must be numbers of size at most 16"),
+    ("a * 1e400", "1e400 is not finite"),
+    ("a * " + "7" * 5000, "more than 60 digits"),
+    ("a * 10**15**2", "exponents must be numbers of size at most 16"),
+    ("a * (10**15)**16", "more than 60 digits"),
+    ("a / 0", "division by zero"),
+    ("a / (2 - 2)", "division by zero"),
+    ("a * 0 ** -1", "0 raised to a negative power"),
+    ("log(0 - 1) * a", "not a finite real number"),
+    ("log(a - a) + a", "division by zero"),
+    ("a * (-1) ** (1/2)", "not a finite real number"),
+    ("a * exp(1000)", "not a finite real number in float64"),
+    ("a * exp(700) * exp(700)", "not a finite real number in float64"),
+]
+
+
+@pytest.mark.parametrize("node,words", CELL_CONSTANTS, ids=[c[0][:30] for c in CELL_CONSTANTS])
+def test_cell_constants_are_refused_with_file_line_and_column(tmp_path, capsys, node, words):
+    path = tmp_path / "bad.toml"
+    path.write_text(cell_text(node))
+    with time_limit(5):
+        code, out, err = run_cli(["equations", path], capsys)
+    one_line_error(code, err)
+    assert f"{path}:13: node y:" in err and words in err and "(column " in err, err
+
+
+VERIFY_CONSTANTS = [
+    ("dc[t] = dy[t] * 1e400", "1e400 is not finite"),
+    ("dc[t] = dy[t] * " + "7" * 5000, "more than 60 digits"),
+    ("dc[t] = dy[t] * 2**99999999", "exponents must be numbers of size at most 16"),
+    ("dc[t] = dy[t] / 0", "division by zero"),
+    ("dc[t] = dy[t] * log(0 - 1)", "not a finite real number"),
+    ("dc[t] = dy[t] * 0 ** -1", "0 raised to a negative power"),
+]
+LATEX_CONSTANTS = [
+    (r"\delta c^{(t)} = \delta y^{(t)} " + "7" * 5000, "more than 60 digits"),
+    (r"\delta c^{(t)} = \delta y^{(t)} \frac{1}{0}", "division by zero"),
+    (r"\delta c^{(t)} = \delta y^{(t)} \log\left(0 - 1\right)", "not a finite real number"),
+]
+
+
+@pytest.mark.parametrize("equation,words", VERIFY_CONSTANTS + LATEX_CONSTANTS,
+                         ids=[c[0][8:40] for c in VERIFY_CONSTANTS + LATEX_CONSTANTS])
+def test_verify_constants_are_refused_in_one_line(capsys, equation, words):
+    latex = ["--latex"] if equation.startswith("\\") else []
+    with time_limit(5):
+        code, out, err = run_cli(["verify", "lstm", *latex, equation], capsys)
+    one_line_error(code, err)
+    assert words in err and out == "", err
+
+
+def test_small_constants_still_load(tmp_path):
+    import derive
+    path = tmp_path / "ok.toml"
+    path.write_text(cell_text("a ** 0.5 * (1/3) + 1e-8 + 2**16 * a + exp(2) * a"))
+    derive.derive(derive.load_cell(path))
+
+
+# --- 5, 8. long chains and deep nesting: work, or one line naming the limit -----------------
+
+def test_a_flat_sum_of_400_terms_is_not_too_deeply_nested(tmp_path, capsys):
+    path = tmp_path / "sum.toml"
+    path.write_text(cell_text(" + ".join(f"{k % 7 + 1} * tanh(a)" if k % 2 else "a"
+                                         for k in range(400))))
+    with time_limit(5):
+        code, out, err = run_cli(["equations", path], capsys)
+    assert code == 0, err
+    rhs = " + ".join(["dy[t]"] * 400)
+    with time_limit(5):
+        code, out, err = run_cli(["verify", "lstm", f"dc[t] = {rhs}"], capsys)
+    assert code == 1 and "DIFFERS" in out, err
+
+
+@pytest.mark.parametrize("node,words", [
+    (" + ".join(["a"] * 1500), "more than 1000 operands in a row (the limit)"),
+    (" * ".join(["a"] * 1500), "more than 1000 operands in a row (the limit)"),
+    (nested("tanh", 150), "nested too deeply (the limit is 100 levels)"),
+    ("-" * 150 + "a", None),
+    ("(" * 250 + "a" + ")" * 250, "nested too deeply (the limit is 100 levels)"),
+], ids=["sum of 1500", "product of 1500", "tanh 150 deep", "150 minus signs", "250 parentheses"])
+def test_long_chains_and_deep_nesting_are_refused_or_work(tmp_path, capsys, node, words):
+    path = tmp_path / "chain.toml"
+    path.write_text(cell_text(node))
+    with time_limit(5):
+        code, out, err = run_cli(["equations", path], capsys)
+    if words is None:
+        assert code == 0, err
+    else:
+        one_line_error(code, err)
+        assert words in err, err
