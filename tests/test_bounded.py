@@ -152,3 +152,25 @@ def test_long_chains_and_deep_nesting_are_refused_or_work(tmp_path, capsys, node
     else:
         one_line_error(code, err)
         assert words in err, err
+
+
+def _chain_of_nodes(n: int) -> str:
+    nodes = 'n0 = "tanh(a)"\n' + "".join(f'n{k} = "tanh(n{k - 1})"\n' for k in range(1, n))
+    return cell_text(f"n{n - 1} * 1", extra_nodes=nodes)
+
+
+def test_a_chain_of_1500_nodes_is_refused_naming_the_limit(tmp_path, capsys):
+    path = tmp_path / "chain.toml"
+    path.write_text(_chain_of_nodes(1500))
+    with time_limit(5):
+        code, out, err = run_cli(["equations", path], capsys)
+    one_line_error(code, err)
+    assert "at most 100 nodes (the limit)" in err, err
+
+
+def test_a_chain_at_the_limit_is_derived_in_seconds(tmp_path, capsys):
+    path = tmp_path / "chain.toml"
+    path.write_text(_chain_of_nodes(98))  # + a and y: 100 nodes
+    with time_limit(10):
+        code, out, err = run_cli(["equations", path], capsys)
+    assert code == 0 and "da[t] = " in out, err

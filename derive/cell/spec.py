@@ -39,6 +39,9 @@ from derive.cell.grammar import Matrix, parse
 from derive.errors import ExpressionError, SpecError, suggest
 
 SIZES = ("N", "M")
+#: the most nodes (and the most parameters) a cell may have; the derivation's work grows
+#: with the square of the number of nodes (a chain of 100 derives in about a second)
+MAX_NODES = 100
 _IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _RESERVED = {"t", "T", "Delta", "outer"} | set(S.ACTIVATIONS) | {"dsigmoid", "dtanh"}
 _TOP_KEYS = {"name", "title", "description", "reference", "inputs", "state", "outputs",
@@ -227,6 +230,10 @@ class _SpecReader:
             self.error("[nodes] must map each node name to its expression, like "
                        "z = \"tanh(z_bar)\"", self.line_of("nodes"))
         node_names = list(data["nodes"])
+        for key, table in (("nodes", data["nodes"]), ("parameters", params)):
+            if len(table) > MAX_NODES:
+                self.error(f"{len(table)} {key}: a cell has at most {MAX_NODES} {key} "
+                           f"(the limit)", self.line_of(key))
         self.check_names(inputs, params, node_names)
         for s in states:
             if s not in data["nodes"]:
@@ -254,6 +261,9 @@ class _SpecReader:
             value = [value]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             self.error(f"{key} must be a list of names, like {key} = [\"x\"]", self.line_of(key))
+        if len(value) > MAX_NODES:
+            self.error(f"{key} lists {len(value)} names; the limit is {MAX_NODES}",
+                       self.line_of(key))
         if key in ("inputs", "outputs") and not value:
             self.error(f"{key} must name at least one vector", self.line_of(key))
         for v in value:
