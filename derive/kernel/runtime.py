@@ -16,8 +16,14 @@ Values are not checked: NaN and infinities propagate through the kernels.
 Parameters are kept in the paper's shapes (W_z: N×M, R_z: N×N, p_i: N). The kernels use
 fused weights per operand (rows [W_z; W_i; W_f; W_o] for x); `init_params` returns views
 into such fused buffers so that `forward` uses them without a copy; any other arrays are
-packed into a fused copy at each call. The trace keeps the fused weights it used: do
-not modify parameters in place between a forward and the backward of its trace.
+packed into a fused copy at each call.
+
+A trace owns the values it was computed from: `forward` copies x, the parameters (the
+fused weights and the vectors) and the initial state before it runs, and `backward`
+computes with those copies, so a caller that refills its input buffer or updates its
+parameters in place between the two (a data loader, an optimizer step) gets the
+gradients of what `forward` saw. The cost is one copy of x (T·B·M values) and of the
+parameters per call, a few percent of a forward pass (README, "Limits and costs").
 
 The compiled kernels run on `Kernel.threads` threads (default: the CPUs this process
 may use, or $DERIVE_NUM_THREADS), each on its own batch rows. In a child process made
@@ -222,7 +228,8 @@ class Kernel:
         return N
 
     def _fused(self, params, N: int, M: int) -> tuple:
-        """The fused weights of each operand: the init_params buffer itself, or a copy."""
+        """The fused weights of each operand: a copy of the init_params buffer, or the
+        blocks packed into a new one (either way the trace's own)."""
         sizes = {"N": N, "M": M}
         out = []
         for i, op in enumerate(self.operands):
@@ -235,7 +242,7 @@ class Kernel:
                     and base.dtype == self.dtype and base.flags.c_contiguous
                     and all(b.base is base and b.ctypes.data == base.ctypes.data + j * step
                             for j, b in enumerate(blocks))):
-                out.append(base)
+                out.append(base.copy())
             else:
                 W = np.empty(shape, self.dtype)
                 for j, b in enumerate(blocks):
@@ -276,8 +283,9 @@ class Kernel:
                              contiguous=False)
                 buf[0] = state0[s]
             S.append(buf)
+        x = x.copy()  # the trace's own values: see the module docstring
         W = self._fused(params, N, M)
-        V = tuple(params[v] for v in self.vectors)
+        V = tuple(params[v].copy() for v in self.vectors)
         A = tuple(np.empty((T, B, N), self.dtype) for _ in self.stored)
         G = tuple(np.empty((T, B, len(o["blocks"]) * N) if o["kind"] == "input"
                            else (B, len(o["blocks"]) * N), self.dtype) for o in self.operands)
