@@ -48,10 +48,13 @@ def test_outputs_are_read_only_views(kernel, rng):
         tr.outputs[0, 0, 0] = 1.0
 
 
-def test_init_params_matrices_are_used_without_a_copy(kernel, rng):
+def test_fused_weights_are_the_traces_own_copy(kernel, rng):
+    """init_params' fused buffers are copied whole (the trace owns its weights, issue 9.3)."""
     params, x, _ = problem(kernel, rng)
     fused = kernel._fused(params, N, M)
-    assert fused[0] is params["W_z"].base and fused[1] is params["R_o"].base
+    assert fused[0] is not params["W_z"].base and fused[1] is not params["R_o"].base
+    np.testing.assert_array_equal(fused[0], params["W_z"].base)
+    np.testing.assert_array_equal(fused[1], params["R_o"].base)
     # any other arrays are packed into a copy, with the same result
     copies = {k: v.copy() for k, v in params.items()}
     assert kernel._fused(copies, N, M)[0] is not fused[0]

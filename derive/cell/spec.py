@@ -42,6 +42,9 @@ SIZES = ("N", "M")
 #: the most nodes (and the most parameters) a cell may have; the derivation's work grows
 #: with the square of the number of nodes (a chain of 100 derives in about a second)
 MAX_NODES = 100
+#: the longest name (of the cell, a node, a parameter): names become file names, folder
+#: names and C identifiers
+MAX_NAME = 64
 _IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _RESERVED = {"t", "T", "Delta", "outer"} | set(S.ACTIVATIONS) | {"dsigmoid", "dtanh"}
 _TOP_KEYS = {"name", "title", "description", "reference", "inputs", "state", "outputs",
@@ -222,6 +225,7 @@ class _SpecReader:
         name = data["name"]
         if not isinstance(name, str) or not _IDENT.match(name):
             self.error("name must be an identifier like \"my_cell\"", self.line_of("name"))
+        self.check_length(name, "the cell's name", self.line_of("name"))
         inputs = self.names_list(data, "inputs")
         states = self.names_list(data, "state")
         outputs = self.names_list(data, "outputs")
@@ -255,6 +259,11 @@ class _SpecReader:
         self.check_usage(cell)
         return cell
 
+    def check_length(self, name: str, what: str, line: int | None):
+        if len(name) > MAX_NAME:
+            self.error(f"{what} {name[:20]!r}... is {len(name)} characters long; the limit "
+                       f"is {MAX_NAME}", line)
+
     def names_list(self, data, key) -> list[str]:
         value = data[key]
         if isinstance(value, str):
@@ -270,6 +279,7 @@ class _SpecReader:
             if not _IDENT.match(v):
                 self.error(f"{v!r} in {key} is not a valid name (letters, digits, _)",
                            self.line_of(key))
+            self.check_length(v, f"a name in {key}", self.line_of(key))
         if len(set(value)) != len(value):
             self.error(f"{key} lists a name twice", self.line_of(key))
         return value
@@ -308,6 +318,7 @@ class _SpecReader:
                                line)
                 if not _IDENT.match(n):
                     self.error(f"{n!r} is not a valid {kind} name (letters, digits, _)", line)
+                self.check_length(n, f"{kind} name", line)
                 if n in seen:
                     self.error(f"name clash: {n!r} is both {seen[n]} and {kind}; rename one",
                                line)

@@ -41,6 +41,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from derive.errors import UserError
+from derive.scratch import owner_tag, remove_stale
 
 BACKENDS = ("cython", "numpy")
 _INT32 = 2 ** 31 - 1
@@ -93,31 +95,54 @@ def _dtype(dtype) -> np.dtype:
     return dt
 
 
+_REFERENCE_LOCK = threading.Lock()
+
+
 def _reference_module(cell):
-    """The NumPy reference module of a cell, generated once into the cache."""
+    """The NumPy reference module of a cell, generated once into the cache and loaded
+    once per process (under a lock: threads asking at once get the same module)."""
     from derive.kernel import build
     name, text, _ = build.spec_source(cell)
     key = build.fingerprint(text, kind="reference")[:20]
     folder = build.cache_dir() / "reference"
     path = folder / f"{name}-{key}.py"
     modname = f"derive_reference_{name}_{key}"
-    if modname in sys.modules:
+    with _REFERENCE_LOCK:
+        if modname not in sys.modules:
+            _load_reference(cell, name, folder, path, modname)
         return sys.modules[modname], path
-    if not path.exists():
-        from derive.cell.spec import load_cell
-        from derive.derivation import derive
-        from derive.kernel.emit import reference_source
-        source = reference_source(derive(load_cell(cell)))
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".py", dir=folder)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(source)
-        os.replace(tmp, path)  # atomic: concurrent writers write the same bytes
-    spec = importlib.util.spec_from_file_location(modname, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    sys.modules[modname] = module
-    return module, path
+
+
+def _load_reference(cell, name: str, folder: Path, path: Path, modname: str) -> None:
+    """Generate the reference into `path` unless it is there, and import it; a cached file
+    that does not import (truncated, corrupt) is generated again, with a warning."""
+    from derive.kernel import build
+    for attempt in (1, 2):
+        if attempt == 2 or not path.exists():
+            from derive.cell.spec import load_cell
+            from derive.derivation import derive
+            from derive.kernel.emit import reference_source
+            build.usable_folder(folder)
+            remove_stale(folder, ".*.py")  # what killed writers left
+            source = reference_source(derive(load_cell(cell)))
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}-{owner_tag()}", suffix=".py",
+                                       dir=folder)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(source)
+            os.replace(tmp, path)  # atomic: concurrent writers write the same bytes
+        spec = importlib.util.spec_from_file_location(modname, path)
+        module = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:  # noqa: BLE001 - whatever a damaged file raises
+            if attempt == 2:
+                raise
+            warnings.warn(f"derive: the cached NumPy reference {path} does not load "
+                          f"({type(exc).__name__}: {exc}); generating it again",
+                          RuntimeWarning, stacklevel=4)
+            continue
+        sys.modules[modname] = module
+        return
 
 
 @dataclass
