@@ -45,7 +45,7 @@ MAX_LENGTH = 20_000   # characters of one expression
 MAX_DEPTH = 100       # levels of nesting
 MAX_OPERANDS = 1_000  # operands of one chain of + - or * /
 MAX_EXPONENT = 16     # |n| in a ** n
-MAX_DIGITS = 60       # digits of a number's numerator and denominator
+MAX_DIGITS = 400      # digits of a numerator or denominator (any float64 fits in 330)
 _FLOAT_MAX = 1.7976931348623157e308
 
 
