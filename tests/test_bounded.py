@@ -200,3 +200,28 @@ def test_cannot_decide_does_not_claim_a_plainly_non_zero_difference_is_irreducib
     assert code == 1 and "CANNOT DECIDE" in out, out + err
     assert "could not reduce their difference to zero" not in out
     assert "within the tolerance" in out and "non-zero but below the tolerance" in out
+
+
+def _fibonacci(n: int) -> str:
+    """Nodes that each read the two before: the paths from n0 grow like Fibonacci numbers."""
+    nodes = 'n0 = "tanh(a)"\nn1 = "sigmoid(a)"\n' + "".join(
+        f'n{k} = "n{k - 1} * n{k - 2} + tanh(n{k - 1})"\n' for k in range(2, n))
+    return cell_text(f"n{n - 1} * 1", extra_nodes=nodes)
+
+
+def test_nodes_feeding_several_later_nodes_stay_polynomial(tmp_path, capsys):
+    """Folding every path made δa exponential (16 nodes: 7 s to print, 20: 90 s)."""
+    import derive
+    from derive.derivation.backward import MAX_FOLDED_FLOWS
+    path = tmp_path / "fib.toml"
+    path.write_text(_fibonacci(16))
+    with time_limit(5):
+        code, out, err = run_cli(["equations", path], capsys)
+    assert code == 0, err
+    d = derive.derive(derive.load_cell(path))
+    assert all(len(nd.flows) <= MAX_FOLDED_FLOWS + 2 for nd in d.deltas.values())
+    path.write_text(_fibonacci(60))
+    with time_limit(5):
+        code, out, err = run_cli(["equations", path], capsys)
+    one_line_error(code, err)
+    assert "operations; the limit is 200000" in err, err
