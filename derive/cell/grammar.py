@@ -25,7 +25,8 @@ finite float64 reals; each limit is named in the error that enforces it):
 * every number — a literal or a constant sub-expression such as ``2**10`` — has at most
   `MAX_DIGITS` digits in its numerator and its denominator, and every constant is a
   finite real in float64: ``1e400``, ``x / 0``, ``0 ** -1``, ``log(0 - 1)`` or
-  ``exp(1000)`` are refused where they are written.
+  ``exp(1000)`` are refused where they are written. A function of a constant
+  (``exp(2)``, ``tanh(0.5)``) is read as its float64 value.
 """
 
 from __future__ import annotations
@@ -282,6 +283,10 @@ class _Walker:
         if count is not None and len(args) != count:
             self.fail(f"{name}() takes {count} argument{'s' * (count != 1)}, "
                       f"got {len(args)}", node)
+        if name in _MATH and len(args) == 1 and args[0].is_number:
+            # a function of a constant is read as its float64 value: SymPy would evaluate
+            # it in arbitrary precision (evalf, assumption queries), without a time bound
+            return sp.Float(self.real(fn(args[0], evaluate=False), node))
         return fn(*args)
 
 
