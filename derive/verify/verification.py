@@ -77,6 +77,7 @@ RTOL = 1e-9          # numeric agreement: max|found − expected| ≤ RTOL · ma
 SEEDS = (101, 202)   # the random sequences of the numeric confirmation
 SIZES = dict(B=2, N=3, M=2)
 MAX_CANONICAL_TERMS = 40_000
+MAX_PRINTED_TERMS = 400  # terms of a canonical difference written into the result
 MAX_EXP_FORM_OPS = 80  # operations of a difference that sp.simplify may try (its time is
                        # unbounded: a 4000-operation exp form did not finish in 10 minutes)
 
@@ -544,8 +545,10 @@ class _Verifier:
             return None
         canon = ctx.prepare(diff)
         self.canon_diff = canon
-        self.result.canonical_difference = format_expression(canon, self.cell) \
-            if canon != 0 else "0"
+        terms = len(sp.Add.make_args(canon))
+        self.result.canonical_difference = (
+            "0" if canon == 0 else format_expression(canon, self.cell)
+            if terms <= MAX_PRINTED_TERMS else f"({terms} terms, not printed)")
         return canon == 0
 
     def _replace(self, expr, last):
