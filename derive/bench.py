@@ -326,6 +326,7 @@ def _gemm_peer(cell, dtype, shape, rng):
 
 def _torch_peer(cell, dtype, shape, rng):
     import torch
+
     from derive.kernel.runtime import default_threads
     T, B, M, N = shape
     torch.set_num_threads(default_threads())   # the threads derive's kernels use

@@ -12,7 +12,9 @@ template, do not edit, and the command that regenerates it.
 ``<out>/<cell>/equations.md`` (Markdown with ``$$`` math for GitHub) and every file of
 `derive.kernel.emit.sources`, plus the index ``<out>/README.md``. Everything is rendered
 in memory first, then each changed file is written atomically (temporary file +
-rename), so an error leaves no half-written file.
+rename), so an error leaves no half-written file. The temporary files name their
+process (`derive.scratch`): those a killed run left (``.<file>.<host>~<pid>~….tmp``) are
+removed by the next run, and reported by ``--check``; a running one's are left alone.
 """
 
 
@@ -32,6 +34,9 @@ from derive.errors import UserError
 from derive.files import checkout_root
 from derive.kernel.emit import sources
 from derive.printing.templates import INDEX, MARKER
+from derive.scratch import is_stale, owner_tag, remove_stale
+
+_TMP = ".*.tmp"  # the glob of _write's temporary files
 
 
 def cell_files(d) -> dict[str, str | bytes]:
@@ -106,16 +111,27 @@ def generate(cells=None, out=None, check: bool = False, quiet: bool = False) -> 
 
     plan = _compare(root, files, names)
     where = _shown(root)
+    folders = [root] + [root / n for n in sorted(entries)]
     if check:
         for kind in ("stale", "missing", "extra"):
             for f in getattr(plan, kind):
                 print(f"{kind}: {_shown(root / f)}")
-        bad = len(plan.stale) + len(plan.missing) + len(plan.extra)
-        summary = (f"{where}/ is stale ({bad} of {len(files)} files differ); regenerate with "
-                   f"`derive generate`" if bad else f"{where}/ is up to date ({len(files)} files)")
+        leftovers = [p for folder in folders if folder.is_dir()
+                     for p in sorted(folder.glob(_TMP)) if is_stale(p)]
+        for p in leftovers:
+            print(f"leftover: {_shown(p)} (a killed run's temporary file; `derive generate` "
+                  f"removes it)")
+        bad = len(plan.stale) + len(plan.missing) + len(plan.extra) + len(leftovers)
+        differ = bad - len(leftovers)
+        summary = (f"{where}/ is stale ({differ} of {len(files)} files differ"
+                   + (f", {len(leftovers)} leftover temporary files" if leftovers else "")
+                   + "); regenerate with `derive generate`"
+                   if bad else f"{where}/ is up to date ({len(files)} files)")
         if not quiet or bad:
             print(f"derive: {summary}", file=sys.stderr)
         return GenerateResult(1 if bad else 0, summary)
+    for folder in folders:
+        remove_stale(folder, _TMP)
     for f in plan.missing + plan.stale:
         _write(root / f, files[f])
     for f in plan.extra:
@@ -177,7 +193,8 @@ def _write(path: Path, text: str | bytes) -> None:
     """Write atomically: a temporary file in the same folder, then rename."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{owner_tag()}", suffix=".tmp",
+                                   dir=path.parent)
     except OSError as exc:
         raise UserError(f"cannot write {_shown(path)}: {exc.strerror or exc}") from None
     try:

@@ -196,7 +196,7 @@ TRICKY = [
     lambda v, dl, p: S.MatVec(p("W_z"), v("x") * v("o") + 1),
     lambda v, dl, p: S.MatTVec(p("R_i"), S.sigmoid(v("i_bar"))),
     lambda v, dl, p: v("c") / 2 - 3 * v("z") / (2 * v("i")),
-    lambda v, dl, p: (v("c") + v("z")) ** 2 - sp.tanh(v("c")) ** 2 + p("p_i") ** 2,
+    lambda v, dl, p: (v("c") + v("z")) ** 2 - S.tanh(v("c")) ** 2 + p("p_i") ** 2,
     lambda v, dl, p: sp.exp(-v("c")) * sp.log(v("o")) / (1 + v("f")),
     lambda v, dl, p: S.Outer(dl("z_bar") + dl("i_bar"), v("y", -1)),
     lambda v, dl, p: v("y", -1) - v("z") - 1,

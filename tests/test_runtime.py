@@ -48,10 +48,13 @@ def test_outputs_are_read_only_views(kernel, rng):
         tr.outputs[0, 0, 0] = 1.0
 
 
-def test_init_params_matrices_are_used_without_a_copy(kernel, rng):
+def test_fused_weights_are_the_traces_own_copy(kernel, rng):
+    """init_params' fused buffers are copied whole (the trace owns its weights, issue 9.3)."""
     params, x, _ = problem(kernel, rng)
     fused = kernel._fused(params, N, M)
-    assert fused[0] is params["W_z"].base and fused[1] is params["R_o"].base
+    assert fused[0] is not params["W_z"].base and fused[1] is not params["R_o"].base
+    np.testing.assert_array_equal(fused[0], params["W_z"].base)
+    np.testing.assert_array_equal(fused[1], params["R_o"].base)
     # any other arrays are packed into a copy, with the same result
     copies = {k: v.copy() for k, v in params.items()}
     assert kernel._fused(copies, N, M)[0] is not fused[0]
@@ -286,3 +289,22 @@ def test_small_calls_run_on_one_thread_and_never_more_threads_than_rows():
     assert _threads(8, 100, 3, 128, 256) == 3                 # one batch row per thread
     assert _threads(2, 100, 32, 128, 256) == 2
     assert 4 * 3 * 4 * 9 < SERIAL_BELOW < 200 * 16 * 128 * 192   # S3 runs threaded
+
+
+# --- issue 9.3: a trace owns its inputs' values -----------------------------------------------
+
+def test_backward_uses_the_values_forward_saw(kernel, rng):
+    """A data loader refills x, an optimizer updates the parameters in place and the caller
+    reuses its state buffer between forward and backward: the gradients do not change."""
+    params, x, state0 = problem(kernel, rng)
+    d_out = rng.standard_normal((T, B, N))
+    want = kernel.backward(kernel.forward(x, params, state0), d_out)
+    tr = kernel.forward(x, params, state0)
+    x[...] = rng.standard_normal(x.shape)
+    for p in params.values():
+        p += 0.5
+    for s in state0.values():
+        s[...] = 7.0
+    got = kernel.backward(tr, d_out)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)

@@ -12,11 +12,28 @@ Names are resolved by a caller-supplied `Scope`, so the same grammar serves a sp
 delta). Anything else (attributes other than ``.T``, unknown calls, lambdas,
 comparisons, strings, keyword arguments, subscripts that are not time indices) is an
 `ExpressionError` pointing at the column.
+
+**Limits** (every expression is parsed in time linear in its length, and its constants are
+finite float64 reals; each limit is named in the error that enforces it):
+
+* at most `MAX_LENGTH` characters;
+* at most `MAX_DEPTH` levels of nesting (function calls, parentheses around an operator
+  of lower precedence, powers); a chain of the same operators (``a + b - c + …``,
+  ``a * b / c * …``, ``- - a``) is one level, whatever its length, up to `MAX_OPERANDS`
+  operands;
+* exponents are numbers of size at most `MAX_EXPONENT`;
+* every number — a literal or a constant sub-expression such as ``2**10`` — has at most
+  `MAX_DIGITS` digits in its numerator and its denominator, and every constant is a
+  finite real in float64: ``1e400``, ``x / 0``, ``0 ** -1``, ``log(0 - 1)`` or
+  ``exp(1000)`` are refused where they are written. A function of a constant
+  (``exp(2)``, ``tanh(0.5)``) is read as its float64 value.
 """
 
 from __future__ import annotations
 
 import ast
+import math
+import re
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -25,7 +42,12 @@ import sympy as sp
 from derive.cell.symbols import MatTVec, MatVec
 from derive.errors import ExpressionError, suggest
 
-MAX_LENGTH = 20_000
+MAX_LENGTH = 20_000   # characters of one expression
+MAX_DEPTH = 100       # levels of nesting
+MAX_OPERANDS = 1_000  # operands of one chain of + - or * /
+MAX_EXPONENT = 16     # |n| in a ** n
+MAX_DIGITS = 400      # digits of a numerator or denominator (any float64 fits in 330)
+_FLOAT_MAX = 1.7976931348623157e308
 
 
 @dataclass(frozen=True)
@@ -56,17 +78,12 @@ def parse(text: str, scope: Scope) -> sp.Expr:
         raise ExpressionError(f"expression longer than {MAX_LENGTH} characters")
     if not text.strip():
         raise ExpressionError("empty expression")
-    try:
-        tree = ast.parse(text.strip(), mode="eval")
-    except SyntaxError as exc:
-        col = exc.offset if exc.offset else None
-        raise ExpressionError(f"syntax error: {exc.msg}", text=text.strip(), column=col) from None
-    except (RecursionError, MemoryError, ValueError):
-        raise ExpressionError("expression too deeply nested or malformed") from None
+    tree = parse_tree(text)
     try:
         result = _Walker(text.strip(), scope).visit(tree.body)
-    except RecursionError:
-        raise ExpressionError("expression too deeply nested") from None
+    except RecursionError:  # pragma: no cover - MAX_DEPTH keeps the walk shallow
+        raise ExpressionError(f"expression nested too deeply (the limit is {MAX_DEPTH} "
+                              f"levels)") from None
     except ExpressionError as exc:
         if exc.text or exc.column is None:
             raise
@@ -77,10 +94,47 @@ def parse(text: str, scope: Scope) -> sp.Expr:
     return result
 
 
+def parse_tree(text: str) -> ast.Expression:
+    """Python's parse of `text` (never compiled or run), its failures as ExpressionErrors."""
+    try:
+        return ast.parse(text.strip(), mode="eval")
+    except SyntaxError as exc:
+        col = exc.offset if exc.offset else None
+        if "integer string conversion" in str(exc.msg):
+            long = re.search(r"\d{%d,}" % (MAX_DIGITS + 1), text.strip())
+            raise ExpressionError(f"a number has more than {MAX_DIGITS} digits (the limit)",
+                                  text=text.strip(),
+                                  column=long.start() + 1 if long else col) from None
+        if "too many nested parentheses" in str(exc.msg):
+            raise ExpressionError(f"expression nested too deeply (the limit is {MAX_DEPTH} "
+                                  f"levels)", text=text.strip(), column=col) from None
+        raise ExpressionError(f"syntax error: {exc.msg}", text=text.strip(), column=col) from None
+    except (RecursionError, MemoryError):
+        raise ExpressionError(f"expression too long a chain or nested too deeply for Python's "
+                              f"parser (the limits are {MAX_OPERANDS} operands in a row and "
+                              f"{MAX_DEPTH} levels of nesting)") from None
+    except ValueError as exc:  # a literal of over 4300 digits, a NUL byte
+        raise ExpressionError(f"malformed expression: {exc}".split("; use")[0]) from None
+
+
+def _chain(node: ast.AST, ops: tuple[type, ...]) -> list[tuple[type | None, ast.AST]]:
+    """The operands of a left-leaning chain of binary `ops`: a - b + c → [(None, a),
+    (Sub, b), (Add, c)], without recursion."""
+    out = []
+    while isinstance(node, ast.BinOp) and isinstance(node.op, ops):
+        out.append((type(node.op), node.right))
+        node = node.left
+    out.append((None, node))
+    out.reverse()
+    return out
+
+
 class _Walker:
     def __init__(self, text: str, scope: Scope):
         self.text, self.scope = text, scope
         self.funcs = scope.functions()
+        self.depth = 0
+        self.floats: dict[sp.Expr, float] = {}
 
     def fail(self, message: str, node: ast.AST):
         col = getattr(node, "col_offset", None)
@@ -90,7 +144,30 @@ class _Walker:
         method = getattr(self, "visit_" + type(node).__name__, None)
         if method is None:
             self.fail(f"{_describe(node)} is not allowed in an expression", node)
-        return method(node)
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            self.fail(f"expression nested too deeply (the limit is {MAX_DEPTH} levels)", node)
+        try:
+            return self.checked(method(node), node)
+        finally:
+            self.depth -= 1
+
+    # constants: bounded and finite --------------------------------------------------------
+    def checked(self, value, node: ast.AST):
+        """`value`, after checking it and its constant arguments (see the module docstring)."""
+        if isinstance(value, Matrix):
+            return value
+        for part in (value,) + (value.args if not value.is_Atom else ()):
+            if part.is_number:
+                self.real(part, node)
+        return value
+
+    def real(self, e: sp.Expr, node: ast.AST) -> float:
+        """The float64 value of a constant, or an error at `node` saying why it has none."""
+        try:
+            return constant_value(e, self.floats)
+        except ExpressionError as exc:
+            self.fail(exc.detail, node)
 
     def scalar(self, node: ast.AST) -> sp.Expr:
         out = self.visit(node)
@@ -103,6 +180,11 @@ class _Walker:
         v = node.value
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             self.fail(f"only numbers are allowed as constants, not {v!r}", node)
+        if isinstance(v, float) and not math.isfinite(v):
+            self.fail(f"the number {ast.get_source_segment(self.text, node) or v} is not "
+                      f"finite in float64 (at most about 1.8e308)", node)
+        if isinstance(v, int) and v.bit_length() > 4 * MAX_DIGITS:
+            self.fail(f"a number has more than {MAX_DIGITS} digits (the limit)", node)
         return sp.Integer(v) if isinstance(v, int) else sp.Rational(repr(v))
 
     def visit_Name(self, node: ast.Name):
@@ -134,16 +216,25 @@ class _Walker:
 
     # operators --------------------------------------------------------------------
     def visit_UnaryOp(self, node: ast.UnaryOp):
-        if isinstance(node.op, ast.USub):
-            return -self.scalar(node.operand)
-        if isinstance(node.op, ast.UAdd):
-            return self.scalar(node.operand)
-        self.fail(f"operator {type(node.op).__name__} is not allowed", node)
+        sign = 1
+        while isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            sign = -sign if isinstance(node.op, ast.USub) else sign
+            node = node.operand
+        if isinstance(node, ast.UnaryOp):
+            self.fail(f"operator {type(node.op).__name__} is not allowed", node)
+        value = self.scalar(node)
+        return -value if sign < 0 else value
 
     def visit_BinOp(self, node: ast.BinOp):
         op = type(node.op)
         if op not in _BINOPS:
             self.fail(_HINTS.get(op, f"operator {op.__name__} is not allowed"), node)
+        if op in (ast.Add, ast.Sub):
+            return sp.Add(*[-v if o is ast.Sub else v
+                            for o, v, _ in self.operands(node, (ast.Add, ast.Sub))])
+        if op in (ast.Mult, ast.Div):
+            return sp.Mul(*[self.divisor(v, n) if o is ast.Div else v
+                            for o, v, n in self.operands(node, (ast.Mult, ast.Div))])
         if op is ast.MatMult:
             left = self.visit(node.left)
             if not isinstance(left, Matrix):
@@ -152,17 +243,26 @@ class _Walker:
             right = self.scalar(node.right)
             return (MatTVec if left.transposed else MatVec)(left.symbol, right)
         a, b = self.scalar(node.left), self.scalar(node.right)
-        if op is ast.Add:
-            return a + b
-        if op is ast.Sub:
-            return a - b
-        if op is ast.Mult:
-            return a * b
-        if op is ast.Div:
-            return a / b
         if not b.is_number:
             self.fail("exponents must be numbers", node.right)
+        if abs(self.real(b, node.right)) > MAX_EXPONENT:
+            self.fail(f"exponents must be numbers of size at most {MAX_EXPONENT}", node.right)
+        if a.is_number and a.is_zero and self.real(b, node.right) < 0:
+            self.fail("0 raised to a negative power (a division by zero)", node)
         return a ** b
+
+    def operands(self, node: ast.BinOp, ops) -> list[tuple[type | None, sp.Expr, ast.AST]]:
+        """[(operator, value, operand)] of a chain of `ops`, each operand visited once."""
+        chain = _chain(node, ops)
+        if len(chain) > MAX_OPERANDS:
+            self.fail(f"more than {MAX_OPERANDS} operands in a row (the limit)", node)
+        return [(o, self.scalar(n), n) for o, n in chain]
+
+    def divisor(self, value: sp.Expr, node: ast.AST) -> sp.Expr:
+        """1 / value, refusing a division by a constant zero."""
+        if value.is_number and self.real(value, node) == 0:
+            self.fail("division by zero", node)
+        return 1 / value
 
     def visit_Call(self, node: ast.Call):
         if not isinstance(node.func, ast.Name):
@@ -183,7 +283,75 @@ class _Walker:
         if count is not None and len(args) != count:
             self.fail(f"{name}() takes {count} argument{'s' * (count != 1)}, "
                       f"got {len(args)}", node)
+        if name in _MATH and len(args) == 1 and args[0].is_number:
+            # a function of a constant is read as its float64 value: SymPy would evaluate
+            # it in arbitrary precision (evalf, assumption queries), without a time bound
+            return sp.Float(self.real(fn(args[0], evaluate=False), node))
         return fn(*args)
+
+
+def constant_value(e: sp.Expr, memo: dict | None = None) -> float:
+    """The float64 value of a constant expression (numbers and functions of numbers).
+
+    Raises ExpressionError when it has more than `MAX_DIGITS` digits in a numerator or a
+    denominator, or is not a finite real number in float64 (``zoo``, ``I*pi``,
+    ``exp(1000)``). Values are computed with Python floats from the leaves up, so nothing
+    is ever computed in arbitrary precision; `memo` keeps those already checked.
+    """
+    memo = {} if memo is None else memo
+    got = memo.get(e)
+    if got is not None:
+        return got
+    if e.is_Rational:
+        for part in (e.p, e.q):
+            if abs(part) >= 10 ** MAX_DIGITS:
+                raise ExpressionError(f"a number has more than {MAX_DIGITS} digits (the limit)")
+    if e.has(sp.zoo):
+        raise ExpressionError(f"division by zero (the constant {_short(e)})")
+    if e.has(sp.oo, sp.nan, sp.I):
+        raise ExpressionError(f"the constant {_short(e)} is not a finite real number")
+    try:
+        if e.is_Rational or isinstance(e, sp.NumberSymbol):
+            got = float(e)
+        elif isinstance(e, sp.Add):
+            got = math.fsum(constant_value(a, memo) for a in e.args)
+        elif isinstance(e, sp.Mul):
+            got = math.prod(constant_value(a, memo) for a in e.args)
+        elif isinstance(e, sp.Pow):
+            got = constant_value(e.base, memo) ** constant_value(e.exp, memo)
+        elif isinstance(e, sp.Function) and len(e.args) == 1 and e.func.__name__ in _MATH:
+            got = _MATH[e.func.__name__](constant_value(e.args[0], memo))
+        else:
+            got = float(e.evalf(20))
+    except (OverflowError, ZeroDivisionError, ValueError, TypeError):
+        got = math.nan
+    if isinstance(got, complex) or not math.isfinite(got) or abs(got) > _FLOAT_MAX:
+        raise ExpressionError(f"the constant {_short(e)} is not a finite real number in "
+                              f"float64")
+    memo[e] = got
+    return got
+
+
+def check_constants(expr: sp.Expr) -> None:
+    """`constant_value` of every maximal constant sub-expression of `expr` (for readers
+    that build SymPy expressions without `parse`, like the LaTeX reader)."""
+    memo: dict = {}
+    todo = [expr]
+    while todo:
+        e = todo.pop()
+        if e.is_number:
+            constant_value(e, memo)
+        elif not e.is_Atom:
+            todo.extend(e.args)
+
+
+_MATH = {"tanh": math.tanh, "exp": math.exp, "log": math.log,
+         "sigmoid": lambda v: 0.5 * (1 + math.tanh(v / 2))}
+
+
+def _short(e: sp.Expr) -> str:
+    text = str(e)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _describe(node: ast.AST) -> str:

@@ -40,6 +40,12 @@ from derive.cell.grammar import Matrix, parse
 from derive.errors import ExpressionError, SpecError, suggest
 
 SIZES = ("N", "M")
+#: the most nodes (and the most parameters) a cell may have; the derivation's work grows
+#: with the square of the number of nodes (a chain of 100 derives in about a second)
+MAX_NODES = 100
+#: the longest name (of the cell, a node, a parameter): names become file names, folder
+#: names and C identifiers
+MAX_NAME = 64
 _IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _RESERVED = {"t", "T", "Delta", "outer"} | set(S.ACTIVATIONS) | {"dsigmoid", "dtanh"}
 _TOP_KEYS = {"name", "title", "description", "reference", "inputs", "state", "outputs",
@@ -195,6 +201,7 @@ class _SpecReader:
         name = data["name"]
         if not isinstance(name, str) or not _IDENT.match(name):
             self.error("name must be an identifier like \"my_cell\"", self.line_of("name"))
+        self.check_length(name, "the cell's name", self.line_of("name"))
         inputs = self.names_list(data, "inputs")
         states = self.names_list(data, "state")
         outputs = self.names_list(data, "outputs")
@@ -203,6 +210,10 @@ class _SpecReader:
             self.error("[nodes] must map each node name to its expression, like "
                        "z = \"tanh(z_bar)\"", self.line_of("nodes"))
         node_names = list(data["nodes"])
+        for key, table in (("nodes", data["nodes"]), ("parameters", params)):
+            if len(table) > MAX_NODES:
+                self.error(f"{len(table)} {key}: a cell has at most {MAX_NODES} {key} "
+                           f"(the limit)", self.line_of(key))
         self.check_names(inputs, params, node_names)
         for s in states:
             if s not in data["nodes"]:
@@ -224,18 +235,27 @@ class _SpecReader:
         self.check_usage(cell)
         return cell
 
+    def check_length(self, name: str, what: str, line: int | None):
+        if len(name) > MAX_NAME:
+            self.error(f"{what} {name[:20]!r}... is {len(name)} characters long; the limit "
+                       f"is {MAX_NAME}", line)
+
     def names_list(self, data, key) -> list[str]:
         value = data[key]
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             self.error(f"{key} must be a list of names, like {key} = [\"x\"]", self.line_of(key))
+        if len(value) > MAX_NODES:
+            self.error(f"{key} lists {len(value)} names; the limit is {MAX_NODES}",
+                       self.line_of(key))
         if key in ("inputs", "outputs") and not value:
             self.error(f"{key} must name at least one vector", self.line_of(key))
         for v in value:
             if not _IDENT.match(v):
                 self.error(f"{v!r} in {key} is not a valid name (letters, digits, _)",
                            self.line_of(key))
+            self.check_length(v, f"a name in {key}", self.line_of(key))
         if len(set(value)) != len(value):
             self.error(f"{key} lists a name twice", self.line_of(key))
         return value
@@ -274,6 +294,7 @@ class _SpecReader:
                                line)
                 if not _IDENT.match(n):
                     self.error(f"{n!r} is not a valid {kind} name (letters, digits, _)", line)
+                self.check_length(n, f"{kind} name", line)
                 if n in seen:
                     self.error(f"name clash: {n!r} is both {seen[n]} and {kind}; rename one",
                                line)

@@ -17,8 +17,9 @@ cells loaded in the same process.
 Matrix products are the only non-element-wise operations; they are kept as
 unevaluated, linear function applications: ``MatVec(W, v)`` is W v and
 ``MatTVec(R, v)`` is Rᵀ v; ``Outer(a, b)`` is a bᵀ summed over the batch.
-Activations are ``sigmoid`` and SymPy's ``tanh``; ``dsigmoid``/``dtanh`` are the
-derivatives written from the pre-activation, as people write them by hand.
+Activations are ``sigmoid`` and ``tanh`` (derive's own, a SymPy ``tanh`` that does not
+evaluate: see `tanh`); ``dsigmoid``/``dtanh`` are the derivatives written from the
+pre-activation, as people write them by hand.
 """
 
 from __future__ import annotations
@@ -149,6 +150,50 @@ class sigmoid(sp.Function):
         return 1 / (1 + sp.exp(-arg))
 
 
+class tanh(sp.tanh):
+    """tanh(x), with tanh' = 1 − tanh², that SymPy does not try to evaluate.
+
+    SymPy's own ``tanh`` evaluates every new application (looking for multiples of iπ
+    with assumption queries, ``Mod`` and polynomial gcds), and the cost of that grows
+    exponentially with the nesting depth: ``tanh(tanh(…(a)…))`` 9 deep took 7 s to derive,
+    10 deep 30 s. Derive's symbols carry no assumptions, so none of that can succeed;
+    this subclass keeps only the structural rules (tanh(0) = 0, tanh(−x) = −tanh(x)) and
+    answers assumption queries from its argument's alone, so every operation on it is
+    linear in the size of the expression. It is still an ``sp.tanh`` for ``isinstance``
+    and prints as ``tanh`` everywhere (printers dispatch on the class name).
+    """
+
+    nargs = 1
+
+    @classmethod
+    def eval(cls, arg):
+        if arg.is_zero is True and arg.is_Number:
+            return sp.S.Zero
+        if arg.could_extract_minus_sign():
+            return -cls(-arg)
+        return None
+
+    def fdiff(self, argindex=1):
+        return 1 - tanh(self.args[0]) ** 2
+
+    def _real_arg(self):
+        return self.args[0].is_extended_real
+
+    def _eval_is_extended_real(self):
+        return True if self._real_arg() else None
+
+    _eval_is_real = _eval_is_finite = _eval_is_extended_real
+
+    def _eval_is_zero(self):
+        return self.args[0].is_zero if self._real_arg() else None
+
+    def _eval_is_positive(self):
+        return self.args[0].is_extended_positive if self._real_arg() else None
+
+    def _eval_is_negative(self):
+        return self.args[0].is_extended_negative if self._real_arg() else None
+
+
 class dsigmoid(sp.Function):
     """σ'(x) = σ(x)(1 − σ(x)), written from the pre-activation x."""
 
@@ -167,7 +212,7 @@ class dtanh(sp.Function):
 
     @classmethod
     def eval(cls, arg):
-        return 1 - sp.tanh(arg) ** 2
+        return 1 - tanh(arg) ** 2
 
 
 class MatVec(sp.Function):
@@ -189,7 +234,7 @@ class Outer(sp.Function):
 
 
 #: functions a cell spec may apply element-wise, by the name a spec writes
-ACTIVATIONS = {"sigmoid": sigmoid, "tanh": sp.tanh, "exp": sp.exp, "log": sp.log}
+ACTIVATIONS = {"sigmoid": sigmoid, "tanh": tanh, "exp": sp.exp, "log": sp.log}
 
 _LINEAR = (MatVec, MatTVec)
 

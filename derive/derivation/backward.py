@@ -24,6 +24,14 @@ the parameter gradients), states, outputs, inputs and operands of matrix product
 other nodes (activations like zᵗ = g(z̄ᵗ), iᵗ = σ(īᵗ)) are *folded*: their deltas are
 substituted into their producers', so δz̄ᵗ = δcᵗ ⊙ iᵗ ⊙ (1 − zᵗ²) as in the paper. Their
 own deltas are still derived (`Derivation.raw`) for checking hand derivations.
+
+**Bounded size.** Folding multiplies paths: in a graph where every node feeds the next
+two, the number of paths from the first node grows like the Fibonacci numbers. A node is
+folded only while its delta has at most `MAX_FOLDED_FLOWS` flows; past that it is kept
+(its delta is written once and its producers refer to it), so the structured forms stay
+polynomial in the size of the cell. The expanded forms substitute every kept delta and
+can still grow exponentially (a graph whose nodes all carry parameters); a derivation
+whose expanded forms exceed `MAX_EXPANDED_SIZE` operations is refused with a UserError.
 """
 
 from __future__ import annotations
@@ -35,6 +43,12 @@ import sympy as sp
 from derive.cell import symbols as S
 from derive.cell.canonical import Activations, canonical
 from derive.cell.spec import Cell, load_cell
+from derive.errors import UserError
+
+#: the most flows a folded node's delta may contribute to its producers (see above)
+MAX_FOLDED_FLOWS = 16
+#: the largest expanded form a derivation writes out, in operations counted as a tree
+MAX_EXPANDED_SIZE = 200_000
 
 
 @dataclass(frozen=True)
@@ -214,6 +228,7 @@ class _Deriver:
             flows = self.direct_flows(n)
             raw[n] = NodeDelta(n, n in self.kept or n in cell.inputs, flows,
                                sp.Add(*[f.term for f in flows]))
+        self.keep_where_folding_multiplies(raw)
         # kept nodes, in backward order (reverse topological), inputs last
         order = [n for n in reversed(cell.nodes) if n in self.kept] + list(cell.inputs)
         deltas = {}
@@ -231,8 +246,46 @@ class _Deriver:
                 raw[n].expanded = raw[n].structured.xreplace(for_step)
         for n in cell.inputs:
             raw[n].expanded = deltas[n].expanded
+        self.check_expanded_size(list(deltas.values()) + list(raw.values()))
         return Derivation(cell, deltas, raw, self.param_grads(), self.initial(deltas),
                           self.activations)
+
+    def keep_where_folding_multiplies(self, raw: dict[str, NodeDelta]) -> None:
+        """Keep every node whose folded delta would have over MAX_FOLDED_FLOWS flows.
+
+        Consumers of a node in step t come after it in the topological order, so walking
+        it backwards knows each consumer's count first; a state's consumers at t+1 do not
+        matter (a state is kept).
+        """
+        count: dict[str, int] = {}
+        for n in reversed(list(self.cell.nodes)):
+            if n in self.kept:
+                count[n] = 1
+                continue
+            c = sum(1 if f.external or f.matrix or f.consumer in self.kept
+                    else count.get(f.consumer, 1) for f in raw[n].flows)
+            if c > MAX_FOLDED_FLOWS:
+                self.kept.add(n)
+                raw[n].kept = True
+                c = 1
+            count[n] = c
+
+    def check_expanded_size(self, deltas: list[NodeDelta]) -> None:
+        memo: dict = {}
+
+        def size(e) -> int:
+            got = memo.get(e)
+            if got is None:
+                got = memo[e] = 1 + sum(size(a) for a in e.args)
+            return got
+
+        for d in deltas:
+            n = size(d.expanded)
+            if n > MAX_EXPANDED_SIZE:
+                raise UserError(f"{self.cell.path}: the expanded backward pass of {d.name} "
+                                f"has {n} operations; the limit is {MAX_EXPANDED_SIZE} "
+                                f"(a graph where nodes feed several later nodes multiplies "
+                                f"the paths a gradient takes)")
 
     def param_grads(self) -> dict[str, ParamGrad]:
         out = {}

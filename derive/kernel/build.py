@@ -16,6 +16,13 @@ and the platform. A build happens in a temporary folder renamed into place (atom
 under a file lock, so concurrent processes neither corrupt nor duplicate it. A failed
 build raises BuildError carrying the command and the compiler's output.
 
+Robustness: the toolchain (sysconfig's configuration, whose lazy initialisation is not
+thread-safe) is read once per process under a lock, so every thread computes the same
+key; a cached module that does not load (corrupt, truncated) is rebuilt with a warning;
+build folders a killed build left (`derive.scratch`) are removed by the next build; a
+cache folder that cannot be created or written, and a cell name longer than
+`MAX_NAME` characters, are one-line errors before anything is compiled.
+
 This module imports no SymPy: loading a cached kernel stays fast.
 """
 
@@ -34,8 +41,10 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import tomllib
+import warnings
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
@@ -45,6 +54,7 @@ from derive.cell.catalog import resolve
 from derive.errors import UserError
 from derive.files import template_dir
 from derive.kernel.abi import KERNEL_API
+from derive.scratch import owner_tag, remove_stale
 
 #: what shapes a kernel's source: every module of these packages (found by listing them,
 #: so a new module is covered without being named) and the kernel path's generator
@@ -55,6 +65,7 @@ NOT_GENERATOR = ("kernel/build.py", "kernel/runtime.py")
 TEMPLATES = {"kernel": "kernel.pyx.j2", "reference": "reference.py.j2"}
 
 LOCK_TIMEOUT = 1800  # seconds a process waits for another one's build of the same kernel
+MAX_NAME = 64        # characters of a cell name (it names files, folders and C symbols)
 
 
 class BuildError(UserError):
@@ -87,7 +98,8 @@ def spec_source(cell) -> tuple[str, str, bool]:
         return str(cell), source.text, True
     try:
         name = tomllib.loads(source.text)["name"]
-        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name):
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name) \
+                or len(name) > MAX_NAME:
             raise ValueError(name)
     except (tomllib.TOMLDecodeError, KeyError, ValueError, TypeError):
         from derive.cell.spec import load_cell
@@ -135,6 +147,21 @@ def fingerprint(spec_text: str, kind: str = "kernel", **dirs) -> str:
     h = hashlib.sha256(spec_text.encode())
     h.update(generator_fingerprint(kind, **dirs).encode())
     return h.hexdigest()
+
+
+def usable_folder(folder: Path) -> Path:
+    """`folder`, created if needed, after checking that files can be written in it;
+    a UserError naming it (and $DERIVE_CACHE_DIR) otherwise."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".probe-{owner_tag()}", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UserError(f"cannot write the kernel cache {folder}: "
+                        f"{exc.strerror or exc}; set DERIVE_CACHE_DIR to a writable "
+                        f"folder") from None
+    return folder
 
 
 def cache_dir() -> Path:
@@ -205,8 +232,33 @@ def preload_blas() -> None:
         pass
 
 
+_CONFIG_LOCK = threading.Lock()
+_CONFIG: dict = {}
+
+
+def _config_var(name: str):
+    """A variable of sysconfig's configuration, read once per process under a lock.
+
+    In Python 3.11 sysconfig publishes its variables before it has filled them in, so a
+    thread racing the first reader may see CC missing (a different cache key: the kernel
+    is compiled twice and two modules of one cell are loaded).
+    """
+    with _CONFIG_LOCK:
+        for _ in range(200):  # another library's thread may be initialising it right now
+            if _CONFIG:
+                break
+            found = dict(sysconfig.get_config_vars())
+            if "EXT_SUFFIX" in found and "CC" in found:
+                _CONFIG.update(found)
+            else:  # pragma: no cover - only while sysconfig is being filled in
+                time.sleep(0.01)
+        else:  # pragma: no cover
+            _CONFIG.update(sysconfig.get_config_vars())
+    return _CONFIG.get(name)
+
+
 def _cc() -> list[str]:
-    cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
+    cc = os.environ.get("CC") or _config_var("CC") or "cc"
     return shlex.split(cc)
 
 
@@ -233,7 +285,7 @@ def toolchain(portable: bool = False) -> dict:
             "flags": compile_flags(portable), "blas": _version("scipy-openblas32"),
             "cython": _version("Cython"), "numpy": _version("numpy"),
             "python": sys.version.split()[0],
-            "soabi": sysconfig.get_config_var("SOABI") or "",
+            "soabi": _config_var("SOABI") or "",
             "platform": f"{sys.platform}-{platform.machine()}"}
 
 
@@ -280,14 +332,14 @@ def compile_extension(source: str, modname: str, outdir: Path, portable: bool = 
     flags = compile_flags(portable)
     blas = blas_dirs()
     cc = _cc()
-    cflags = shlex.split(sysconfig.get_config_var("CFLAGS") or "")
-    ccshared = shlex.split(sysconfig.get_config_var("CCSHARED") or "-fPIC")
+    cflags = shlex.split(_config_var("CFLAGS") or "")
+    ccshared = shlex.split(_config_var("CCSHARED") or "-fPIC")
     include = sysconfig.get_paths()["include"]
     obj = outdir / f"{modname}.o"
     _run([*cc, *cflags, *ccshared, f"-I{include}", f"-I{blas['include']}", *flags["cflags"],
           "-c", str(c_file), "-o", str(obj)], "compiling the kernel", outdir)
-    ext = outdir / f"{modname}{sysconfig.get_config_var('EXT_SUFFIX') or '.so'}"
-    ldshared = shlex.split(sysconfig.get_config_var("LDSHARED") or f"{cc[0]} -shared")
+    ext = outdir / f"{modname}{_config_var('EXT_SUFFIX') or '.so'}"
+    ldshared = shlex.split(_config_var("LDSHARED") or f"{cc[0]} -shared")
     _run([*ldshared, str(obj), "-o", str(ext), *flags["ldflags"], f"-L{blas['lib']}",
           f"-Wl,-rpath,{blas['lib']}", f"-l{blas['library']}",
           *[f"-l{lib}" for lib in flags["libraries"]]], "linking the kernel", outdir)
@@ -337,7 +389,7 @@ def cached_path(name: str, spec_text: str, portable: bool = False) -> tuple[Path
 
 
 def _module_file(folder: Path, modname: str) -> Path:
-    return folder / f"{modname}{sysconfig.get_config_var('EXT_SUFFIX') or '.so'}"
+    return folder / f"{modname}{_config_var('EXT_SUFFIX') or '.so'}"
 
 
 def build(cell, force: bool = False, quiet: bool = False) -> Path:
@@ -346,9 +398,61 @@ def build(cell, force: bool = False, quiet: bool = False) -> Path:
 
 
 def load(cell, force: bool = False, quiet: bool = False):
-    """The compiled kernel module of CELL (shipped, cached, or built now)."""
+    """The compiled kernel module of CELL (shipped, cached, or built now).
+
+    A cached module that does not load (a corrupt or truncated file) is rebuilt, with a
+    RuntimeWarning saying why.
+    """
     path, modname, module = _locate(cell, force=force, quiet=quiet)
-    return module if module is not None else load_extension(path, modname)
+    if module is not None:
+        return module
+    problem = None if modname in sys.modules else damage(path)
+    if problem is None:
+        try:
+            return load_extension(path, modname)
+        except (ImportError, OSError) as exc:
+            problem = str(exc)
+    warnings.warn(f"derive: the cached kernel {path} does not load ({problem}); rebuilding "
+                  f"it", RuntimeWarning, stacklevel=2)
+    path, modname, _ = _locate(cell, force=True, quiet=quiet)
+    return load_extension(path, modname)
+
+
+def _checksum_file(ext: Path) -> Path:
+    return ext.with_name(ext.name + ".sha256")
+
+
+def damage(ext: Path) -> str | None:
+    """Why the cached module `ext` must not be loaded (None: it is intact).
+
+    A build writes the sha256 of the module beside it; a module whose bytes no longer
+    match (truncated, overwritten) is damaged. Loading a truncated shared library is not
+    an error but a crash (SIGBUS when the loader touches the missing pages), so this is
+    checked before. Builds without the checksum (older derive) get a cheaper check: the
+    ELF section headers must lie inside the file.
+    """
+    try:
+        data = ext.read_bytes()
+    except OSError as exc:
+        return f"cannot read it: {exc.strerror or exc}"
+    recorded = _checksum_file(ext)
+    if recorded.exists():
+        try:
+            want = recorded.read_text().split()[0]
+        except (OSError, IndexError):
+            return "its checksum file is unreadable"
+        return None if hashlib.sha256(data).hexdigest() == want else \
+            "its bytes do not match the checksum written when it was built"
+    if data[:4] == b"\x7fELF" and len(data) >= 64 and data[4] == 2:  # 64-bit ELF
+        order = "little" if data[5] == 1 else "big"
+        shoff = int.from_bytes(data[40:48], order)
+        shentsize = int.from_bytes(data[58:60], order)
+        shnum = int.from_bytes(data[60:62], order)
+        if shoff + shentsize * shnum > len(data):
+            return f"the file is truncated ({len(data)} bytes)"
+    elif data[:4] != b"\x7fELF" and sys.platform.startswith("linux"):
+        return "not a shared library"
+    return None
 
 
 def _locate(cell, force=False, quiet=False):
@@ -367,7 +471,8 @@ def _locate(cell, force=False, quiet=False):
 
 def _build_into_cache(cell, name, text, folder: Path, modname: str, force: bool, quiet: bool):
     from filelock import FileLock
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    usable_folder(folder.parent)
+    remove_stale(folder.parent, ".build-*")  # what killed builds left
     ext = _module_file(folder, modname)
     with FileLock(str(folder) + ".lock", timeout=LOCK_TIMEOUT):
         if ext.exists() and not force:  # another process built it meanwhile
@@ -378,7 +483,7 @@ def _build_into_cache(cell, name, text, folder: Path, modname: str, force: bool,
         from derive.derivation import derive
         from derive.kernel.emit import kernel_source
         source = kernel_source(derive(load_cell(cell)))
-        tmp = Path(tempfile.mkdtemp(prefix=f".build-{name}-", dir=folder.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".build-{name}-{owner_tag()}", dir=folder.parent))
         try:
             flags = compile_flags()
             _progress(f"compiling the kernel of {name} (float32 and float64; this takes "
@@ -394,6 +499,9 @@ def _build_into_cache(cell, name, text, folder: Path, modname: str, force: bool,
                 compile_extension(stamp(source, text, flags), modname, tmp, portable=True)
             for leftover in tmp.glob("*.o"):
                 leftover.unlink()
+            built = _module_file(tmp, modname)
+            _checksum_file(built).write_text(
+                f"{hashlib.sha256(built.read_bytes()).hexdigest()}  {built.name}\n")
             if folder.exists():  # --force: move the old build out of the way
                 shutil.rmtree(folder, ignore_errors=True)
             os.replace(tmp, folder)

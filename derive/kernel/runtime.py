@@ -16,8 +16,14 @@ Values are not checked: NaN and infinities propagate through the kernels.
 Parameters are kept in the paper's shapes (W_z: N×M, R_z: N×N, p_i: N). The kernels use
 fused weights per operand (rows [W_z; W_i; W_f; W_o] for x); `init_params` returns views
 into such fused buffers so that `forward` uses them without a copy; any other arrays are
-packed into a fused copy at each call. The trace keeps the fused weights it used: do
-not modify parameters in place between a forward and the backward of its trace.
+packed into a fused copy at each call.
+
+A trace owns the values it was computed from: `forward` copies x, the parameters (the
+fused weights and the vectors) and the initial state before it runs, and `backward`
+computes with those copies, so a caller that refills its input buffer or updates its
+parameters in place between the two (a data loader, an optimizer step) gets the
+gradients of what `forward` saw. The cost is one copy of x (T·B·M values) and of the
+parameters per call, a few percent of a forward pass (README, "Limits and costs").
 
 The compiled kernels run on `Kernel.threads` threads (default: the CPUs this process
 may use, or $DERIVE_NUM_THREADS), each on its own batch rows. In a child process made
@@ -35,6 +41,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from derive.errors import UserError
+from derive.scratch import owner_tag, remove_stale
 
 BACKENDS = ("cython", "numpy")
 _INT32 = 2 ** 31 - 1
@@ -87,31 +95,54 @@ def _dtype(dtype) -> np.dtype:
     return dt
 
 
+_REFERENCE_LOCK = threading.Lock()
+
+
 def _reference_module(cell):
-    """The NumPy reference module of a cell, generated once into the cache."""
+    """The NumPy reference module of a cell, generated once into the cache and loaded
+    once per process (under a lock: threads asking at once get the same module)."""
     from derive.kernel import build
     name, text, _ = build.spec_source(cell)
     key = build.fingerprint(text, kind="reference")[:20]
     folder = build.cache_dir() / "reference"
     path = folder / f"{name}-{key}.py"
     modname = f"derive_reference_{name}_{key}"
-    if modname in sys.modules:
+    with _REFERENCE_LOCK:
+        if modname not in sys.modules:
+            _load_reference(cell, name, folder, path, modname)
         return sys.modules[modname], path
-    if not path.exists():
-        from derive.cell.spec import load_cell
-        from derive.derivation import derive
-        from derive.kernel.emit import reference_source
-        source = reference_source(derive(load_cell(cell)))
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".py", dir=folder)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(source)
-        os.replace(tmp, path)  # atomic: concurrent writers write the same bytes
-    spec = importlib.util.spec_from_file_location(modname, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    sys.modules[modname] = module
-    return module, path
+
+
+def _load_reference(cell, name: str, folder: Path, path: Path, modname: str) -> None:
+    """Generate the reference into `path` unless it is there, and import it; a cached file
+    that does not import (truncated, corrupt) is generated again, with a warning."""
+    from derive.kernel import build
+    for attempt in (1, 2):
+        if attempt == 2 or not path.exists():
+            from derive.cell.spec import load_cell
+            from derive.derivation import derive
+            from derive.kernel.emit import reference_source
+            build.usable_folder(folder)
+            remove_stale(folder, ".*.py")  # what killed writers left
+            source = reference_source(derive(load_cell(cell)))
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}-{owner_tag()}", suffix=".py",
+                                       dir=folder)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(source)
+            os.replace(tmp, path)  # atomic: concurrent writers write the same bytes
+        spec = importlib.util.spec_from_file_location(modname, path)
+        module = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:  # noqa: BLE001 - whatever a damaged file raises
+            if attempt == 2:
+                raise
+            warnings.warn(f"derive: the cached NumPy reference {path} does not load "
+                          f"({type(exc).__name__}: {exc}); generating it again",
+                          RuntimeWarning, stacklevel=4)
+            continue
+        sys.modules[modname] = module
+        return
 
 
 @dataclass
@@ -222,7 +253,8 @@ class Kernel:
         return N
 
     def _fused(self, params, N: int, M: int) -> tuple:
-        """The fused weights of each operand: the init_params buffer itself, or a copy."""
+        """The fused weights of each operand: a copy of the init_params buffer, or the
+        blocks packed into a new one (either way the trace's own)."""
         sizes = {"N": N, "M": M}
         out = []
         for i, op in enumerate(self.operands):
@@ -235,7 +267,7 @@ class Kernel:
                     and base.dtype == self.dtype and base.flags.c_contiguous
                     and all(b.base is base and b.ctypes.data == base.ctypes.data + j * step
                             for j, b in enumerate(blocks))):
-                out.append(base)
+                out.append(base.copy())
             else:
                 W = np.empty(shape, self.dtype)
                 for j, b in enumerate(blocks):
@@ -276,8 +308,9 @@ class Kernel:
                              contiguous=False)
                 buf[0] = state0[s]
             S.append(buf)
+        x = x.copy()  # the trace's own values: see the module docstring
         W = self._fused(params, N, M)
-        V = tuple(params[v] for v in self.vectors)
+        V = tuple(params[v].copy() for v in self.vectors)
         A = tuple(np.empty((T, B, N), self.dtype) for _ in self.stored)
         S = tuple(S)
         self.forward_buffers(x, W, V, S, A)

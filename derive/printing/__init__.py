@@ -26,7 +26,7 @@ Expanded forms are printed as the structured form with every delta of step t rep
 in place and in parentheses, by its own expanded form: forward values, Δ and the
 deltas of step t+1 only, nothing multiplied out.
 
-Text notation (one equation a line, ``#`` comments; `derive.verify.notation`)::
+Text notation (one equation a line, ``#`` comments; `derive.verification.notation`)::
 
     dc[t] = dy[t]*o[t]*(1 - tanh(c[t])**2) + p_o*do_bar[t] + ... + dc[t+1]*f[t+1]
     dy[t] = Delta[t] + R_z.T @ dz_bar[t+1] + ...

@@ -326,9 +326,10 @@ def check_tensor(name, t, meaning, dtype=None, shape=None, of="the dtype of x"):
 
 def _states_as_outputs(cell, states):
     """The cell with every state declared an output (a Cell, named <cell>_states)."""
+    import tomllib
+
     from derive.cell.spec import parse_spec
     from derive.kernel.build import spec_source
-    import tomllib
     name, text, _shipped = spec_source(cell)
     outputs = list(tomllib.loads(text)["outputs"])
     outputs += [s for s in states if s not in outputs]

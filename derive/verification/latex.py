@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import sympy as sp
 
 from derive.cell import symbols as S
-from derive.cell.grammar import Matrix
+from derive.cell.grammar import MAX_DIGITS, Matrix, check_constants
 from derive.cell.spec import Cell
 from derive.errors import ExpressionError
 from derive.printing.text import format_expression
@@ -100,6 +100,9 @@ def tokenize(text: str) -> list[_Tok]:
         if kind == "bad":
             raise ExpressionError(f"unexpected character {tok!r} in LaTeX", text=text,
                                   column=m.start() + 1)
+        if kind == "num" and len(tok) > MAX_DIGITS:
+            raise ExpressionError(f"a number has more than {MAX_DIGITS} digits (the limit)",
+                                  text=text, column=m.start() + 1)
         out.append(_Tok(kind, tok, m.start() + 1))
     out.append(_Tok("end", "", len(text) + 1))
     return out
@@ -517,6 +520,7 @@ def _parse_rhs(cell: Cell, text: str):
     if p.tok.kind != "end":
         p.fail(f"unexpected {p.tok.text!r}")
     expr = sp.Add(*[e for e, _ in terms])
+    check_constants(expr)
     if expansion_size(expr) > MAX_TERMS:
         raise ExpressionError(f"the expression expands into more than {MAX_TERMS} terms")
     return expr, terms, p.numeric_time

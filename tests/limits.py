@@ -1,0 +1,55 @@
+"""Helpers for tests of bounded work: a wall-clock limit that interrupts pure-Python work,
+and cell files built around a node expression."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+
+
+class TimeLimit(Exception):
+    """Raised inside the block when it runs past its limit."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float):
+    """Interrupt the block (SIGALRM, main thread) after `seconds`; yields a dict whose
+    'seconds' is the elapsed time once the block is done."""
+    def on_alarm(signum, frame):
+        raise TimeLimit(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    out = {}
+    started = time.perf_counter()
+    try:
+        yield out
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        out["seconds"] = time.perf_counter() - started
+
+
+def cell_text(node: str, name: str = "hostile", extra_nodes: str = "") -> str:
+    """An Elman-like cell whose output y is `node`, an expression of the pre-activation a."""
+    return f'''\
+name = "{name}"
+inputs = ["x"]
+state = ["y"]
+outputs = ["y"]
+
+[parameters]
+W = ["N", "M"]
+R = ["N", "N"]
+b = ["N"]
+
+[nodes]
+a = "W @ x + R @ y[t-1] + b"
+{extra_nodes}y = "{node}"
+'''
+
+
+def nested(function: str, depth: int, inner: str = "a") -> str:
+    """function(function(…(inner)…)), `depth` deep."""
+    return f"{function}(" * depth + inner + ")" * depth
