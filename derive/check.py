@@ -273,19 +273,20 @@ def _row(name, got, want, floor, tolerance) -> Row:
 
 # --- the checks ----------------------------------------------------------------------------
 
-def central_differences(subject: Subject, problem: Problem, array: np.ndarray) -> np.ndarray:
-    """∂L/∂array by fourth-order central differences, perturbing `array` in place (it is
-    one of `problem`'s arrays) and restoring every entry."""
+def central_differences(subject: Subject, problem: Problem, array: np.ndarray,
+                        step: float = STEP) -> np.ndarray:
+    """∂L/∂array by fourth-order central differences with step `step`, perturbing `array`
+    in place (it is one of `problem`'s arrays) and restoring every entry."""
     numeric = np.empty_like(array)
     flat, out = array.reshape(-1), numeric.reshape(-1)
     for i in range(flat.size):
         keep = flat[i]
         values = []
-        for step in (STEP, -STEP, 2 * STEP, -2 * STEP):
-            flat[i] = keep + step
+        for h in (step, -step, 2 * step, -2 * step):
+            flat[i] = keep + h
             values.append(loss(subject, problem))
         flat[i] = keep
-        out[i] = (8 * (values[0] - values[1]) - (values[2] - values[3])) / (12 * STEP)
+        out[i] = (8 * (values[0] - values[1]) - (values[2] - values[3])) / (12 * step)
     return numeric
 
 
