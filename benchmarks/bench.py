@@ -31,6 +31,7 @@ def main() -> int:
     result = bench.run(args.cells, shapes=args.shapes, repeats=args.repeats,
                        progress=lambda t: print(f"  {t}", file=sys.stderr, flush=True))
     text = bench.table(result)
+    print(f"kernels at instruction-set level {result.machine['isa']}\n")
     print(text)
     load_after = os.getloadavg()[0]
     if args.record:
@@ -41,7 +42,7 @@ def main() -> int:
                 f"peers measured in the same process, round-robin (one run of each per "
                 f"round). Ratios are derive's time ÷ the peer's (< 1: derive is faster). "
                 f"Python {m['python']}, NumPy {m['numpy']}, "
-                f"PyTorch {m['torch'] or 'not installed'}; 2-core AMD EPYC (Zen 3), shared "
+                f"PyTorch {m['torch'] or 'not installed'}; kernels at level {m['isa']}; 2-core AMD EPYC (Zen 3), shared "
                 f"and noisy: compare ratios, and only margins above ~30 %. Load average "
                 f"(1 min) {load_before:.2f} before the run, {load_after:.2f} after.\n\n{text}")
         # hand-written notes below the marker survive re-recording

@@ -182,6 +182,12 @@ def torch_version() -> str | None:
     return torch.__version__
 
 
+def kernel_isa() -> str:
+    """The instruction-set level derive's kernels run at here, and the levels the CPU has."""
+    from derive.kernel import isa
+    return f"{isa.selected().name} (CPU: {', '.join(lv.name for lv in isa.supported())})"
+
+
 def run(cells=None, shapes=None, dtypes=("float32", "float64"), repeats=5,
         progress=None) -> Result:
     """Measure every peer for every (cell, shape, dtype); `progress(text)` reports.
@@ -193,7 +199,8 @@ def run(cells=None, shapes=None, dtypes=("float32", "float64"), repeats=5,
     rng = np.random.default_rng(0)
     result = Result(repeats=repeats, machine={
         "python": platform.python_version(), "numpy": np.__version__,
-        "torch": torch_version(), "processor": platform.processor() or platform.machine()})
+        "torch": torch_version(), "processor": platform.processor() or platform.machine(),
+        "isa": kernel_isa()})
     for cell in cells:
         for sname in shapes:
             shape = SHAPES[sname]
@@ -271,6 +278,7 @@ def run_bench(cells=None, as_json=False, quick=False) -> int:
                           "rows": [asdict(r) for r in result.rows]}, indent=2))
     else:
         print(f"medians of {result.repeats} runs after warm-up, in ms; ratios are derive's "
-              f"time ÷ the peer's (< 1: derive is faster)")
+              f"time ÷ the peer's (< 1: derive is faster); kernels at instruction-set "
+              f"level {result.machine['isa']}")
         print(table(result))
     return 0
