@@ -8,9 +8,14 @@ kernel template and the support files it inlines) and the sha256 of the generate
 while its fingerprint matches the installed generator (an edited template or
 derivation in an editable checkout makes it stale).
 
-Any other cell — a user's spec file, or a stale shipped one — is compiled on first use
-into the cache directory (platformdirs' user cache dir, or $DERIVE_CACHE_DIR), in a
-folder named by a hash of everything that changes the binary: the fingerprint, the
+Every kernel is compiled for one instruction-set level (derive.kernel.isa: the widest the
+CPU runs, or the lower one $DERIVE_ISA names); a shipped module is used only at the level
+it was installed for.
+
+Any other cell — a user's spec file, a stale shipped one, or another level — is compiled
+on first use into the cache directory (platformdirs' user cache dir, or $DERIVE_CACHE_DIR),
+in a folder named by the cell, the level and a hash of everything that changes the binary:
+the level's flags, the fingerprint, the
 compiler and its version, the flags, and the Cython, NumPy, SciPy and Python versions
 and the platform. A build happens in a temporary folder renamed into place (atomic)
 under a file lock, so concurrent processes neither corrupt nor duplicate it. A failed
