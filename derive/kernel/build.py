@@ -327,7 +327,7 @@ def shipped_module(name: str, spec_text: str):
         return None
     if info.get("fingerprint") != fingerprint(spec_text):
         return None
-    if info.get("isa") != isa.selected().name:   # built for another level
+    if info.get("isa") != compile_flags()["isa"]:   # built for another level
         return None
     return mod
 
