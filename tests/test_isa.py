@@ -101,3 +101,16 @@ def test_every_level_matches_the_reference(level, monkeypatch, rng):
 @pytest.mark.parametrize("level", isa.LEVELS, ids=isa.NAMES)
 def test_every_level_matches_the_reference_slow(cell, level, monkeypatch, rng):
     _check_level(cell, level, monkeypatch, rng)
+
+
+def test_a_level_the_cpu_lacks_compiles_but_is_not_selected(monkeypatch):
+    """As on an AVX2-only machine: the AVX-512 build is still produced, never loaded."""
+    monkeypatch.setattr(isa, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    monkeypatch.setattr(isa, "x86_64", lambda: True)
+    monkeypatch.delenv(isa.ENV, raising=False)
+    wide = isa.level("avx512")
+    assert wide not in isa.supported() and isa.selected().name == "avx2"
+    assert build.build("rnn", level=wide, quiet=True).exists()
+    monkeypatch.setenv(isa.ENV, "avx512")
+    with pytest.raises(UserError, match="supports at most avx2"):
+        derive.load_kernel("rnn", "float64", backend="cython")
