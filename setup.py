@@ -2,9 +2,12 @@
 
 Everything else about the package is declared in pyproject.toml. Each shipped cell's
 committed generated/<cell>/kernel.pyx becomes the extension module
-`derive._kernels.<cell>` (float32 and float64 in one module), with BUILD_INFO appended:
+`derive._kernels.<cell>` (float32 and float64 in one module) at the instruction-set level
+the installing machine selects (derive.kernel.isa: its widest, or $DERIVE_ISA; one level,
+so installing takes as long as before), with BUILD_INFO appended (its level among it):
 the fingerprint of the generator that wrote it, which derive.kernel.build compares with the
-installed generator before using the module (see derive/kernel/build.py). They link the BLAS
+installed generator, and its level with the selected one, before using the module
+(see derive/kernel/build.py); other levels compile into the cache on first use. They link the BLAS
 of the scipy-openblas32 wheel, which derive loads before importing them. The extensions are
 optional: a machine where they do not compile still installs derive, and the kernels
 then compile on first use into the cache, or the NumPy reference backend is used.
@@ -24,7 +27,9 @@ STAMPED = Path("build") / "derive-kernels"   # relative: setuptools wants relati
 def _kernel_build():
     sys.path.insert(0, str(HERE))
     try:
-        from derive.kernel import build as kernel_build   # standard library only at import
+        from derive.kernel import (
+            build as kernel_build,  # standard library only at import
+        )
     finally:
         sys.path.pop(0)
     return kernel_build

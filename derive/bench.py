@@ -211,6 +211,7 @@ def machine(kernel=None) -> dict:
          "kernel_flags": (getattr(kernel.module, "BUILD_INFO", {}).get("flags")
                           if kernel is not None else None),
          "kernel_threads": kernel.threads if kernel is not None else default_threads(),
+         "isa": kernel_isa(),
          "openblas_env": {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
                                                      "OPENBLAS_NUM_THREADS") if k in os.environ},
          "python": platform.python_version(), "numpy": np.__version__, "torch": torch}
@@ -243,7 +244,7 @@ def describe(m: dict) -> str:
         f"- BLAS (OpenBLAS's own query): {blas}",
         f"- OpenBLAS environment: {env}",
         f"- Kernels: compiled with `{m['kernel_flags'] or '?'}`, "
-        f"{m['kernel_threads']} threads",
+        f"{m['kernel_threads']} threads, instruction-set level {m.get('isa', '?')}",
         f"- Python {m['python']}, NumPy {m['numpy']}, {torch}"])
 
 
@@ -354,6 +355,12 @@ def torch_version() -> str | None:
     except ImportError:
         return None
     return torch.__version__
+
+
+def kernel_isa() -> str:
+    """The instruction-set level derive's kernels run at here, and the levels the CPU has."""
+    from derive.kernel import isa
+    return f"{isa.selected().name} (CPU: {', '.join(lv.name for lv in isa.supported())})"
 
 
 def run(cells=None, shapes=None, dtypes=("float32", "float64"), repeats=5,

@@ -7,7 +7,6 @@ import contextlib
 import signal
 import time
 
-
 #: how far past a stated limit the default suite lets work run before interrupting it. The
 #: default suite guards against runaway work (the defects these tests keep fixed took
 #: 99 s or never finished), not against a slow or shared machine; the stated figures

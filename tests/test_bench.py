@@ -95,3 +95,12 @@ def test_bench_rejects_an_unknown_cell_with_exit_2():
     run = subprocess.run([sys.executable, "-m", "derive", "bench", "lstn"],
                          capture_output=True, text=True)
     assert run.returncode == 2 and "did you mean 'lstm'" in run.stderr
+
+
+def test_bench_names_the_kernels_instruction_set_level(monkeypatch):
+    from derive import bench
+    from derive.kernel import isa
+    monkeypatch.setenv(isa.ENV, "portable")
+    assert bench.kernel_isa().startswith("portable (CPU: portable")
+    monkeypatch.delenv(isa.ENV)
+    assert bench.kernel_isa().startswith(isa.best().name + " ")

@@ -8,9 +8,14 @@ kernel template and the support files it inlines) and the sha256 of the generate
 while its fingerprint matches the installed generator (an edited template or
 derivation in an editable checkout makes it stale).
 
-Any other cell — a user's spec file, or a stale shipped one — is compiled on first use
-into the cache directory (platformdirs' user cache dir, or $DERIVE_CACHE_DIR), in a
-folder named by a hash of everything that changes the binary: the fingerprint, the
+Every kernel is compiled for one instruction-set level (derive.kernel.isa: the widest the
+CPU runs, or the lower one $DERIVE_ISA names); a shipped module is used only at the level
+it was installed for.
+
+Any other cell — a user's spec file, a stale shipped one, or another level — is compiled
+on first use into the cache directory (platformdirs' user cache dir, or $DERIVE_CACHE_DIR),
+in a folder named by the cell, the level and a hash of everything that changes the binary:
+the level's flags, the fingerprint, the
 compiler and its version, the flags, and the Cython, NumPy, SciPy and Python versions
 and the platform. A build happens in a temporary folder renamed into place (atomic)
 under a file lock, so concurrent processes neither corrupt nor duplicate it. A failed
@@ -53,6 +58,7 @@ from derive import __version__
 from derive.cell.catalog import resolve
 from derive.errors import UserError
 from derive.files import template_dir
+from derive.kernel import isa
 from derive.kernel.abi import KERNEL_API
 from derive.scratch import owner_tag, remove_stale
 
@@ -173,15 +179,6 @@ def cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("derive", appauthor=False))
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    m = re.search(r"^flags\s*:(.*)$", text, re.M)
-    return set(m.group(1).split()) if m else set()
-
-
 @lru_cache(maxsize=1)
 def _has_mvec() -> bool:
     import ctypes.util
@@ -199,24 +196,26 @@ def blas_dirs() -> dict:
             "library": blas.get_library()}
 
 
-def compile_flags(portable: bool = False) -> dict:
-    """How a kernel is compiled: {"cflags", "ldflags", "libraries"} (BLAS folders apart).
+def compile_flags(portable: bool = False, level: isa.Level | None = None) -> dict:
+    """How a kernel is compiled: {"cflags", "ldflags", "libraries", "isa"} (BLAS folders
+    apart), at instruction-set `level` (default: the selected one, derive.kernel.isa).
 
-    Fast (x86-64 with AVX2 and FMA, glibc's libmvec): -O3 -mavx2 -mfma and math that
-    neither sets errno nor traps, with DERIVE_LIBMVEC (the kernel then declares expf,
-    tanhf, logf… SIMD-enabled), so the element-wise loops vectorize with glibc's vector
-    math, linked with mvec and m, while NaN and infinities keep their IEEE meaning (no
-    -ffast-math); -fopenmp for the threads. Portable otherwise (and as the fallback when the fast
-    build fails): -O3, math that does not set errno, no OpenMP (one thread).
+    Fast (x86-64 with glibc's libmvec): -O3, the level's -m flags (none for portable,
+    -mavx2 -mfma, or AVX-512 preferring 512-bit vectors) and math that neither sets errno
+    nor traps, with DERIVE_LIBMVEC (the kernel then declares expf, tanhf, logf…
+    SIMD-enabled), so the element-wise loops vectorize with glibc's vector math, linked
+    with mvec and m, while NaN and infinities keep their IEEE meaning (no -ffast-math);
+    -fopenmp for the threads. Fallback otherwise (and when the fast build fails): -O3,
+    math that does not set errno, no OpenMP (one thread), level portable.
     -march=native is never used (not portable).
     """
-    fast = (not portable and platform.machine() in ("x86_64", "AMD64")
-            and {"avx2", "fma"} <= _cpu_flags() and _has_mvec())
-    if fast:
-        return {"cflags": ["-O3", "-fno-math-errno", "-fno-trapping-math", "-mavx2", "-mfma",
+    level = level or isa.selected()
+    if not portable and isa.x86_64() and _has_mvec():
+        return {"cflags": ["-O3", "-fno-math-errno", "-fno-trapping-math", *level.cflags,
                            "-fopenmp", "-DDERIVE_LIBMVEC"],
-                "ldflags": ["-fopenmp"], "libraries": ["mvec", "m"]}
-    return {"cflags": ["-O3", "-fno-math-errno"], "ldflags": [], "libraries": ["m"]}
+                "ldflags": ["-fopenmp"], "libraries": ["mvec", "m"], "isa": level.name}
+    return {"cflags": ["-O3", "-fno-math-errno"], "ldflags": [], "libraries": ["m"],
+            "isa": "portable"}
 
 
 def preload_blas() -> None:
@@ -278,19 +277,19 @@ def _version(dist: str) -> str:
         return "none"
 
 
-def toolchain(portable: bool = False) -> dict:
-    """Everything besides the source that changes the binary."""
+def toolchain(portable: bool = False, level: isa.Level | None = None) -> dict:
+    """Everything besides the source that changes the binary (the level's flags too)."""
     cc = _cc()
     return {"cc": shlex.join(cc), "cc_version": _cc_version(tuple(cc)),
-            "flags": compile_flags(portable), "blas": _version("scipy-openblas32"),
+            "flags": compile_flags(portable, level), "blas": _version("scipy-openblas32"),
             "cython": _version("Cython"), "numpy": _version("numpy"),
             "python": sys.version.split()[0],
             "soabi": _config_var("SOABI") or "",
             "platform": f"{sys.platform}-{platform.machine()}"}
 
 
-def cache_key(spec_text: str, portable: bool = False) -> str:
-    tc = toolchain(portable)
+def cache_key(spec_text: str, portable: bool = False, level: isa.Level | None = None) -> str:
+    tc = toolchain(portable, level)
     h = hashlib.sha256(fingerprint(spec_text).encode())
     h.update(repr(sorted(tc.items())).encode())
     return h.hexdigest()[:20]
@@ -302,7 +301,7 @@ def stamp(source: str, spec_text: str, flags: dict, **dirs) -> str:
     """The source with BUILD_INFO appended (what the build saw)."""
     info = {"fingerprint": fingerprint(spec_text, **dirs),
             "source_sha256": hashlib.sha256(source.encode()).hexdigest(),
-            "flags": " ".join(flags["cflags"]), "derive": __version__}
+            "flags": " ".join(flags["cflags"]), "isa": flags["isa"], "derive": __version__}
     return source.rstrip("\n") + f"\n\n\nBUILD_INFO = {info!r}\n"
 
 
@@ -317,7 +316,8 @@ def _run(command: list[str], what: str, cwd: Path) -> None:
                          (proc.stdout + proc.stderr)[-20000:])
 
 
-def compile_extension(source: str, modname: str, outdir: Path, portable: bool = False) -> Path:
+def compile_extension(source: str, modname: str, outdir: Path, portable: bool = False,
+                      level: isa.Level | None = None) -> Path:
     """Cythonize, compile and link `source` as module `modname` in `outdir`.
 
     Returns the path of the extension file; raises BuildError with the command and the
@@ -329,7 +329,7 @@ def compile_extension(source: str, modname: str, outdir: Path, portable: bool = 
     c_file = outdir / f"{modname}.c"
     _run([sys.executable, "-m", "cython", "-3", "-o", str(c_file), str(pyx)], "cython",
          outdir)
-    flags = compile_flags(portable)
+    flags = compile_flags(portable, level)
     blas = blas_dirs()
     cc = _cc()
     cflags = shlex.split(_config_var("CFLAGS") or "")
@@ -379,26 +379,34 @@ def shipped_module(name: str, spec_text: str):
         return None
     if info.get("fingerprint") != fingerprint(spec_text):
         return None
+    if info.get("isa") != compile_flags()["isa"]:   # built for another level
+        return None
     return mod
 
 
-def cached_path(name: str, spec_text: str, portable: bool = False) -> tuple[Path, str]:
-    """(folder, module name) of a cell's kernel in the cache."""
-    key = cache_key(spec_text, portable)
-    return cache_dir() / "kernels" / f"{name}-{key}", f"derive_kernel_{name}_{key}"
+def cached_path(name: str, spec_text: str, portable: bool = False,
+                level: isa.Level | None = None) -> tuple[Path, str]:
+    """(folder, module name) of a cell's kernel at `level` (default: selected) in the cache."""
+    level = level or isa.selected()
+    key = cache_key(spec_text, portable, level)
+    return (cache_dir() / "kernels" / f"{name}-{level.name}-{key}",
+            f"derive_kernel_{name}_{level.name}_{key}")
 
 
 def _module_file(folder: Path, modname: str) -> Path:
     return folder / f"{modname}{_config_var('EXT_SUFFIX') or '.so'}"
 
 
-def build(cell, force: bool = False, quiet: bool = False) -> Path:
-    """The path of CELL's compiled kernel, compiling it into the cache when needed."""
-    return _locate(cell, force=force, quiet=quiet)[0]
+def build(cell, force: bool = False, quiet: bool = False, level: isa.Level | None = None) -> Path:
+    """The path of CELL's compiled kernel at `level` (default: the selected one,
+    derive.kernel.isa), compiling it into the cache when needed. A level this CPU cannot
+    run still compiles (it is not loaded)."""
+    return _locate(cell, force=force, quiet=quiet, level=level)[0]
 
 
 def load(cell, force: bool = False, quiet: bool = False):
-    """The compiled kernel module of CELL (shipped, cached, or built now).
+    """The compiled kernel module of CELL at the selected level (shipped, cached, or
+    built now).
 
     A cached module that does not load (a corrupt or truncated file) is rebuilt, with a
     RuntimeWarning saying why.
@@ -455,21 +463,22 @@ def damage(ext: Path) -> str | None:
     return None
 
 
-def _locate(cell, force=False, quiet=False):
+def _locate(cell, force=False, quiet=False, level=None):
     name, text, shipped = spec_source(cell)
-    if shipped and not force:
+    level = level or isa.selected()
+    if shipped and not force and level == isa.selected():
         mod = shipped_module(name, text)
         if mod is not None:
             return Path(mod.__file__), mod.__name__, mod
-    portable = False
-    folder, modname = cached_path(name, text, portable)
+    folder, modname = cached_path(name, text, False, level)
     ext = _module_file(folder, modname)
     if ext.exists() and not force:
         return ext, modname, None
-    return _build_into_cache(cell, name, text, folder, modname, force, quiet)
+    return _build_into_cache(cell, name, text, folder, modname, force, quiet, level)
 
 
-def _build_into_cache(cell, name, text, folder: Path, modname: str, force: bool, quiet: bool):
+def _build_into_cache(cell, name, text, folder: Path, modname: str, force: bool, quiet: bool,
+                      level: isa.Level):
     from filelock import FileLock
     usable_folder(folder.parent)
     remove_stale(folder.parent, ".build-*")  # what killed builds left
@@ -485,11 +494,11 @@ def _build_into_cache(cell, name, text, folder: Path, modname: str, force: bool,
         source = kernel_source(derive(load_cell(cell)))
         tmp = Path(tempfile.mkdtemp(prefix=f".build-{name}-{owner_tag()}", dir=folder.parent))
         try:
-            flags = compile_flags()
-            _progress(f"compiling the kernel of {name} (float32 and float64; this takes "
-                      f"several seconds) …", quiet)
+            flags = compile_flags(level=level)
+            _progress(f"compiling the kernel of {name} at level {level.name} (float32 and "
+                      f"float64; this takes several seconds) …", quiet)
             try:
-                compile_extension(stamp(source, text, flags), modname, tmp)
+                compile_extension(stamp(source, text, flags), modname, tmp, level=level)
             except BuildError as first:
                 if compile_flags(True) == flags:
                     raise

@@ -186,8 +186,8 @@ def kernel_context(p: Plan) -> dict:
     """Everything templates/kernel.pyx.j2 lays out, as plain strings and lists."""
     k: Kernel = lower(p)
     per_type = []
-    for tile in TILES:
-        ct, sx = tile.ctype, tile.suffix
+    for tiles in TILES:
+        ct, sx = tiles[0].ctype, tiles[0].suffix
         per_type.append({
             "ctype": ct, "suffix": sx,
             "forward_step": _step(p, k.forward_step, ct, sx),

@@ -18,6 +18,7 @@ from enum import Enum
 
 import sympy as sp
 
+from derive.kernel.isa import LEVELS
 from derive.kernel.plan import Buffer, Kind, Plan, Program, Ref, Role, Storage
 
 
@@ -30,20 +31,24 @@ class Step(Enum):
 
 @dataclass(frozen=True)
 class Tile:
-    """The register block of the per-step small product for one C type: `lanes`
-    elements per vector, panels of two vectors of columns, four rows at a time.
-
-    One per ISA level (portable, AVX2, AVX-512) is where wider units plug in; today
-    one tile per C type (the AVX2 widths) serves every build.
-    """
+    """The register block of the per-step small product for one C type at one
+    instruction-set level: `lanes` elements per vector (the level's vector width),
+    panels of two vectors of columns, four rows at a time. `macro` is the compiler's
+    macro for the level ("" for the portable one, 128-bit SSE2 vectors)."""
 
     ctype: str
     suffix: str
     lanes: int
+    macro: str
 
 
-#: the tiles of the small product, one per C type of a kernel module
-TILES = (Tile("float", "f32", 8), Tile("double", "f64", 4))
+#: the lanes of one vector register per C type and level (bytes: 16, 32, 64)
+LANES = {"portable": {"float": 4, "double": 2}, "avx2": {"float": 8, "double": 4},
+         "avx512": {"float": 16, "double": 8}}
+#: the tiles of the small product: per C type of a kernel module, one per level, widest
+#: first (the source instantiates the first whose macro the compiler defines)
+TILES = tuple(tuple(Tile(ct, sx, LANES[lv.name][ct], lv.macro) for lv in reversed(LEVELS))
+              for ct, sx in (("float", "f32"), ("double", "f64")))
 
 
 @dataclass(frozen=True)

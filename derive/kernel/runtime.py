@@ -170,6 +170,8 @@ class Kernel:
                             f"it (derive build CELL --force)")
         self.module = module
         self.backend = backend
+        #: the instruction-set level the module was compiled for (None: NumPy reference)
+        self.isa = (getattr(module, "BUILD_INFO", None) or {}).get("isa")
         self.threads = default_threads()
         _watch_forks()
         self.dtype = np.dtype(dtype)

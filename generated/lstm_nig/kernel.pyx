@@ -306,9 +306,22 @@ cdef extern from *:
             }                                                                                       \
         }                                                                                           \
     }
-    /* instantiated once per C type by the kernel template: DERIVE_SMALL_GEMM(float, f32, 8) … */
+    /* instantiated once per C type by the kernel template, with the lanes of the level the
+       compiler targets (derive.kernel.lower.TILES): DERIVE_SMALL_GEMM(float, f32, 16) … */
+    #if defined(__AVX512F__)
+    DERIVE_SMALL_GEMM(float, f32, 16)
+    #elif defined(__AVX2__)
     DERIVE_SMALL_GEMM(float, f32, 8)
+    #else
+    DERIVE_SMALL_GEMM(float, f32, 4)
+    #endif
+    #if defined(__AVX512F__)
+    DERIVE_SMALL_GEMM(double, f64, 8)
+    #elif defined(__AVX2__)
     DERIVE_SMALL_GEMM(double, f64, 4)
+    #else
+    DERIVE_SMALL_GEMM(double, f64, 2)
+    #endif
     """
 
 

@@ -74,4 +74,5 @@ static void derive_small_gemm_##S(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, cons
         }                                                                                       \
     }                                                                                           \
 }
-/* instantiated once per C type by the kernel template: DERIVE_SMALL_GEMM(float, f32, 8) … */
+/* instantiated once per C type by the kernel template, with the lanes of the level the
+   compiler targets (derive.kernel.lower.TILES): DERIVE_SMALL_GEMM(float, f32, 16) … */
