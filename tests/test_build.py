@@ -107,10 +107,14 @@ def test_a_stale_shipped_module_is_not_used(monkeypatch):
     assert shipped
     module = types.ModuleType(f"derive._kernels.{name}")
     module.KERNEL_API = abi.KERNEL_API
-    module.BUILD_INFO = {"fingerprint": build.fingerprint(text)}
+    level = build.compile_flags()["isa"]
+    module.BUILD_INFO = {"fingerprint": build.fingerprint(text), "isa": level}
     monkeypatch.setitem(sys.modules, module.__name__, module)
     assert build.shipped_module(name, text) is module
     assert build.shipped_module(name, text + "\n# edited\n") is None
+    module.BUILD_INFO["isa"] = "another level"          # built for another instruction set
+    assert build.shipped_module(name, text) is None
+    module.BUILD_INFO["isa"] = level
     module.KERNEL_API = abi.KERNEL_API + 1
     assert build.shipped_module(name, text) is None
 
@@ -127,7 +131,8 @@ def test_a_shipped_module_is_used_exactly_when_it_is_current():
         except ImportError:
             compiled = None
         current = compiled is not None and \
-            compiled.BUILD_INFO["fingerprint"] == build.fingerprint(text)
+            compiled.BUILD_INFO["fingerprint"] == build.fingerprint(text) and \
+            compiled.BUILD_INFO.get("isa") == build.compile_flags()["isa"]
         if os.environ.get("CI"):
             assert current, f"the install did not compile {name} (or compiled a stale one)"
         assert build.shipped_module(name, text) is (compiled if current else None), name

@@ -153,7 +153,7 @@ def test_the_next_build_removes_stale_build_folders_only(tmp_path, monkeypatch):
         (folder / "sub" / "kernel.c").write_text("/* half written */")
     os.utime(old, (time.time() - MAX_AGE - 60,) * 2)
 
-    def compile_extension(source, modname, outdir, portable=False):
+    def compile_extension(source, modname, outdir, portable=False, level=None):
         raise build.BuildError("stopped here: the cleanup has run")
     monkeypatch.setattr(build, "compile_extension", compile_extension)
     spec = tmp_path / "cell.toml"
