@@ -442,7 +442,7 @@ def test_a_cell_given_by_path_verifies(tmp_path):
 def test_one_row_equations_pasted_from_the_generated_documents_verify(cell_name):
     """Rows of generated/<cell>/equations.tex (with & and \\\\) that fit on one line."""
     from pathlib import Path
-    path = Path(__file__).parents[1] / "generated" / cell_name / "equations.tex"
+    path = Path(__file__).parents[2] / "generated" / cell_name / "equations.tex"
     rows = path.read_text().splitlines()
     pasted = [row for k, row in enumerate(rows)
               if row.startswith(r"\delta") and "&=" in row and r"\sum" not in row

@@ -12,7 +12,7 @@ from derive.cli import main
 from derive.docs.graph import graph, render
 from derive.printing.presentation import flow_path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "generated"
 
 

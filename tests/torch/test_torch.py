@@ -430,7 +430,7 @@ def _load(path):
     return module
 
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_adding_problem_example_short_run(tmp_path):

@@ -262,7 +262,7 @@ def test_long_equations_are_broken_into_rows_that_fit():
 
 def test_outputs_come_first_only_within_step_t(tmp_path):
     """With c an output too, δc starts with Δ_c and δy's flow; step t+1 keeps spec order."""
-    spec = (Path(__file__).resolve().parent.parent / "derive/cells/lstm.toml").read_text()
+    spec = (Path(__file__).resolve().parents[2] / "derive/cells/lstm.toml").read_text()
     path = tmp_path / "two.toml"
     path.write_text(spec.replace('outputs = ["y"]', 'outputs = ["y", "c"]')
                     .replace('name = "lstm"', 'name = "two"'))
