@@ -228,8 +228,7 @@ class Kernel:
         if not isinstance(params, dict):
             raise ValueError(f"params must be a dict of parameter name -> array "
                              f"({', '.join(self.parameters)}), not {type(params).__name__}")
-        missing = [n for n in self.parameters if n not in params]
-        extra = [n for n in params if n not in self.parameters]
+        missing, extra = _missing_and_unknown(params, self.parameters)
         if missing or extra:
             parts = []
             if missing:
@@ -343,8 +342,7 @@ class Kernel:
         if not isinstance(d_outputs, dict):
             raise ValueError(f"d_outputs must be a dict of output name -> (T, B, N) array "
                              f"({', '.join(self.outputs)})")
-        missing = [o for o in self.outputs if o not in d_outputs]
-        extra = [o for o in d_outputs if o not in self.outputs]
+        missing, extra = _missing_and_unknown(d_outputs, self.outputs)
         if missing or extra:
             raise ValueError(f"d_outputs must hold exactly the outputs "
                              f"{', '.join(self.outputs)} (missing: {', '.join(missing) or '-'}"
@@ -468,6 +466,11 @@ def _size(name, value) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive integer, not {value!r}")
     return int(value)
+
+
+def _missing_and_unknown(given: dict, expected) -> tuple[list, list]:
+    """The expected keys `given` lacks, and the keys it holds that are not expected."""
+    return [k for k in expected if k not in given], [k for k in given if k not in expected]
 
 
 def _shape_text(shape) -> str:

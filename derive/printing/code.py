@@ -29,7 +29,22 @@ def ordered(expr: sp.Expr, rank: dict[sp.Symbol, int]) -> sp.Expr:
     return expr.func(*args)
 
 
-class CythonPrinter(C99CodePrinter):
+class _Powers:
+    """Powers as both kernels write them: x**-1 as 1/x, x**(1/2) by the printer's `SQRT`,
+    any other power by its `_power`."""
+
+    SQRT: str
+
+    def _print_Pow(self, expr, rational=False):
+        base, e = expr.args
+        if e == -1:
+            return f"1/{self.parenthesize(base, 1000)}"
+        if e == sp.S.Half:
+            return f"{self.SQRT}({self._print(base)})"
+        return self._power(base, e)
+
+
+class CythonPrinter(_Powers, C99CodePrinter):
     """Expressions of a plan program as Cython (C syntax, fused `floating` type)."""
 
     def __init__(self, reads: dict[sp.Symbol, str], ctype: str = "floating"):
@@ -52,12 +67,9 @@ class CythonPrinter(C99CodePrinter):
     def _print_Half(self, expr):
         return f"(<{self.ctype}>0.5)"
 
-    def _print_Pow(self, expr):
-        base, e = expr.args
-        if e == -1:
-            return f"1/{self.parenthesize(base, 1000)}"
-        if e == sp.S.Half:
-            return f"_sqrt({self._print(base)})"
+    SQRT = "_sqrt"
+
+    def _power(self, base, e) -> str:
         return f"_pow({self._print(base)}, {self._print(e)})"
 
     def _print_Function(self, expr):
@@ -72,7 +84,7 @@ class CythonPrinter(C99CodePrinter):
         return f"_exp(<{self.ctype}>1)"
 
 
-class NumpyPrinter(NumPyPrinter):
+class NumpyPrinter(_Powers, NumPyPrinter):
     """Expressions of a plan program over whole (B, N) NumPy arrays."""
 
     def __init__(self):
@@ -81,12 +93,9 @@ class NumpyPrinter(NumPyPrinter):
     def _print_Symbol(self, expr):
         return expr.name
 
-    def _print_Pow(self, expr, rational=False):
-        base, e = expr.args
-        if e == -1:
-            return f"1/{self.parenthesize(base, 1000)}"
-        if e == sp.S.Half:
-            return f"np.sqrt({self._print(base)})"
+    SQRT = "np.sqrt"
+
+    def _power(self, base, e) -> str:
         return f"{self.parenthesize(base, 1000)}**{self.parenthesize(e, 1000)}"
 
     def _print_Function(self, expr):
