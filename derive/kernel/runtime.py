@@ -14,9 +14,8 @@ missing or extra parameter raise ValueError naming the argument and the expected
 Values are not checked: NaN and infinities propagate through the kernels.
 
 Parameters are kept in the paper's shapes (W_z: N×M, R_z: N×N, p_i: N). The kernels use
-fused weights per operand (rows [W_z; W_i; W_f; W_o] for x); `init_params` returns views
-into such fused buffers so that `forward` uses them without a copy; any other arrays are
-packed into a fused copy at each call.
+fused weights per operand (rows [W_z; W_i; W_f; W_o] for x); `forward` packs the
+parameters into such fused arrays (the trace's own copy, below).
 
 A trace owns the values it was computed from: `forward` copies x, the parameters (the
 fused weights and the vectors) and the initial state before it runs, and `backward`
@@ -201,8 +200,8 @@ class Kernel:
     def init_params(self, input_size: int, hidden_size: int, seed: int = 0) -> dict:
         """Random parameters in the paper's shapes: uniform in ±1/√N (like torch).
 
-        Matrices are views into fused buffers (one per operand), so `forward` uses them
-        without a copy; vectors are separate arrays.
+        Matrices are views into fused buffers (one per operand, laid out as the kernel
+        fuses them); vectors are separate arrays.
         """
         M, N = _size("input_size", input_size), _size("hidden_size", hidden_size)
         rng = np.random.default_rng(seed)
@@ -254,26 +253,15 @@ class Kernel:
         return N
 
     def _fused(self, params, N: int, M: int) -> tuple:
-        """The fused weights of each operand: a copy of the init_params buffer, or the
-        blocks packed into a new one (either way the trace's own)."""
+        """The fused weights of each operand, its blocks packed into a new array (the
+        trace's own copy, one per call whatever the caller's arrays are)."""
         sizes = {"N": N, "M": M}
         out = []
-        for i, op in enumerate(self.operands):
-            k = len(op["blocks"])
-            shape = (k * N, sizes[op["size"]])
-            blocks = [params[matrix] for _node, matrix in op["blocks"]]
-            base = blocks[0].base
-            step = N * shape[1] * self.dtype.itemsize
-            if (isinstance(base, np.ndarray) and base.shape == shape
-                    and base.dtype == self.dtype and base.flags.c_contiguous
-                    and all(b.base is base and b.ctypes.data == base.ctypes.data + j * step
-                            for j, b in enumerate(blocks))):
-                out.append(base.copy())
-            else:
-                W = np.empty(shape, self.dtype)
-                for j, b in enumerate(blocks):
-                    W[j * N:(j + 1) * N] = b
-                out.append(W)
+        for op in self.operands:
+            W = np.empty((len(op["blocks"]) * N, sizes[op["size"]]), self.dtype)
+            for j, (_node, matrix) in enumerate(op["blocks"]):
+                W[j * N:(j + 1) * N] = params[matrix]
+            out.append(W)
         return tuple(out)
 
     # --- forward ------------------------------------------------------------------------------

@@ -49,7 +49,7 @@ def test_outputs_are_read_only_views(kernel, rng):
 
 
 def test_fused_weights_are_the_traces_own_copy(kernel, rng):
-    """init_params' fused buffers are copied whole (the trace owns its weights, issue 9.3)."""
+    """forward packs the fused weights into its own copy (the trace owns its weights)."""
     params, x, _ = problem(kernel, rng)
     fused = kernel._fused(params, N, M)
     assert fused[0] is not params["W_z"].base and fused[1] is not params["R_o"].base
