@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import sympy as sp
 
 from derive.cell import symbols as S
+from derive.errors import UserError
 from derive.derivation.backward import Derivation
 
 #: one factor after the leading diag: a matrix parameter's name, or an inner diag(expr)
@@ -79,6 +80,11 @@ class Jacobian:
 def jacobian(d: Derivation) -> Jacobian:
     """Derive ∂sᵗ/∂rᵗ⁻¹ for every pair of states of the cell of `d`."""
     cell = d.cell
+    for node in cell.nodes.values():
+        if node.elementwise.has(S.Mean):
+            raise UserError(f"{cell.display_path}: node {node.name!r} reduces over the hidden "
+                            f"units (mean), which couples every unit of a row: derive "
+                            f"jacobian does not derive such blocks yet")
     stored = d.activations.stored
     # chains of each node of step t: {state r: [(coefficient, factors)]}
     chains: dict[tuple[str, int], dict[str, list[tuple[sp.Expr, tuple]]]] = {
