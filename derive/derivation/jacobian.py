@@ -77,14 +77,19 @@ class Jacobian:
         return self.blocks[(state, previous)]
 
 
+def reductions(cell) -> list[str]:
+    """The nodes of `cell` that reduce over the hidden units (a mean): their blocks are
+    not diagonal-plus-matrix chains, and `jacobian` refuses them."""
+    return [n.name for n in cell.nodes.values() if n.elementwise.has(S.Mean)]
+
+
 def jacobian(d: Derivation) -> Jacobian:
     """Derive ∂sᵗ/∂rᵗ⁻¹ for every pair of states of the cell of `d`."""
     cell = d.cell
-    for node in cell.nodes.values():
-        if node.elementwise.has(S.Mean):
-            raise UserError(f"{cell.display_path}: node {node.name!r} reduces over the hidden "
-                            f"units (mean), which couples every unit of a row: derive "
-                            f"jacobian does not derive such blocks yet")
+    for name in reductions(cell)[:1]:
+        raise UserError(f"{cell.display_path}: node {name!r} reduces over the hidden units "
+                        f"(mean), which couples every unit of a row: derive jacobian does "
+                        f"not derive such blocks yet")
     stored = d.activations.stored
     # chains of each node of step t: {state r: [(coefficient, factors)]}
     chains: dict[tuple[str, int], dict[str, list[tuple[sp.Expr, tuple]]]] = {
