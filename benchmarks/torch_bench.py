@@ -115,6 +115,25 @@ def op_overhead(cell, shape, dtype, repeats):
     return res["kernel"][1], res["op"][1]
 
 
+def skipped_products(cell, shape, dtype, repeats):
+    """Medians (ms) of the kernel's backward: every gradient, without δx (a first layer),
+    and without δx nor any weight or vector gradient (a frozen first layer)."""
+    T, B, M, N = shape
+    k = derive.load_kernel(cell, dtype)
+    params = k.init_params(M, N, seed=0)
+    rng = np.random.default_rng(0)
+    tr = k.forward(rng.standard_normal((T, B, M)).astype(dtype), params)
+    dY = [rng.standard_normal((T, B, N)).astype(dtype) for _ in k.outputs]
+    every = {"x", *(f"W{i}" for i in range(len(k.operands))),
+             *(f"V{i}" for i in range(len(k.vectors))), *(f"S{i}" for i in range(len(k.states)))}
+    cases = {"all": every, "no dx": every - {"x"},
+             "states only": {f"S{i}" for i in range(len(k.states))}}
+    res = interleaved_ms({name: (lambda: None, lambda n=needs: k.backward_buffers(
+        tr.x, tr.W, tr.V, tr.S, tr.A, dY, needs=n)) for name, needs in cases.items()},
+        repeats)
+    return {name: r[1] for name, r in res.items()}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--kinds", nargs="*", default=list(CELLS))
@@ -124,11 +143,27 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                    help="threads of both torch and derive's kernels (default: the CPUs)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--skipped", action="store_true",
+                   help="only time the kernel's backward with and without δx and the "
+                        "parameter gradients (the gradient flags)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     os.environ["DERIVE_NUM_THREADS"] = str(args.threads)   # read by every Kernel made now
     info = machine()
     info["load_before"] = os.getloadavg()[0]
+    if args.skipped:
+        print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
+        print(f"kernel backward, medians of {args.repeats} round-robin runs, ms\n")
+        print("| cell | shape | dtype | every gradient | no δx | states only |")
+        print("|---|---|---|---|---|---|")
+        for kind in args.kinds:
+            for s in args.shapes:
+                for dname in args.dtypes:
+                    r = skipped_products(CELLS[kind], SHAPES[s], dname, args.repeats)
+                    print(f"| {CELLS[kind]} | {s} | {dname} | {r['all']:.1f} | "
+                          f"{r['no dx']:.1f} | {r['states only']:.1f} |", flush=True)
+        print(f"\nload average after: {os.getloadavg()[0]:.2f}")
+        return 0
     rows = []
     for kind in args.kinds:
         for s in args.shapes:
