@@ -227,6 +227,29 @@ def test_module_matches_torch_on_a_packed_sequence(kind):
     assert d["dx"][3:, 0].abs().max() == 0 and d["dx"][1:, 2].abs().max() == 0
 
 
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+def test_packed_sequence_of_many_lengths_runs_by_segments(kind, monkeypatch):
+    """Eight distinct lengths (and ties), batch_first: parity with PyTorch, and each
+    direction runs one call per segment between consecutive distinct lengths, on the rows
+    still active, so the steps run are the sum of the lengths."""
+    torch.manual_seed(4)
+    ref, mine = _pair(kind, num_layers=2, bidirectional=True, batch_first=True)
+    g = _gen(14)
+    lengths = [12, 1, 7, 3, 12, 5, 9, 2, 7, 11]
+    x = torch.randn(len(lengths), 12, M, dtype=F64, generator=g)
+    calls = []
+    run = type(mine.ops).run
+    monkeypatch.setattr(type(mine.ops), "run", lambda self, x, *a: calls.append(
+        tuple(x.shape[:2])) or run(self, x, *a))
+    r, d = _run_both(ref, mine, x, _hx(kind, 4, len(lengths), g), packed_lengths=lengths)
+    _assert_same(r, d)
+    ends = sorted(set(lengths))
+    segments = [(end - start, sum(m >= end for m in lengths))
+                for start, end in zip([0, *ends[:-1]], ends)]
+    assert calls == segments * 2 * 2                                # layers × directions
+    assert sum(t * b for t, b in segments) == sum(lengths)
+
+
 @pytest.mark.parametrize("kind", ["LSTM", "GRU"])
 def test_module_matches_torch_unbatched_and_without_state(kind):
     torch.manual_seed(3)
