@@ -495,4 +495,8 @@ def test_training_step_benchmark_runs():
     d, t = bench.training_step("GRU", (5, 3, 4, 6), torch.float64, 1)
     kern, op = bench.op_overhead("lstm_np", (5, 3, 4, 6), torch.float32, 1)
     assert min(d, t, kern, op) > 0
+    cpu = bench.op_overhead_cpu("gru", (5, 3, 4, 6), torch.float64, 2)
+    assert set(cpu) == {"kernel", "op"} and all(0 <= a <= b for a, b in cpu.values())
+    skipped = bench.skipped_products("lstm_np", (5, 3, 4, 6), "float64", 1)
+    assert set(skipped) == {"all", "no dx", "states only"} and min(skipped.values()) > 0
     assert "cpu" in bench.machine()
