@@ -22,8 +22,8 @@ Inputs: (T, B, M), or (B, T, M) with batch_first, or unbatched (T, M); a PackedS
 of unequal lengths, each row run for its own length (padded steps give zeros and send no
 gradient): the rows sorted by length, one operator call per segment of the time axis
 between consecutive distinct lengths on the rows still active, each from the final
-states of the one before (the work is the sum of the lengths). Dropout between layers as PyTorch applies
-it (on every layer's output but the last, in training mode).
+states of the one before (the work is the sum of the lengths). Dropout between layers
+as PyTorch applies it (on every layer's output but the last, in training mode).
 
 Recurrent has the cell's own parameter names with PyTorch's suffixes (W_z_l0, R_i_l1,
 p_f_l0_reverse, …), initialised like `Kernel.init_params` (uniform in ±1/√N), takes an
