@@ -182,6 +182,18 @@ def _entry(p: Plan, entry: str) -> dict:
     return {"checks": checks, "views": views}
 
 
+def _wanted(gradient: tuple[str, int]) -> str:
+    """The backward's flag for a product after the loop (see the template's docstring)."""
+    kind, k = gradient
+    return "want_dX" if kind == "dX" else f"want_dW is None or want_dW[{k}]"
+
+
+def _carry_check(p: Plan) -> str:
+    """The check of C_in, the carries' initial values: one (B, N) array per carry."""
+    shapes = ", ".join(f"({', '.join(b.shape)})" for b in p.arrays(Storage.CARRY))
+    return f'_check("C_in", C_in, [{shapes}])'
+
+
 def kernel_context(p: Plan) -> dict:
     """Everything templates/kernel.pyx.j2 lays out, as plain strings and lists."""
     k: Kernel = lower(p)
@@ -212,6 +224,8 @@ def kernel_context(p: Plan) -> dict:
                          for b in p.arrays(Storage.ACCUMULATOR)],
         "carries": [b.field for b in p.arrays(Storage.CARRY)],
         "vectors": len(p.vectors), "finish_tasks": len(k.finish),
+        "finish_wanted": [_wanted(t.gradient) for t in k.finish],
+        "carry_check": _carry_check(p), "weights": len(p.operands),
         "max_k": max(o.k for o in p.operands),
     }
 
@@ -275,7 +289,8 @@ def reference_context(p: Plan) -> dict:
         "doc": _docstring(p), "kernel_api": KERNEL_API, "layout": _layout_text(p),
         "forward_arrays": _entry_arrays(p, "forward"),
         "backward_arrays": _entry_arrays(p, "backward"),
-        "zeroed": [b.field for s in (Storage.ACCUMULATOR, Storage.CARRY) for b in p.arrays(s)],
+        "accumulators": [b.field for b in p.arrays(Storage.ACCUMULATOR)],
+        "carries": [b.field for b in p.arrays(Storage.CARRY)],
         "input": x, "input_dG": dG[x.group], "recurrent": recurrent, "weights": weights,
         "forward": _numpy_program(p, k.forward_step),
         "backward": _numpy_program(p, k.backward_step),

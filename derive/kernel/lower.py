@@ -169,11 +169,14 @@ class Call:
 
 @dataclass(frozen=True)
 class Task:
-    """A product split by rows between threads: chunk c of nt of `rows` rows."""
+    """A product split by rows between threads: chunk c of nt of `rows` rows. `gradient`
+    names what a product after the backward loop computes, for the backward's flags:
+    ("dW", k) the weight gradient of operand k, ("dX", 0) the input gradient."""
 
     rows: str
     call: Call
     comment: str
+    gradient: tuple[str, int] | None = None
 
 
 #: the arrays each entry point receives (in order) and the ones it writes
@@ -251,11 +254,11 @@ def lower(p: Plan) -> Kernel:
         "1" if o.name in p.carried else "0"),
         f"d{o.name}[t-1] {'+' if o.name in p.carried else ''}= Σ Rᵀ δ over "
         f"{' '.join(o.matrices)}: dG{o.group}[t] · W_{o.name}", True) for o in states)
-    finish = tuple(_weight_task(p, o, dG[o.group]) for o in p.operands) + (
+    finish = tuple(_weight_task(p, k, o, dG[o.group]) for k, o in enumerate(p.operands)) + (
         Task("T * B", Call("_gemm", ("False", "False", "r1 - r0", "M", xw, "1",
                                      Pointer(dG[x.group], f"r0 * {xw}"), xw, Pointer(W[x.name]),
                                      "M", "0", Pointer("dX", "r0 * M"), "M")),
-             f"dX = dG{x.group} · W_{x.name}"),)
+             f"dX = dG{x.group} · W_{x.name}", ("dX", 0)),)
     return Kernel(p, step_function(p, "forward", p.forward),
                   step_function(p, "backward", p.backward), prepare, pack_fwd, per_fwd,
                   pack_bwd, per_bwd, finish,
@@ -263,8 +266,8 @@ def lower(p: Plan) -> Kernel:
                   tuple((f"P_{o.name}", _width(o.k), "N") for o in states))
 
 
-def _weight_task(p: Plan, o, dG: str) -> Task:
-    """d[matrices of o] = dGᵀ · o's values over all steps, split by rows."""
+def _weight_task(p: Plan, k: int, o, dG: str) -> Task:
+    """d[matrices of o] = dGᵀ · o's values over all steps, split by rows (o: operand k)."""
     w = _width(o.k)
     values = (Pointer("X") if o.role is Role.INPUT
               else Pointer(p.buffer(Storage.STATE, o.name).field))
@@ -273,4 +276,4 @@ def _weight_task(p: Plan, o, dG: str) -> Task:
                           Pointer(p.buffer(Storage.WEIGHT_GRADIENT, o.name).field,
                                   f"r0 * {o.size}"), o.size))
     at = "" if o.role is Role.INPUT else "[t-1]"
-    return Task(w, call, f"d[{' '.join(o.matrices)}] = dG{o.group}ᵀ · {o.name}{at}")
+    return Task(w, call, f"d[{' '.join(o.matrices)}] = dG{o.group}ᵀ · {o.name}{at}", ("dW", k))
