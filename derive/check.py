@@ -50,7 +50,7 @@ from derive.errors import UserError
 TOLERANCE = {"float64": 1e-6, "float32": 1e-4}
 FLOOR = 1e-5
 STEP = 1e-3
-SIZES = {"T": 4, "B": 3, "M": 5, "N": 4}
+SIZES = {"T": 4, "B": 3, "M": 5, "N": 4, "P": 3}
 BACKENDS = ("cython", "numpy", "derivation")
 
 Arrays = dict[str, np.ndarray]
@@ -77,6 +77,7 @@ class Subject:
     output_names: tuple[str, ...]
     outputs: Callable[["Problem"], Arrays]
     gradients: Callable[["Problem"], Arrays]
+    sizes: dict[str, str] = field(default_factory=dict)   # state/output -> size if not N
 
 
 @dataclass
@@ -114,8 +115,9 @@ def random_problem(subject: Subject, sizes: dict | None = None, seed: int = 0) -
               for name, shape in subject.parameters.items()}
     inputs = {name: 0.5 * rng.standard_normal((T, B, sizes[size]))
               for name, size in subject.inputs.items()}
-    initial = {s: 0.5 * rng.standard_normal((B, N)) for s in subject.states}
-    projection = {o: rng.standard_normal((T, B, N)) for o in subject.output_names}
+    size = {n: sizes[subject.sizes.get(n, "N")] for n in subject.states + subject.output_names}
+    initial = {s: 0.5 * rng.standard_normal((B, size[s])) for s in subject.states}
+    projection = {o: rng.standard_normal((T, B, size[o])) for o in subject.output_names}
     return Problem(params, inputs, initial, projection, sizes, seed)
 
 
@@ -162,7 +164,7 @@ def of_derivation(derivation) -> Subject:
     def unrolled(problem):
         s = problem.sizes
         p = numeric.Problem(cell, problem.params, problem.inputs, problem.initial,
-                            problem.projection, s["T"], s["B"], s["N"], s["M"])
+                            problem.projection, s["T"], s["B"], s["N"], s["M"], s["P"])
         return p, numeric.forward(p)
 
     def outputs(problem):
@@ -177,7 +179,8 @@ def of_derivation(derivation) -> Subject:
     return Subject(cell.name, "derivation", "float64",
                    {n: tuple(p.shape) for n, p in cell.parameters.items()},
                    {n: cell.size(n) for n in cell.inputs}, tuple(cell.states),
-                   tuple(cell.outputs), outputs, gradients)
+                   tuple(cell.outputs), outputs, gradients,
+                   {n: cell.size(n) for n in cell.states + cell.outputs})
 
 
 # --- the report ----------------------------------------------------------------------------

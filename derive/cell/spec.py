@@ -8,8 +8,8 @@ A cell file is TOML and pure data; nothing in it is executed. One step of the ce
     state   = ["y", "c"]     # nodes carried to the next step, read there as y[t-1]
     outputs = ["y"]          # nodes that receive a gradient Δ from outside
 
-    [parameters]             # shapes in the sizes N (state) and M (input)
-    W_z = ["N", "M"]
+    [parameters]             # shapes in the sizes N (state), M (input) and P (a second
+    W_z = ["N", "M"]         # size of nodes, like the projection of an LSTMP)
     p_i = ["N"]
 
     [nodes]                  # named values of step t, element-wise except for @
@@ -20,6 +20,11 @@ A node's expression uses the grammar of `derive.cell.grammar`: a bare name is th
 step t, `c[t-1]` the previous value of a state. Matrix products `A @ v` must be
 top-level terms of a node and multiply a single named vector: they are the linear
 nodes (GEMMs); everything else is element-wise.
+
+Sizes: an input has size M; a node has the size of the rows of its matrices, of the
+vector parameters it uses and of the values it combines element-wise (N unless a
+parameter says P: W_hr = ["P", "N"] makes W_hr @ m a vector of size P); every matrix's
+columns are the size of the vector it multiplies.
 """
 
 from __future__ import annotations
@@ -39,7 +44,9 @@ from derive.cell.catalog import resolve
 from derive.cell.grammar import Matrix, parse
 from derive.errors import ExpressionError, SpecError, suggest
 
-SIZES = ("N", "M")
+SIZES = ("N", "M", "P")
+#: the sizes a node (the rows of a parameter) may have
+NODE_SIZES = ("N", "P")
 #: the most nodes (and the most parameters) a cell may have; the derivation's work grows
 #: with the square of the number of nodes (a chain of 100 derives in about a second)
 MAX_NODES = 100
@@ -54,7 +61,7 @@ _TOP_KEYS = {"name", "title", "description", "reference", "inputs", "state", "ou
 
 @dataclass(frozen=True)
 class Parameter:
-    """A parameter with its paper shape: ("N", "M"), ("N", "N") or ("N",)."""
+    """A parameter with its paper shape: ("N", "M"), ("N", "N") or ("N",) (or with P)."""
 
     name: str
     shape: tuple[str, ...]
@@ -136,8 +143,8 @@ class Cell:
         return f"derive/cells/{self.name}.toml" if self.shipped else self.path
 
     def size(self, vector: str) -> str:
-        """'M' for an input, 'N' for a node."""
-        return "M" if vector in self.inputs else "N"
+        """'M' for an input, a node's size ('N', or 'P' where its parameters say so)."""
+        return "M" if vector in self.inputs else self._sizes.get(vector, "N")
 
     def consumers(self, name: str) -> list[tuple[str, int]]:
         """(node, shift) pairs for every node that reads `name` (shift -1: read at t+1)."""
@@ -233,6 +240,7 @@ class _SpecReader:
                     outputs=tuple(outputs), parameters=params,
                     nodes={n: nodes[n] for n in order})
         self.check_usage(cell)
+        self.check_sizes(cell)
         return cell
 
     def check_length(self, name: str, what: str, line: int | None):
@@ -274,10 +282,12 @@ class _SpecReader:
             if (not isinstance(shape, list) or not 1 <= len(shape) <= 2
                     or any(s not in SIZES for s in shape)):
                 self.error(f"parameter {name!r} has shape {shape!r}; a shape is [\"N\", \"M\"], "
-                           f"[\"N\", \"N\"] or [\"N\"] (N: state size, M: input size)", line)
-            if shape[0] != "N":
-                self.error(f"parameter {name!r}: the first dimension must be N (the shape of "
-                           f"W in W x, as in the paper)", line)
+                           f"[\"N\", \"N\"] or [\"N\"] (N: state size, M: input size, P: a "
+                           f"second node size)", line)
+            if shape[0] not in NODE_SIZES:
+                self.error(f"parameter {name!r}: the first dimension must be N (or P), the "
+                           f"size of the node it feeds (the shape of W in W x, as in the "
+                           f"paper)", line)
             if not _IDENT.match(name) or name in _RESERVED:
                 self.error(f"{name!r} is not a usable parameter name", line)
             params[name] = Parameter(name, tuple(shape))
@@ -323,7 +333,7 @@ class _SpecReader:
                     self.error(f"node {name}: the right side of {matrix} @ must be a single named "
                                f"vector; name the expression as a node of its own", line)
                 pm = params[matrix.name]
-                need = "M" if r.name in inputs else "N"
+                need = "M" if r.name in inputs else pm.shape[1]   # nodes: check_sizes
                 if pm.shape[1] != need:
                     self.error(f"node {name}: {matrix} has shape {list(pm.shape)} but "
                                f"{r.name} has size {need}; declare {matrix} = [\"N\", \"{need}\"]",
@@ -380,6 +390,49 @@ class _SpecReader:
             if (s, -1) not in set().union(*(n.references() for n in cell.nodes.values())):
                 self.error(f"state {s!r} is never read as {s}[t-1]; remove it from state or use "
                            f"it", self.line_of("state"))
+
+
+    def check_sizes(self, cell: Cell):
+        """Infer every node's size (see the module docstring) into cell._sizes; a node
+        that mixes two sizes, or a matrix whose columns do not fit its vector, is an
+        error naming the node."""
+        sizes: dict[str, str] = {}      # of nodes (an input used element-wise: not here)
+
+        def fits(node: Node) -> set[str]:
+            out = {cell.parameters[p.matrix].shape[0] for p in node.projections}
+            for sym in node.elementwise.free_symbols:
+                r = S.ref(sym)
+                if r is not None and r.kind == "param":
+                    out.add(cell.parameters[r.name].shape[0])
+                elif r is not None and r.kind == "value" and r.name in sizes:
+                    out.add(sizes[r.name])
+            return out
+
+        changed = True
+        while changed:
+            changed = False
+            for node in cell.nodes.values():
+                known = fits(node) | ({sizes[node.name]} if node.name in sizes else set())
+                if len(known) > 1:
+                    self.error(f"node {node.name}: combines vectors of sizes "
+                               f"{' and '.join(sorted(known))}; a node has one size",
+                               node.line or None)
+                if known and node.name not in sizes:
+                    sizes[node.name], changed = known.pop(), True
+                if node.name in sizes:
+                    for sym in node.elementwise.free_symbols:
+                        r = S.ref(sym)
+                        if (r is not None and r.kind == "value" and r.name not in sizes
+                                and r.name in cell.nodes):
+                            sizes[r.name], changed = sizes[node.name], True
+        cell._sizes = {n: sizes.get(n, "N") for n in cell.nodes}
+        for node in cell.nodes.values():
+            for p in node.projections:
+                shape, need = cell.parameters[p.matrix].shape, cell.size(p.operand)
+                if shape[1] != need:
+                    self.error(f"node {node.name}: {p.matrix} has shape {list(shape)} but "
+                               f"{p.operand} has size {need}; declare {p.matrix} = "
+                               f"[\"{shape[0]}\", \"{need}\"]", node.line or None)
 
 
 class _SpecScope:

@@ -29,11 +29,16 @@ def unsupported(cell, message: str) -> UserError:
 
 
 def check_supported(cell) -> None:
-    """One input, used only through matrices; a node of the same step multiplied by a
-    matrix is not also a state multiplied at t-1 (the two would be one operand name)."""
+    """One input, used only through matrices; every node of size N; a node of the same
+    step multiplied by a matrix is not also a state multiplied at t-1 (the two would be
+    one operand name)."""
     if len(cell.inputs) != 1:
         raise unsupported(cell, f"the cell has {len(cell.inputs)} inputs "
                                 f"({', '.join(cell.inputs)}); kernels take one input x")
+    for name in cell.nodes:
+        if cell.size(name) != "N":
+            raise unsupported(cell, f"node {name!r} has size {cell.size(name)}; kernels "
+                                    f"take vectors of the sizes N and M only")
     at_previous = {p.operand for n in cell.nodes.values() for p in n.projections
                    if p.shift == -1}
     for node in cell.nodes.values():
