@@ -219,7 +219,7 @@ def kernel_context(p: Plan) -> dict:
                          for b in p.arrays(Storage.ACCUMULATOR)],
         "carries": [b.field for b in p.arrays(Storage.CARRY)],
         "vectors": len(p.vectors), "finish_tasks": len(k.finish),
-        "max_k": max(o.k for o in p.operands),
+        "max_k": max(o.k for o in p.operands), "phases": p.phases,
     }
 
 

@@ -37,6 +37,11 @@ Threads: OpenMP owns them, BLAS runs single-threaded inside each. Batch rows are
 independent, so each thread runs the whole time loop on its own rows (its recurrent
 products, then its element-wise step) with no synchronisation between steps; the large
 GEMMs before and after the time loop are split by rows between the threads.
+
+Phases: a node of the same step is multiplied by a matrix, so one step runs as 2
+element-wise phases with that node's product between them (forward: G_v = v[t] · W_vᵀ
+after the phase that computes v; backward, phases in reverse: D_v = dG[t] · W_v, the
+adjoint of v, before the phase that computes δv). D_v is scratch of the kernel (B, N).
 """
 
 # derive (templates/support/kernel.pyx): the static part of every kernel module, inlined
