@@ -23,8 +23,9 @@ nodes (GEMMs); everything else is element-wise.
 
 Sizes: an input has size M; a node has the size of the rows of its matrices, of the
 vector parameters it uses and of the values it combines element-wise (N unless a
-parameter says P: W_hr = ["P", "N"] makes W_hr @ m a vector of size P); every matrix's
-columns are the size of the vector it multiplies.
+parameter says P: W_hr = ["P", "N"] makes W_hr @ m a vector of size P); an input used
+element-wise has the size of the node using it (so W @ x then needs W = ["N", "N"]);
+every matrix's columns are the size of the vector it multiplies.
 """
 
 from __future__ import annotations
@@ -143,8 +144,10 @@ class Cell:
         return f"derive/cells/{self.name}.toml" if self.shipped else self.path
 
     def size(self, vector: str) -> str:
-        """'M' for an input, a node's size ('N', or 'P' where its parameters say so)."""
-        return "M" if vector in self.inputs else self._sizes.get(vector, "N")
+        """'M' for an input (the size of the nodes that use it element-wise, if any: a
+        highway term (1 - r) * x needs M = N), a node's size ('N', or 'P' where its
+        parameters say so)."""
+        return self._sizes.get(vector, "M" if vector in self.inputs else "N")
 
     def consumers(self, name: str) -> list[tuple[str, int]]:
         """(node, shift) pairs for every node that reads `name` (shift -1: read at t+1)."""
@@ -332,12 +335,6 @@ class _SpecReader:
                 if r is None or r.kind != "value":
                     self.error(f"node {name}: the right side of {matrix} @ must be a single named "
                                f"vector; name the expression as a node of its own", line)
-                pm = params[matrix.name]
-                need = "M" if r.name in inputs else pm.shape[1]   # nodes: check_sizes
-                if pm.shape[1] != need:
-                    self.error(f"node {name}: {matrix} has shape {list(pm.shape)} but "
-                               f"{r.name} has size {need}; declare {matrix} = [\"N\", \"{need}\"]",
-                               line)
                 projections.append(Projection(matrix.name, r.name, r.shift))
             elif term.has(S.MatVec, S.MatTVec):
                 self.error(f"node {name}: matrix products must be added at the top level of a "
@@ -396,7 +393,7 @@ class _SpecReader:
         """Infer every node's size (see the module docstring) into cell._sizes; a node
         that mixes two sizes, or a matrix whose columns do not fit its vector, is an
         error naming the node."""
-        sizes: dict[str, str] = {}      # of nodes (an input used element-wise: not here)
+        sizes: dict[str, str] = {}      # of nodes; inputs below
 
         def fits(node: Node) -> set[str]:
             out = {cell.parameters[p.matrix].shape[0] for p in node.projections}
@@ -426,6 +423,16 @@ class _SpecReader:
                                 and r.name in cell.nodes):
                             sizes[r.name], changed = sizes[node.name], True
         cell._sizes = {n: sizes.get(n, "N") for n in cell.nodes}
+        for node in cell.nodes.values():    # an input used element-wise: the node's size
+            for sym in node.elementwise.free_symbols:
+                r = S.ref(sym)
+                if r is None or r.kind != "value" or r.name not in cell.inputs:
+                    continue
+                size = cell._sizes[node.name]
+                if cell._sizes.setdefault(r.name, size) != size:
+                    self.error(f"node {node.name}: uses input {r.name} element-wise with "
+                               f"vectors of size {size}, another node with size "
+                               f"{cell._sizes[r.name]}", node.line or None)
         for node in cell.nodes.values():
             for p in node.projections:
                 shape, need = cell.parameters[p.matrix].shape, cell.size(p.operand)

@@ -1,8 +1,9 @@
-"""A second node size P (LSTMP: N cell units, a projected output of size P).
+"""Sizes: a second node size P (LSTMP: N cell units, a projected output of size P) and
+an input used element-wise (its size is then the node's).
 
 The spec infers every node's size from its parameters; the derivation and its numeric
 evaluation (derive.numeric, `derive check --backend derivation`) work in N, M and P;
-the compiled kernels refuse such a cell with a one-line error naming the node.
+the compiled kernels refuse such cells with a one-line error naming the node.
 """
 
 import numpy as np
@@ -75,3 +76,13 @@ def test_the_lstmp_derivation_equals_torch_lstm_with_proj_size(rng):
     assert set(want) == set(g)
     for name, value in want.items():
         np.testing.assert_allclose(g[name], value.numpy(), rtol=0, atol=1e-10, err_msg=name)
+
+
+def test_an_input_used_element_wise_has_the_size_of_its_node_and_the_derivation_checks():
+    path = cell_path("input_elementwise")
+    assert derive.load_cell(path).size("x") == "N"
+    report = gradient_check(path, backend="derivation")    # was a broadcasting traceback
+    assert report.passed, report.table()
+    source = open(path).read().replace('W = ["N", "N"]', 'W = ["N", "M"]')
+    with pytest.raises(SpecError, match=r"W has shape \['N', 'M'\] but x has size N"):
+        parse_spec(source, "bad.toml")
