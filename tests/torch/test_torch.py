@@ -426,21 +426,23 @@ def test_recurrent_any_cell():
 # --- torch.compile ------------------------------------------------------------------------------
 
 class _Model(torch.nn.Module):
-    def __init__(self):
+    def __init__(self, proj_size=0):
         super().__init__()
-        self.rnn = dt.LSTM(M, N, num_layers=2, bidirectional=True, batch_first=True)
-        self.head = torch.nn.Linear(2 * N, 1)
+        hidden = NP if proj_size else N
+        self.rnn = dt.LSTM(M, hidden, num_layers=2, bidirectional=True, batch_first=True,
+                           proj_size=proj_size)
+        self.head = torch.nn.Linear(2 * (proj_size or hidden), 1)
 
     def forward(self, x):
         out, (h, c) = self.rnn(x)
         return self.head(out[:, -1]).squeeze(-1) + c.sum()
 
 
-@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor",
-                                                               marks=pytest.mark.slow)])
-def test_compile_fullgraph_matches_eager(backend):
+@pytest.mark.parametrize("backend,proj_size", [
+    ("aot_eager", 0), ("aot_eager", P), pytest.param("inductor", 0, marks=pytest.mark.slow)])
+def test_compile_fullgraph_matches_eager(backend, proj_size):
     torch.manual_seed(6)
-    model = _Model().double()
+    model = _Model(proj_size).double()
     x = torch.randn(B, T, M, dtype=F64, generator=_gen(18))
     torch._dynamo.reset()
     compiled = torch.compile(model, fullgraph=True, backend=backend)   # a graph break raises
