@@ -132,11 +132,33 @@ def test_backward_operator_returns_only_what_is_needed(needs):
           else None for k, s in enumerate(S)]
     dF = [torch.randn(f.shape, dtype=F64, generator=_gen(9)) for f in F]
     assert len(needs) == ops.n_inputs and len(F) == 1        # c's final value
-    full = ops.backward(x, *W, *V, *S, *A, *dS, *dF, [True] * ops.n_inputs)
-    grads = ops.backward(x, *W, *V, *S, *A, *dS, *dF, needs)
+    full = ops.backward(x, *W, *V, *s0, *S, *A, *dS, *dF, [True] * ops.n_inputs)
+    grads = ops.backward(x, *W, *V, *s0, *S, *A, *dS, *dF, needs)
     for g, n, a, f in zip(grads, needs, [x, *W, *V, *s0], full):
         assert g.shape == (a.shape if n else (0,))
         assert not n or torch.equal(g, f)
+
+
+def test_outputs_are_tensors_of_their_own_and_the_backward_reuses_the_buffer():
+    """The outputs are the operator's own results for autograd, not views of a (T+1, B, N)
+    result (whose gradient autograd would build from zeros and a copy), yet the backward
+    finds that buffer behind them, no copy; a sequence whose storage does not hold s0 just
+    before it (a clone) is rebuilt by a copy, to the same values."""
+    from derive.torch.ops import _with_initial
+    ops = dt.operators("lstm_np")
+    x, W, V, s0 = _operator_args(ops, _gen(10))
+    x.requires_grad_()
+    outputs, _ = ops.run(x, W, V, dict(zip(ops.states, s0)))
+    y = outputs["y"]
+    assert y.shape == (T, B, N) and "_forward" in y.grad_fn.name()    # not SliceBackward
+    S = ops.forward(x.detach(), *W, *V, *s0)[0]
+    full = _with_initial(S, s0[0])
+    assert full.data_ptr() + B * N * full.element_size() == S.data_ptr()
+    copy = _with_initial(S.clone(), s0[0])
+    assert copy.data_ptr() != S.data_ptr() and torch.equal(copy, full)
+    assert torch.equal(full[0], s0[0]) and torch.equal(full[1:], S)
+    other = s0[0] + 1                     # the row before S is not this initial state
+    assert torch.equal(_with_initial(S, other)[0], other)
 
 
 def test_frozen_parameters_and_input_get_no_gradient():
