@@ -17,6 +17,8 @@ c_n)` for LSTM, `output, h_n` otherwise. The map to the cells (the same math, ch
     GRU   r,z,n    ->  gru      W_r, W_u, W_h (and R_★); b_r = b_ir + b_hr,
                                 b_u = b_iz + b_hz, b_h = b_in, b_hr = b_hn (inside r·(…))
     RNN            ->  rnn      W = weight_ih, R = weight_hh, b = b_ih + b_hh
+    LSTM, proj_size=P -> lstm_np with R' = weight_hh · weight_hr from step 2 on, output
+                   h = weight_hr · m (see LSTM); h_0, h_n and the output have size P
 
 Inputs: (T, B, M), or (B, T, M) with batch_first, or unbatched (T, M); a PackedSequence
 of unequal lengths, each row run for its own length (padded steps give zeros and send no
@@ -85,7 +87,11 @@ class _Stack(nn.Module):
                 yield layer, d, f"_l{layer}" + ("_reverse" if d else "")
 
     def _layer_input(self, layer) -> int:
-        return self.input_size if layer == 0 else self.hidden_size * self.num_directions
+        return self.input_size if layer == 0 else self._state_size("y") * self.num_directions
+
+    def _state_size(self, state) -> int:
+        """The size of a state (and of the output if it is the output): N here."""
+        return self.hidden_size
 
     def extra_repr(self):
         s = f"{self.input_size}, {self.hidden_size}"
@@ -111,9 +117,15 @@ class _Stack(nn.Module):
         raise NotImplementedError
 
     def _weights(self, suffix, dtype):
+        """What `_call` takes for one layer and direction: (fused weights, vectors)."""
         p = self._cell_params(suffix, dtype)
         W = [p[b[0]] if len(b) == 1 else torch.cat([p[m] for m in b]) for b in self.ops.blocks]
         return W, [p[v] for v in self.ops.vectors]
+
+    def _call(self, x, weights, s0):
+        """The cell over x (T, B, M) from s0: ({output: (T, B, ·)}, {state: (B, ·)})."""
+        W, V = weights
+        return self.ops.run(x, W, V, s0)
 
     # --- forward -----------------------------------------------------------------------------
     def _dtype(self):
@@ -160,11 +172,11 @@ class _Stack(nn.Module):
     def _initial(self, hx, B, batched, x):
         """{state: (L·D, B, N)} from the module's hx (None: zeros)."""
         states = self._states_in(hx)
-        want = (self.num_layers * self.num_directions, B, self.hidden_size)
         out = {}
         for s, (label, t) in states.items():
             if t is None:
                 continue
+            want = (self.num_layers * self.num_directions, B, self._state_size(s))
             shape = want if batched else (want[0], want[2])
             check_tensor(label, t, f"(num_layers*num_directions{', batch' if batched else ''}, "
                               f"hidden_size)", x.dtype, shape, of="the input's")
@@ -179,10 +191,10 @@ class _Stack(nn.Module):
             outs = []
             for d in range(self.num_directions):
                 suffix = f"_l{layer}" + ("_reverse" if d else "")
-                W, V = self._weights(suffix, x.dtype)
+                weights = self._weights(suffix, x.dtype)
                 i = layer * self.num_directions + d
                 s0 = {s: v[i] for s, v in state0.items()}
-                y, fin = self._direction(x, W, V, s0, lengths, bool(d))
+                y, fin = self._direction(x, weights, s0, lengths, bool(d))
                 outs.append(y[first])
                 for s in self.ops.states:
                     finals[s].append(fin[s])
@@ -191,7 +203,7 @@ class _Stack(nn.Module):
                 x = F.dropout(x, self.dropout, True)
         return x, {s: torch.stack(v) for s, v in finals.items()}
 
-    def _direction(self, x, W, V, s0, lengths, reverse):
+    def _direction(self, x, weights, s0, lengths, reverse):
         """One direction of one layer: one operator call, or one per time segment.
 
         With unequal lengths (a PackedSequence), the rows are sorted by length and the time
@@ -201,7 +213,7 @@ class _Stack(nn.Module):
         """
         T, B, _ = x.shape
         if lengths is None or all(n == T for n in lengths):
-            y, fin = self.ops.run(x.flip(0) if reverse else x, W, V, s0)
+            y, fin = self._call(x.flip(0) if reverse else x, weights, s0)
             return ({o: v.flip(0) for o, v in y.items()} if reverse else y), fin
         L = torch.tensor(lengths)
         if reverse:   # step t of row b reads x[L_b - 1 - t] (padded steps stay in place)
@@ -209,7 +221,7 @@ class _Stack(nn.Module):
             steps = torch.where(t < L, L - 1 - t, t)
             x = x.gather(0, steps.unsqueeze(2).expand(x.shape))
         order = torch.argsort(L, descending=True, stable=True)
-        ys, fin = self._segments(x.index_select(1, order), W, V,
+        ys, fin = self._segments(x.index_select(1, order), weights,
                                  {s: v.index_select(0, order) for s, v in s0.items()},
                                  L[order].tolist())
         back = torch.argsort(order)
@@ -218,18 +230,18 @@ class _Stack(nn.Module):
             ys = {o: v.gather(0, steps.unsqueeze(2).expand(v.shape)) for o, v in ys.items()}
         return ys, {s: v.index_select(0, back) for s, v in fin.items()}
 
-    def _segments(self, x, W, V, s0, lengths):
+    def _segments(self, x, weights, s0, lengths):
         """x (T, B, M) with rows sorted by length (descending): one call per segment of
         the time axis between consecutive distinct lengths, on its active rows (a prefix).
-        Returns the outputs (T, B, N), zero past each row's length, and each row's final
+        Returns the outputs (T, B, ·), zero past each row's length, and each row's final
         states (B, N)."""
-        B, N = x.shape[1], self.hidden_size
+        B = x.shape[1]
         ys = {o: [] for o in self.ops.outputs}
         finals = {s: [] for s in self.ops.states}      # blocks of rows, last rows first
         state, start = s0, 0
         for end in sorted(set(lengths)):
             n = sum(1 for m in lengths if m >= end)      # the rows active in [start, end)
-            y, fin = self.ops.run(x[start:end, :n], W, V, {s: v[:n] for s, v in state.items()})
+            y, fin = self._call(x[start:end, :n], weights, {s: v[:n] for s, v in state.items()})
             for o, v in y.items():
                 ys[o].append(F.pad(v, (0, 0, 0, B - n)))
             done = sum(1 for m in lengths if m > end)   # rows [done, n) end here
@@ -301,11 +313,8 @@ class _TorchStack(_Stack):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None):
-        if proj_size:
-            raise NotImplementedError(
-                f"derive.torch.{type(self).__name__}: proj_size={proj_size} needs the LSTM "
-                f"with projection (a cell with a same-step product), which is not shipped "
-                f"yet; use proj_size=0 or torch.nn.LSTM")
+        if proj_size and not isinstance(self, LSTM):
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         if device is not None and torch.device(device).type != "cpu":
             raise ValueError(f"device must be the CPU (derive's kernels run on the CPU), "
                              f"not {device}")
@@ -313,12 +322,24 @@ class _TorchStack(_Stack):
             raise ValueError(f"dtype must be torch.float32 or torch.float64, not {dtype}")
         super().__init__(self.cell, input_size, hidden_size, num_layers, bias, batch_first,
                          dropout, bidirectional)
-        self.proj_size = 0
+        if isinstance(proj_size, bool) or not isinstance(proj_size, numbers.Integral):
+            raise ValueError(f"proj_size must be an integer (0: no projection), not "
+                             f"{proj_size!r}")
+        if proj_size < 0:
+            raise ValueError(f"proj_size should be a positive integer or zero to disable "
+                             f"projections, not {proj_size}")
+        if proj_size >= self.hidden_size:
+            raise ValueError(f"proj_size has to be smaller than hidden_size (proj_size="
+                             f"{proj_size}, hidden_size={self.hidden_size})")
+        self.proj_size = int(proj_size)
         G, N = self.gates * self.hidden_size, self.hidden_size
         for layer, _d, suffix in self._suffixes():
-            shapes = [("weight_ih", (G, self._layer_input(layer))), ("weight_hh", (G, N))]
+            shapes = [("weight_ih", (G, self._layer_input(layer))),
+                      ("weight_hh", (G, self._state_size("y")))]
             if self.bias:
                 shapes += [("bias_ih", (G,)), ("bias_hh", (G,))]
+            if self.proj_size:
+                shapes += [("weight_hr", (self.proj_size, N))]
             for name, shape in shapes:
                 self.register_parameter(name + suffix, nn.Parameter(
                     torch.empty(shape, dtype=dtype or torch.get_default_dtype())))
@@ -338,15 +359,65 @@ class _TorchStack(_Stack):
     def _states_in(self, hx):
         return {"y": ("hx", hx)}
 
+    def extra_repr(self):
+        s = super().extra_repr()
+        return s.replace(", cell=", f", proj_size={self.proj_size}, cell=") if self.proj_size \
+            else s
+
     def forward(self, input, hx=None):
         out, finals, _ = self._run(input, hx)
         return out, finals["y"]
 
 
 class LSTM(_TorchStack):
-    """Drop-in for torch.nn.LSTM on the cell lstm_np (see the module docstring)."""
+    """Drop-in for torch.nn.LSTM on the cell lstm_np (see the module docstring).
+
+    With proj_size=P (0 < P < N; Sak et al. 2014, nn.LSTM's math): the output and the
+    recurrent state are h_t = W_hr m_t (size P), m_t = o_t ⊙ tanh(c_t), and the gates read
+    R h_{t-1} (weight_hh (4N, P), weight_hr (P, N)). For t ≥ 2, R h_{t-1} = (R W_hr) m_{t-1}:
+    that is lstm_np with R' = R W_hr (4N, N) and the state y = m, so the operator runs
+    steps 2…T from (m_1, c_1), and h = m W_hrᵀ for every step is one product afterwards.
+    Step 1 reads the given h_0 (size P, not an m), so it runs here in PyTorch (one step;
+    once per segment of a PackedSequence). Autograd carries the gradients through R' and
+    the projection; the result equals nn.LSTM(proj_size=P) to rounding (tested, 1e-10 in
+    float64). (Interim: the kernels do not take a second size P yet, so the LSTMP cell
+    itself is not compiled; its recurrent product costs 4N·N here instead of 4N·P.)
+    """
 
     cell, gates = "lstm_np", 4
+
+    def _state_size(self, state):
+        return self.proj_size if state == "y" and self.proj_size else self.hidden_size
+
+    def _weights(self, suffix, dtype):
+        """lstm_np's weights; with a projection also (step 1's weights, W_hr), R' = R W_hr."""
+        W, V = super()._weights(suffix, dtype)
+        if not self.proj_size:
+            return W, V
+        W_hr = getattr(self, "weight_hr" + suffix)
+        y = self.ops.operands.index("y")
+        first = (getattr(self, "weight_ih" + suffix), getattr(self, "weight_hh" + suffix),
+                 getattr(self, "bias_ih" + suffix) + getattr(self, "bias_hh" + suffix)
+                 if self.bias else None)
+        W = [w @ W_hr if k == y else w for k, w in enumerate(W)]
+        return W, V, first, W_hr
+
+    def _call(self, x, weights, s0):
+        if not self.proj_size:
+            return super()._call(x, weights, s0)
+        W, V, (w_ih, w_hh, b), W_hr = weights
+        B = x.shape[1]
+        h0 = s0.get("y", x.new_zeros((B, self.proj_size)))
+        c0 = s0.get("c", x.new_zeros((B, self.hidden_size)))
+        gates = x[0] @ w_ih.T + h0 @ w_hh.T        # step 1: nn.LSTM's gate order i, f, g, o
+        i, f, g, o = (gates if b is None else gates + b).chunk(4, 1)
+        c = torch.sigmoid(f) * c0 + torch.sigmoid(i) * torch.tanh(g)
+        m = (torch.sigmoid(o) * torch.tanh(c)).unsqueeze(0)
+        if x.shape[0] > 1:                          # steps 2…T: lstm_np with R' = R W_hr
+            rest, finals = self.ops.run(x[1:], W, V, {"y": m[0], "c": c})
+            m, c = torch.cat([m, rest["y"]]), finals["c"]
+        h = m @ W_hr.T
+        return {"y": h}, {"y": h[-1], "c": c}
 
     def _cell_params(self, suffix, dtype):
         (Wi, Wf, Wz, Wo), (Ri, Rf, Rz, Ro), b_ih, b_hh = self._torch_params(suffix, dtype)

@@ -6,18 +6,24 @@
 `torch.library.custom_op` registers, per cell (named by the cell and its spec hash):
 
     derive::<cell>_<hash>_forward(x, W0.., V0.., s0_0..) -> (S_0.., A_0.., F_0..)
-    derive::<cell>_<hash>_backward(x, W0.., V0.., S_0.., A_0.., dS_0.., dA_0.., dF_0..,
-        needs) -> (dx, dW0.., dV0.., ds0_0..)
+    derive::<cell>_<hash>_backward(x, W0.., V0.., s0_0.., S_0.., A_0.., dS_0.., dA_0..,
+        dF_0.., needs) -> (dx, dW0.., dV0.., ds0_0..)
 
 x (T, B, M) the input; W<k> the fused weights of operand k of the kernel's layout (k·N rows,
 its blocks in order, e.g. lstm_np: [W_z; W_i; W_f; W_o] for x, [R_z; …] for y); V<k> the
 vector parameters (N,); s0_<k> the initial state k (B, N). The forward returns what the
-backward needs: every state over the sequence S_k (T+1, B, N) (row 0 the initial state,
-row T the final one) and the kernel's stored values A_k (T, B, N); then F_j (B, N), a copy
-of the final value of each state that is not an output (lstm_np's c). `run` returns views
-of them: the outputs (T, B, N) and the final states (B, N). The stored values and the
-sequences of the states that are not outputs are not differentiable (they exist for the
-backward operator): a gradient reaches such a state through F_j only.
+backward needs: every state over the sequence S_k (T, B, N) (steps 1…T, row T-1 the final
+state) and the kernel's stored values A_k (T, B, N); then F_j (B, N), a copy of the final
+value of each state that is not an output (lstm_np's c). `run` returns them (outputs)
+and views of them (final states). The stored values and the sequences of the states that
+are not outputs are not differentiable (they exist for the backward operator): a
+gradient reaches such a state through F_j only.
+
+The kernel takes each state as one (T+1, B, N) buffer, row 0 the initial state: S_k is
+rows 1…T of that buffer, so the outputs are tensors of their own for autograd (their
+gradient arrives as it is, with no (T+1, B, N) zeros-and-copy for a view), and the
+backward finds the buffer again behind S_k (`_with_initial`: the row before S_k in its
+storage, if it holds s0_k; else it rebuilds it by a copy).
 
 Both operators have fake (meta) implementations and the pair is registered with
 `register_autograd`, so autograd, `torch.compile(fullgraph=True)` and `torch.export` see
@@ -94,7 +100,7 @@ class CellOperators:
         fwd_schema = (f"(Tensor x, {', '.join(W + V + s0)}) -> "
                       f"({', '.join(['Tensor'] * (nS + nA + nF))})")
         self.n_outputs = nS + nA + nF  # one output (rnn: the state y alone) is a Tensor
-        bwd_schema = (f"(Tensor x, {', '.join(W + V + S + A + dS + dA + dF)}, bool[] needs) -> "
+        bwd_schema = (f"(Tensor x, {', '.join(W + V + s0 + S + A + dS + dA + dF)}, bool[] needs) -> "
                       f"({', '.join(['Tensor'] * self.n_inputs)})")
         self.forward = torch.library.custom_op(f"{base}_forward", self._forward_impl,
                                                mutates_args=(), device_types="cpu",
@@ -134,10 +140,10 @@ class CellOperators:
     def _backward_args(self, args):
         x = args[0]
         nW, nV, nS, nA = len(self.operands), len(self.vectors), len(self.states), len(self.stored)
-        W, V, S, A, dS, dA, dF = self._split(args[1:], (nW, nV, nS, nA, nS,
-                                                        len(self.stored_outputs),
-                                                        len(self.hidden)))
-        return x, W, V, S, A, dS, dA, dF, list(args[-1])
+        W, V, s0, S, A, dS, dA, dF = self._split(args[1:], (nW, nV, nS, nS, nA, nS,
+                                                            len(self.stored_outputs),
+                                                            len(self.hidden)))
+        return x, W, V, s0, S, A, dS, dA, dF, list(args[-1])
 
     # --- forward -----------------------------------------------------------------------------
     def _forward_impl(self, *args):
@@ -151,7 +157,8 @@ class CellOperators:
         A = [torch.empty((T, B, N), dtype=x.dtype) for _ in self.stored]
         kernel.forward_buffers(_np(x), tuple(map(_np, W)), tuple(map(_np, V)),
                                tuple(map(_np, S)), tuple(map(_np, A)))
-        return self._result((*S, *A, *(S[k][T].clone() for k in self.hidden)))
+        return self._result((*(buf[1:] for buf in S), *A,
+                             *(S[k][T].clone() for k in self.hidden)))
 
     def _result(self, outputs: tuple):
         return outputs[0] if self.n_outputs == 1 else outputs
@@ -160,21 +167,22 @@ class CellOperators:
         x, _W, _V, s0 = self._forward_args(args)
         T, B, _ = x.shape
         N = s0[0].shape[1]
-        return self._result((*(x.new_empty((T + 1, B, N)) for _ in self.states),
+        return self._result((*(x.new_empty((T + 1, B, N))[1:] for _ in self.states),
                              *(x.new_empty((T, B, N)) for _ in self.stored),
                              *(x.new_empty((B, N)) for _ in self.hidden)))
 
     # --- backward ----------------------------------------------------------------------------
     def _backward_impl(self, *args):
-        x, W, V, S, A, dS, dA, dF, needs = self._backward_args(args)
+        x, W, V, s0, S, A, dS, dA, dF, needs = self._backward_args(args)
         T, B, M = x.shape
         N = S[0].shape[2]
+        S = [_with_initial(s, s_0) for s, s_0 in zip(S, s0)]
         zeros = lambda: np.zeros((T, B, N), DTYPES[x.dtype])  # noqa: E731
         dY = []
         for o in self.outputs:
-            if o in self.states:  # S has the initial state in row 0
+            if o in self.states:
                 d = dS[self.states.index(o)]
-                dY.append(zeros() if d is None else _np(d)[1:])
+                dY.append(zeros() if d is None else _np(d))
             else:
                 d = dA[self.stored_outputs.index(o)]
                 dY.append(zeros() if d is None else _np(d))
@@ -189,27 +197,21 @@ class CellOperators:
         g = self.kernel(x.dtype).backward_buffers(
             _np(x), tuple(map(_np, W)), tuple(map(_np, V)), tuple(map(_np, S)),
             tuple(map(_np, A)), dY, needs={k for k, n in zip(keys, needs) if n}, C_in=C_in)
-        ds0 = []
-        for c, d in zip(g["S"], dS):
-            if c is not None and d is not None:
-                c += _np(d)[0]  # the initial row of S is the initial state itself
-            ds0.append(c)
-        grads = [g["x"], *g["W"], *g["V"], *ds0]
+        grads = [g["x"], *g["W"], *g["V"], *g["S"]]
         return tuple(torch.from_numpy(a) if a is not None else x.new_empty((0,))
                      for a in grads)
 
     def _backward_fake(self, *args):
-        x, W, V, S, _A, _dS, _dA, _dF, needs = self._backward_args(args)
-        shapes = [x.shape, *(w.shape for w in W), *(v.shape for v in V),
-                  *(s.shape[1:] for s in S)]
+        x, W, V, s0, _S, _A, _dS, _dA, _dF, needs = self._backward_args(args)
+        shapes = [x.shape, *(w.shape for w in W), *(v.shape for v in V), *(s.shape for s in s0)]
         return tuple(x.new_empty(shape if n else (0,)) for shape, n in zip(shapes, needs))
 
     # --- autograd ----------------------------------------------------------------------------
     def _setup_context(self, ctx, inputs, output):
-        x, W, V, _s0 = self._forward_args(inputs)
+        x, W, V, s0 = self._forward_args(inputs)
         nS = len(self.states)
         output = (output,) if self.n_outputs == 1 else output
-        ctx.save_for_backward(x, *W, *V, *output[:nS + len(self.stored)])
+        ctx.save_for_backward(x, *W, *V, *s0, *output[:nS + len(self.stored)])
         ctx.mark_non_differentiable(*(output[k] for k in self.hidden),
                                     *output[nS:nS + len(self.stored)])
         ctx.set_materialize_grads(False)
@@ -239,7 +241,7 @@ class CellOperators:
         res = (res,) if self.n_outputs == 1 else res
         nS, nA = len(self.states), len(self.stored)
         S, A, F = res[:nS], res[nS:nS + nA], res[nS + nA:]
-        outputs = {o: S[self.states.index(o)][1:] if o in self.states
+        outputs = {o: S[self.states.index(o)] if o in self.states
                    else A[self.stored.index(o)] for o in self.outputs}
         finals = {s: F[self.hidden.index(i)] if i in self.hidden else S[i][-1]
                   for i, s in enumerate(self.states)}
@@ -288,6 +290,19 @@ class CellOperators:
             s0.append(v)
         return (x.contiguous(), [w.contiguous() for w in W], [v.contiguous() for v in V],
                 s0)
+
+
+def _with_initial(S, s0):
+    """The (T+1, B, N) states s0, S[0], …, S[T-1]: the forward's buffer behind S when the
+    row before S in its storage holds s0 (no copy), else a new one (a copy)."""
+    T, B, N = S.shape
+    if (S.is_contiguous() and S.storage_offset() >= B * N
+            and S.untyped_storage().nbytes() >= (S.storage_offset() + S.numel())
+            * S.element_size()):
+        full = S.as_strided((T + 1, B, N), (B * N, N, 1), S.storage_offset() - B * N)
+        if torch.equal(full[0], s0):
+            return full
+    return torch.cat([s0.unsqueeze(0), S])
 
 
 def _np(t):

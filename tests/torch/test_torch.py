@@ -132,11 +132,33 @@ def test_backward_operator_returns_only_what_is_needed(needs):
           else None for k, s in enumerate(S)]
     dF = [torch.randn(f.shape, dtype=F64, generator=_gen(9)) for f in F]
     assert len(needs) == ops.n_inputs and len(F) == 1        # c's final value
-    full = ops.backward(x, *W, *V, *S, *A, *dS, *dF, [True] * ops.n_inputs)
-    grads = ops.backward(x, *W, *V, *S, *A, *dS, *dF, needs)
+    full = ops.backward(x, *W, *V, *s0, *S, *A, *dS, *dF, [True] * ops.n_inputs)
+    grads = ops.backward(x, *W, *V, *s0, *S, *A, *dS, *dF, needs)
     for g, n, a, f in zip(grads, needs, [x, *W, *V, *s0], full):
         assert g.shape == (a.shape if n else (0,))
         assert not n or torch.equal(g, f)
+
+
+def test_outputs_are_tensors_of_their_own_and_the_backward_reuses_the_buffer():
+    """The outputs are the operator's own results for autograd, not views of a (T+1, B, N)
+    result (whose gradient autograd would build from zeros and a copy), yet the backward
+    finds that buffer behind them, no copy; a sequence whose storage does not hold s0 just
+    before it (a clone) is rebuilt by a copy, to the same values."""
+    from derive.torch.ops import _with_initial
+    ops = dt.operators("lstm_np")
+    x, W, V, s0 = _operator_args(ops, _gen(10))
+    x.requires_grad_()
+    outputs, _ = ops.run(x, W, V, dict(zip(ops.states, s0)))
+    y = outputs["y"]
+    assert y.shape == (T, B, N) and "_forward" in y.grad_fn.name()    # not SliceBackward
+    S = ops.forward(x.detach(), *W, *V, *s0)[0]
+    full = _with_initial(S, s0[0])
+    assert full.data_ptr() + B * N * full.element_size() == S.data_ptr()
+    copy = _with_initial(S.clone(), s0[0])
+    assert copy.data_ptr() != S.data_ptr() and torch.equal(copy, full)
+    assert torch.equal(full[0], s0[0]) and torch.equal(full[1:], S)
+    other = s0[0] + 1                     # the row before S is not this initial state
+    assert torch.equal(_with_initial(S, other)[0], other)
 
 
 def test_frozen_parameters_and_input_get_no_gradient():
@@ -156,12 +178,13 @@ def test_frozen_parameters_and_input_get_no_gradient():
 
 # --- drop-in modules against PyTorch ---------------------------------------------------------
 
-def _pair(kind, **kw):
+def _pair(kind, hidden=N, **kw):
     """nn.<kind> and derive.torch.<kind> with the same state_dict, in float64."""
-    ref = getattr(torch.nn, kind)(M, N, **kw).double()
-    mine = getattr(dt, kind)(M, N, **kw).double()
+    ref = getattr(torch.nn, kind)(M, hidden, **kw).double()
+    mine = getattr(dt, kind)(M, hidden, **kw).double()
     mine.load_state_dict(ref.state_dict())
-    assert [n for n, _ in mine.named_parameters()] == [n for n, _ in ref.named_parameters()]
+    assert ([(n, p.shape) for n, p in mine.named_parameters()]
+            == [(n, p.shape) for n, p in ref.named_parameters()])
     return ref, mine
 
 
@@ -199,9 +222,11 @@ def _assert_same(r, d, tol=1e-10):
         assert (g - d["dp"][name]).abs().max() <= tol, name
 
 
-def _hx(kind, layers_dirs, batch, g):
+def _hx(kind, layers_dirs, batch, g, sizes=(N, N)):
+    """Random initial states: (h_0, c_0) of sizes `sizes` for LSTM, (h_0,) otherwise."""
     n = 2 if kind == "LSTM" else 1
-    return tuple(torch.randn(layers_dirs, batch, N, dtype=F64, generator=g) for _ in range(n))
+    return tuple(torch.randn(layers_dirs, batch, size, dtype=F64, generator=g)
+                 for size in sizes[:n])
 
 
 @pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
@@ -273,6 +298,90 @@ def test_dropout_between_layers_as_torch():
     assert (b - c).abs().max() > 1e-3            # eval: no dropout
 
 
+# --- LSTM with a projection (proj_size) -------------------------------------------------------
+
+NP, P = 4, 3                     # hidden size and projection: M = 5, N = 4, P = 3 all differ
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_lstm_with_projection_matches_torch(batch_first):
+    """num_layers=2 (the second layer's input is 2P), bidirectional, initial (h_0, c_0) of
+    sizes P and N: outputs (size P), h_n (4, B, P), c_n (4, B, N) and every gradient,
+    weight_hr_l0… included, within 1e-10 of nn.LSTM(proj_size=P) (float64)."""
+    torch.manual_seed(6)
+    ref, mine = _pair("LSTM", NP, num_layers=2, bidirectional=True, batch_first=batch_first,
+                      proj_size=P)
+    assert mine.weight_hr_l1_reverse.shape == (P, NP) and mine.weight_ih_l1.shape == (4 * NP, 2 * P)
+    g = _gen(17)
+    x = torch.randn(B, T, M, dtype=F64, generator=g)
+    x = x if batch_first else x.transpose(0, 1).contiguous()
+    r, d = _run_both(ref, mine, x, _hx("LSTM", 4, B, g, (P, NP)))
+    assert d["out"].shape[-1] == 2 * P and [f.shape for f in d["fins"]] == [(4, B, P), (4, B, NP)]
+    _assert_same(r, d)
+
+
+def test_lstm_with_projection_state_dict_moves_both_ways():
+    """derive's parameters into a fresh nn.LSTM(proj_size): the same outputs (unbatched,
+    no initial state: zeros of sizes P and N)."""
+    torch.manual_seed(7)
+    mine = dt.LSTM(M, NP, num_layers=2, proj_size=P).double()
+    ref = torch.nn.LSTM(M, NP, num_layers=2, proj_size=P).double()
+    ref.load_state_dict(mine.state_dict())
+    x = torch.randn(T, M, dtype=F64, generator=_gen(18))
+    (a, (ha, ca)), (b, (hb, cb)) = ref(x), mine(x)
+    assert a.shape == (T, P) and hb.shape == (2, P) and cb.shape == (2, NP)
+    for u, v in ((a, b), (ha, hb), (ca, cb)):
+        assert (u - v).abs().max() <= 1e-10
+
+
+def test_lstm_with_projection_on_a_packed_sequence():
+    """Unequal lengths (one of length 1: a row that ends in the step run outside the
+    kernel), unsorted, 2 layers, bidirectional: parity with nn.LSTM(proj_size), padded
+    steps receive no gradient."""
+    torch.manual_seed(8)
+    ref, mine = _pair("LSTM", NP, num_layers=2, bidirectional=True, proj_size=P)
+    g = _gen(19)
+    lengths = [3, 6, 1, 4, 6]
+    x = torch.randn(6, len(lengths), M, dtype=F64, generator=g)
+    r, d = _run_both(ref, mine, x, _hx("LSTM", 4, len(lengths), g, (P, NP)),
+                     packed_lengths=lengths)
+    _assert_same(r, d)
+    assert d["dx"][3:, 0].abs().max() == 0 and d["dx"][1:, 2].abs().max() == 0
+
+
+@pytest.mark.parametrize("lengths,finals", [(None, ("h", "c")), ([3, 1, 4], ("c",))])
+def test_lstm_with_projection_passes_gradcheck(lengths, finals):
+    torch.manual_seed(9)
+    m = dt.LSTM(M, NP, num_layers=2, bidirectional=True, proj_size=P).double()
+    g = _gen(20)
+    x = torch.randn(T, B, M, dtype=F64, generator=g, requires_grad=True)
+    h0, c0 = (torch.randn(4, B, n, dtype=F64, generator=g, requires_grad=True) for n in (P, NP))
+    params = [p.detach().clone().requires_grad_() for p in m.parameters()]
+    assert torch.autograd.gradcheck(_module_fn(m, "LSTM", lengths, finals),
+                                    (x, h0, c0, *params), atol=1e-8, rtol=1e-6,
+                                    fast_mode=True)
+
+
+@pytest.mark.parametrize("make,error,message", [
+    (lambda: dt.LSTM(M, NP, proj_size=NP), ValueError, "proj_size has to be smaller than hidden_size"),
+    (lambda: dt.LSTM(M, NP, proj_size=-1), ValueError, "proj_size should be a positive integer"),
+    (lambda: dt.LSTM(M, NP, proj_size=1.5), ValueError, "proj_size must be an integer"),
+    (lambda: dt.GRU(M, NP, proj_size=1), ValueError, "only supported for LSTM"),
+])
+def test_bad_projection_is_torchs_kind_of_error(make, error, message):
+    with pytest.raises(error, match=message):
+        make()
+
+
+def test_lstm_with_projection_checks_the_state_sizes():
+    m = dt.LSTM(M, NP, proj_size=P).double()
+    x = torch.randn(T, B, M, dtype=F64)
+    with pytest.raises(ValueError, match=r"hx\[0\] \(h_0\) must have shape \(1, 3, 3\)"):
+        m(x, (torch.zeros(1, B, NP, dtype=F64), torch.zeros(1, B, NP, dtype=F64)))
+    with pytest.raises(ValueError, match=r"hx\[1\] \(c_0\) must have shape \(1, 3, 4\)"):
+        m(x, (torch.zeros(1, B, P, dtype=F64), torch.zeros(1, B, P, dtype=F64)))
+
+
 def _module_fn(module, kind, lengths=None, finals=("h",)):
     """The module as a function: its output and the final states named in `finals`."""
     names = [n for n, _ in module.named_parameters()]
@@ -339,21 +448,23 @@ def test_recurrent_any_cell():
 # --- torch.compile ------------------------------------------------------------------------------
 
 class _Model(torch.nn.Module):
-    def __init__(self):
+    def __init__(self, proj_size=0):
         super().__init__()
-        self.rnn = dt.LSTM(M, N, num_layers=2, bidirectional=True, batch_first=True)
-        self.head = torch.nn.Linear(2 * N, 1)
+        hidden = NP if proj_size else N
+        self.rnn = dt.LSTM(M, hidden, num_layers=2, bidirectional=True, batch_first=True,
+                           proj_size=proj_size)
+        self.head = torch.nn.Linear(2 * (proj_size or hidden), 1)
 
     def forward(self, x):
         out, (h, c) = self.rnn(x)
         return self.head(out[:, -1]).squeeze(-1) + c.sum()
 
 
-@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor",
-                                                               marks=pytest.mark.slow)])
-def test_compile_fullgraph_matches_eager(backend):
+@pytest.mark.parametrize("backend,proj_size", [
+    ("aot_eager", 0), ("aot_eager", P), pytest.param("inductor", 0, marks=pytest.mark.slow)])
+def test_compile_fullgraph_matches_eager(backend, proj_size):
     torch.manual_seed(6)
-    model = _Model().double()
+    model = _Model(proj_size).double()
     x = torch.randn(B, T, M, dtype=F64, generator=_gen(18))
     torch._dynamo.reset()
     compiled = torch.compile(model, fullgraph=True, backend=backend)   # a graph break raises
@@ -416,8 +527,6 @@ def test_bad_operator_arguments_name_the_argument():
 
 
 def test_unsupported_options_are_clear_errors():
-    with pytest.raises(NotImplementedError, match="proj_size"):
-        dt.LSTM(M, N, proj_size=1)
     with pytest.raises(NotImplementedError, match="relu"):
         dt.RNN(M, N, 1, "relu")
     with pytest.raises(ValueError, match="device must be the CPU"):
