@@ -148,7 +148,7 @@ def instrument(source: str, clock: str = "wall") -> tuple[str, list[str], list[s
     prange loop by the main thread (wall time)."""
     lines = source.split("\n")
     out, phases, regions = [], [], []
-    function, comment, i = None, "", 0
+    function, comment, entry_point, i = None, "", "", 0
 
     def phase(label):
         if label not in phases:
@@ -158,6 +158,9 @@ def instrument(source: str, clock: str = "wall") -> tuple[str, list[str], list[s
     while i < len(lines):
         line = lines[i]
         m = re.match(r"cdef void (\w+?)_(f32|f64)\(", line)
+        entry = re.match(r"def (\w+)\(", line)
+        if entry:
+            entry_point = entry.group(1)
         if re.match(r"(cdef|def) ", line):
             function = m.group(1).lstrip("_") if m and m.group(1).startswith(
                 tuple(r.rstrip("_") for r in REGIONS)) else None
@@ -182,11 +185,11 @@ def instrument(source: str, clock: str = "wall") -> tuple[str, list[str], list[s
                     f"{indent}derive_prof_add({k}, _t0)"]
             i = end + 1
             continue
-        region = re.match(r"for c in prange\(", body)
-        if region:
-            target = re.search(r"(_\w+?)_f(32|64)\(", lines[i + 2]) or \
-                re.search(r"(_\w+?)_f(32|64)\(", lines[i + 1])
-            name = target.group(1).strip("_") if target else f"region {len(regions)}"
+        region = re.match(r"(for c in prange|with nogil, parallel)\(", body)
+        if region:   # named by the first function it calls
+            target = next((m for m in (re.search(r"(_\w+?)_f(32|64)\(", t)
+                                       for t in lines[i + 1:i + 8]) if m), None)
+            name = f"{entry_point}: " + (target.group(1).strip("_") if target else "?")
             end = i + 1
             while end < len(lines) and (len(lines[end]) - len(lines[end].lstrip()) >
                                         len(indent) or not lines[end].strip()):
@@ -200,7 +203,7 @@ def instrument(source: str, clock: str = "wall") -> tuple[str, list[str], list[s
         out.append(line)
         i += 1
     text = "\n".join(out)
-    at = text.index("from cython.parallel cimport prange")
+    at = text.index("from cython.parallel cimport ")
     at = text.index("\n", at) + 1
     clock_id = {"wall": "CLOCK_MONOTONIC", "cpu": "CLOCK_THREAD_CPUTIME_ID"}[clock]
     return text[:at] + PROFILER.replace("{clock}", clock_id) + text[at:], phases, regions
