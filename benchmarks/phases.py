@@ -275,6 +275,8 @@ def run(variants: dict, cell: str, shape: tuple, dtype: str, threads: int, round
     runs = {}
     for name, (plain, profiled, phases, regions) in variants.items():
         for kind, module in (("plain", plain), ("profiled", profiled)):
+            if module is None:     # --plain: no instrumented build
+                continue
             timed = Timed(module)
             k = Kernel(timed, "cython", dtype, Path(module.__file__))
             k.threads = threads
@@ -341,6 +343,15 @@ def table(result: dict, variants: dict) -> str:
             cells += ["" if v is None else f"{v:.2f}", "" if v is None else f"{100 * v / t:.0f} %"]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
 
+    if (names[0], "profiled") not in result:    # --plain: totals only
+        lines = ["| variant | fwd+bwd ms | ÷ GEMMs alone | ÷ " + names[0] + " |",
+                 "|---|---|---|---|"]
+        for n in names:
+            t = result[n, "plain"]["total"]
+            lines.append(f"| {n} | {t:.2f} | {t / gemm:.2f} | "
+                         f"{t / result[names[0], 'plain']['total']:.2f} |")
+        lines.append(f"| GEMMs alone (NumPy, same rounds) | {gemm:.2f} | | |")
+        return "\n".join(lines) + "\n"
     prof_totals = [result[n, "profiled"]["total"] for n in names]
     labels = []
     for n in names:
@@ -385,6 +396,8 @@ def main() -> int:
                         help="seconds of sleep before each timed run")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="the phases' clock: wall time, or each thread's CPU time")
+    parser.add_argument("--plain", action="store_true",
+                        help="time the plain builds only (an A/B of totals)")
     parser.add_argument("--peers", nargs="*", default=[], choices=sorted(PEERS),
                         help="bench.py's peers to run in the same rounds (untimed)")
     parser.add_argument("--tree", action="append", default=[],
@@ -399,6 +412,7 @@ def main() -> int:
         source = tree_source(Path(tree).resolve(), args.cell)
         profiled, phases, regions = instrument(source, args.clock)
         variants[name] = (compiled(source, f"{name}_plain", level, folder),
+                          None if args.plain else
                           compiled(profiled, f"{name}_profiled", level, folder),
                           phases, regions)
     print(f"- load average before: {os.getloadavg()[0]:.2f}")
