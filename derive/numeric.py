@@ -6,7 +6,8 @@ parameter is ``(n,)`` and broadcasts), a matrix parameter is its real ``(r, c)``
 and
 
     MatVec(A, v)  = A v   → v @ A.T          MatTVec(A, v) = Aᵀ v → v @ A
-    Outer(a, b)   = Σ_batch a bᵀ → a.T @ b    products, powers, σ, tanh, exp, log: element-wise
+    Outer(a, b)   = Σ_batch a bᵀ → a.T @ b    Mean(v) = the mean of each row → (B, 1)
+    products, powers, σ, tanh, exp, log, relu, step, softplus, sqrt: element-wise
 
 `shape_of` infers the shape of an expression in the sizes N and M first (a mismatch is a
 `DimensionError`), so an N×M matrix times a vector of size N is caught before any
@@ -144,6 +145,12 @@ def shape_of(expr: sp.Expr, cell) -> Shape:
             if ex != SCALAR or base.kind == "matrix":
                 raise DimensionError(f"{_text(e)}: powers are element-wise with a number exponent")
             return base
+        if isinstance(e, S.Mean):
+            arg = walk(e.args[0])
+            if arg.kind != "vector" or arg.rows != "N":
+                raise DimensionError(f"{_text(e)}: mean() averages a vector over the N hidden "
+                                     f"units, not {arg}")
+            return arg
         if isinstance(e, sp.Function) and len(e.args) == 1:
             arg = walk(e.args[0])
             if arg.kind == "matrix":
@@ -157,6 +164,20 @@ def shape_of(expr: sp.Expr, cell) -> Shape:
 def expit(x):
     """σ(x) = 1 / (1 + e^(−x)), computed as (1 + tanh(x/2)) / 2 (stable for any x)."""
     return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, dtype=float)))
+
+
+def _relu(x):
+    return np.maximum(x, 0.0)
+
+
+def _step(x):
+    """[x > 0]: relu' (0 at the kink)."""
+    return np.heaviside(x, 0.0)
+
+
+def _softplus(x):
+    """log(1 + eˣ), without overflow for large x."""
+    return np.logaddexp(0.0, x)
 
 
 # --- evaluation ---------------------------------------------------------------------------
@@ -295,12 +316,28 @@ def _compile(e: sp.Expr) -> Compiled:
             y = np.broadcast_to(y, (rows, y.shape[1]))
             return x.T @ y
         return outer
-    unary = {S.sigmoid: expit, sp.tanh: np.tanh, sp.exp: np.exp, sp.log: np.log}
+    if isinstance(e, S.Mean):
+        (a,) = args
+        return lambda env, t: np.mean(np.atleast_1d(a(env, t)), axis=-1, keepdims=True)
+    unary = {S.sigmoid: expit, sp.tanh: np.tanh, sp.exp: np.exp, sp.log: np.log,
+             S.relu: _relu, S.step: _step, S.softplus: _softplus, S.sqrt: np.sqrt}
     for cls, f in unary.items():
         if isinstance(e, cls):
             (a,) = args
             return lambda env, t, f=f: f(a(env, t))
     raise MissingValue(f"cannot evaluate {type(e).__name__} numerically")
+
+
+def kink_distance(cell, env: Env) -> float | None:
+    """How close the forward pass in `env` comes to a kink: the smallest |argument| of a
+    relu over every step (None when the cell has no relu). A finite difference with a
+    step below this distance never crosses the kink."""
+    args = sorted({f.args[0] for n in cell.nodes.values() for f in n.expr.atoms(S.relu)},
+                  key=sp.default_sort_key)
+    if not args:
+        return None
+    return min(float(np.min(np.abs(evaluate(a, env, t)))) for a in args
+               for t in range(env.T))
 
 
 # --- the unrolled reference -------------------------------------------------------------

@@ -8,8 +8,9 @@ function of that argument appears, at any step t+k, it is the stored value:
 
 `Activations` is that map (`stored`) and its inverse (`of`, `unstored`), for every k.
 `canonical` is the normal form in which two spellings of the same expression compare
-equal: activations as stored outputs, matrix products distributed over sums and scalar
-factors (A(u + 2v) → Au + 2·Av), everything multiplied out. The derivation writes its
+equal: activations as stored outputs, powers x**(k/2) as sqrt(x)**k, matrix products
+and means distributed over sums and scalar factors (A(u + 2v) → Au + 2·Av), everything
+multiplied out. The derivation writes its
 partial derivatives with `stored`; the verifier compares both sides of a hand derivation
 in `canonical` form.
 """
@@ -38,6 +39,13 @@ class Activations:
                     and any(S.ref(s) is not None and S.ref(s).kind == "value"
                             for s in e.free_symbols)):
                 self.nodes[node.name] = e
+        #: nodes whose values are equal across the hidden units of a row (a mean, and
+        #: element-wise functions of such nodes and numbers only: no parameter vector)
+        constants: set[str] = set()
+        for node in cell.nodes.values():
+            if not node.projections and S.row_constant(node.elementwise, frozenset(constants)):
+                constants.add(node.name)
+        self.constants = frozenset(constants)
         self._table: dict[sp.Expr, sp.Symbol] = {}
         self._covered: set[int] = set()
 
@@ -72,4 +80,8 @@ class Activations:
 
 def canonical(expr: sp.Expr, activations: Activations) -> sp.Expr:
     """The canonical form: stored outputs, matrix products distributed, multiplied out."""
-    return sp.expand(S.distribute_linear(sp.expand(activations.stored(expr))))
+    expr = S.half_powers(activations.stored(expr))
+    expr = S.distribute_linear(sp.expand(activations.stored(expr)), activations.constants)
+    if expr.has(S.Mean):  # a distributed mean can be a node's: mean(v - mu) → mean(v) - mu
+        expr = activations.stored(expr)
+    return sp.expand(expr)

@@ -6,6 +6,8 @@ cells with it and stays fast; derive.cell.spec reads what it finds.
 
 from __future__ import annotations
 
+import ast
+import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -45,3 +47,25 @@ def resolve(cell: str) -> Source:
             raise SpecError(f"cannot read the file: {exc}", path=cell) from None
     raise SpecError(f"unknown cell {cell!r}{suggest(cell, shipped)}; shipped cells: "
                     f"{', '.join(shipped)}, or give a path to a .toml spec")
+
+
+#: functions whose derivative jumps at 0: a finite difference across it is meaningless
+KINKED = ("relu",)
+
+
+def has_kinks(text: str) -> bool:
+    """Whether the cell file `text` applies a function of `KINKED` (read without SymPy;
+    a file that does not parse has none: the spec loader reports it)."""
+    try:
+        nodes = tomllib.loads(text).get("nodes", {})
+    except tomllib.TOMLDecodeError:
+        return False
+    for expr in nodes.values() if isinstance(nodes, dict) else ():
+        try:
+            tree = ast.parse(str(expr).strip(), mode="eval")
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            continue
+        if any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+               and n.func.id in KINKED for n in ast.walk(tree)):
+            return True
+    return False

@@ -4,7 +4,9 @@ The text is parsed with Python's own parser (``ast.parse``: parsing only, nothin
 evaluated) and the tree is then walked against a whitelist:
 
     expr   := expr (+ - * / ** @) expr | -expr | number | name | name[time] | A.T
-            | function(expr, ...)
+            | function(expr, ...)       (functions: the caller's Scope; cells have
+                                         sigmoid tanh exp log relu softplus sqrt and
+                                         the reduction mean)
     time   := t | t+k | t-k            (k a whole number)
 
 Names are resolved by a caller-supplied `Scope`, so the same grammar serves a spec
@@ -39,7 +41,7 @@ from typing import Callable, Protocol
 
 import sympy as sp
 
-from derive.cell.symbols import MatTVec, MatVec
+from derive.cell.symbols import MatTVec, MatVec, Mean
 from derive.errors import ExpressionError, suggest
 
 MAX_LENGTH = 20_000   # characters of one expression
@@ -283,6 +285,9 @@ class _Walker:
         if count is not None and len(args) != count:
             self.fail(f"{name}() takes {count} argument{'s' * (count != 1)}, "
                       f"got {len(args)}", node)
+        if fn is Mean and args[0].is_number:
+            self.fail(f"{name}() averages a vector over the hidden units; its argument "
+                      f"{_short(args[0])} is a number", node)
         if name in _MATH and len(args) == 1 and args[0].is_number:
             # a function of a constant is read as its float64 value: SymPy would evaluate
             # it in arbitrary precision (evalf, assumption queries), without a time bound
@@ -346,7 +351,9 @@ def check_constants(expr: sp.Expr) -> None:
 
 
 _MATH = {"tanh": math.tanh, "exp": math.exp, "log": math.log,
-         "sigmoid": lambda v: 0.5 * (1 + math.tanh(v / 2))}
+         "sigmoid": lambda v: 0.5 * (1 + math.tanh(v / 2)),
+         "relu": lambda v: max(v, 0.0), "sqrt": math.sqrt,
+         "softplus": lambda v: max(v, 0.0) + math.log1p(math.exp(-abs(v)))}
 
 
 def _short(e: sp.Expr) -> str:

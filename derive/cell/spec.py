@@ -19,7 +19,10 @@ A cell file is TOML and pure data; nothing in it is executed. One step of the ce
 A node's expression uses the grammar of `derive.cell.grammar`: a bare name is the value at
 step t, `c[t-1]` the previous value of a state. Matrix products `A @ v` must be
 top-level terms of a node and multiply a single named vector: they are the linear
-nodes (GEMMs); everything else is element-wise.
+nodes (GEMMs); everything else is element-wise (functions `sigmoid tanh exp log relu
+softplus sqrt`), except the reduction `mean(v)`: the mean of v over the hidden units of
+one batch row (the N entries of a vector of size N; never an input's M), broadcast back
+to every unit, usable anywhere inside an expression (`v - mean(v)`).
 """
 
 from __future__ import annotations
@@ -47,7 +50,8 @@ MAX_NODES = 100
 #: names and C identifiers
 MAX_NAME = 64
 _IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
-_RESERVED = {"t", "T", "Delta", "outer"} | set(S.ACTIVATIONS) | {"dsigmoid", "dtanh"}
+_RESERVED = ({"t", "T", "Delta", "outer"} | set(S.ACTIVATIONS) | set(S.REDUCTIONS)
+             | {"dsigmoid", "dtanh", "drelu", "step"})
 _TOP_KEYS = {"name", "title", "description", "reference", "inputs", "state", "outputs",
              "parameters", "nodes"}
 
@@ -335,6 +339,12 @@ class _SpecReader:
                            f"of its own to use it inside a function or product", line)
             else:
                 rest.append(term)
+        for m in sp.Add(*rest).atoms(S.Mean):
+            for sym in m.free_symbols:
+                r = S.ref(sym)
+                if r is not None and r.kind == "value" and r.name in inputs:
+                    self.error(f"node {name}: mean() averages over the hidden units (size "
+                               f"N), but {r.name} is an input (size M)", line)
         return Node(name, text, line or 0, tuple(projections), sp.Add(*rest))
 
     def topological(self, nodes: dict[str, Node], inputs) -> list[str]:
@@ -390,7 +400,7 @@ class _SpecScope:
         self.params, self.node_names = params, node_names
 
     def functions(self):
-        return dict(S.ACTIVATIONS)
+        return {**S.ACTIVATIONS, **S.REDUCTIONS}
 
     def name(self, name: str, shift: int | None, column: int):
         known = set(self.inputs) | set(self.params) | set(self.node_names)

@@ -233,25 +233,143 @@ class Outer(sp.Function):
     nargs = 2
 
 
+class step(sp.Function):
+    """The unit step [v > 0] (1 where v > 0, else 0): relu' written from relu's output.
+
+    Its derivative is zero (wherever it has one): a cell's gradients never flow through it.
+    """
+
+    nargs = 1
+
+    @classmethod
+    def eval(cls, arg):
+        if arg.is_Number:
+            return sp.S.One if arg > 0 else sp.S.Zero
+        if isinstance(arg, step):  # [[v > 0] > 0] = [v > 0]
+            return arg
+        return None
+
+    def fdiff(self, argindex=1):
+        return sp.S.Zero
+
+
+class relu(sp.Function):
+    """relu(x) = max(x, 0); relu'(x) = [x > 0] = [relu(x) > 0], written from the output
+    (``step(h)`` for h = relu(h̄)). At the kink x = 0 the derivative taken is 0."""
+
+    nargs = 1
+
+    @classmethod
+    def eval(cls, arg):
+        if arg.is_Number:
+            return arg if arg > 0 else sp.S.Zero
+        return None
+
+    def fdiff(self, argindex=1):
+        return step(relu(self.args[0]))
+
+
+class softplus(sp.Function):
+    """softplus(x) = log(1 + eˣ); softplus'(x) = σ(x).
+
+    The derivative is written as σ of the argument rather than from the output
+    (1 − e^(−softplus(x))), which loses every digit where softplus(x) is small.
+    """
+
+    nargs = 1
+
+    def fdiff(self, argindex=1):
+        return sigmoid(self.args[0])
+
+    def _eval_rewrite_as_exp(self, arg, **kwargs):
+        return sp.log(1 + sp.exp(arg))
+
+
+class sqrt(sp.Function):
+    """√x, with √x' = 1 / (2√x) written from the output; (√x)² = x.
+
+    A function of its own (SymPy's sqrt is the power x**(1/2), whose derivative
+    x**(−1/2)/2 would not be written from the stored output); `canonical` reads the
+    powers x**(k/2) of hand derivations as √x**k.
+    """
+
+    nargs = 1
+
+    @classmethod
+    def eval(cls, arg):
+        if arg.is_Number and arg.is_zero:
+            return sp.S.Zero
+        if arg.is_Number and arg == 1:
+            return sp.S.One
+        return None
+
+    def fdiff(self, argindex=1):
+        return 1 / (2 * sqrt(self.args[0]))
+
+    def _eval_power(self, e):
+        if e.is_Integer and e.is_even:
+            return self.args[0] ** (e / 2)
+        return None
+
+
+class drelu(sp.Function):
+    """relu'(x) = [x > 0], written from the pre-activation x (as dsigmoid, dtanh)."""
+
+    nargs = 1
+
+    @classmethod
+    def eval(cls, arg):
+        return step(relu(arg))
+
+
+class Mean(sp.Function):
+    """mean(v): the mean of v over the hidden units of one batch row, broadcast back to
+    every unit (a vector whose N entries are equal).
+
+    Linear, like a matrix product (it is v ↦ (1/N) 1 1ᵀ v), and its own adjoint: the
+    gradient of m = mean(v) reaches v as δv = mean(δm), each unit getting Σⱼ δmⱼ / N.
+    Printed ``mean(...)`` (text) and ``\\operatorname{mean}`` (LaTeX).
+    """
+
+    nargs = 1
+
+    @classmethod
+    def eval(cls, arg):
+        if arg.is_Number:  # the mean of a constant row
+            return arg
+        if isinstance(arg, Mean):  # already constant along the row
+            return arg
+        return None
+
+
 #: functions a cell spec may apply element-wise, by the name a spec writes
-ACTIVATIONS = {"sigmoid": sigmoid, "tanh": tanh, "exp": sp.exp, "log": sp.log}
+ACTIVATIONS = {"sigmoid": sigmoid, "tanh": tanh, "exp": sp.exp, "log": sp.log,
+               "relu": relu, "softplus": softplus, "sqrt": sqrt}
+#: reductions over the hidden units a cell spec may apply (a vector in, a row-constant
+#: vector out)
+REDUCTIONS = {"mean": Mean}
 
 _LINEAR = (MatVec, MatTVec)
 
 
-def distribute_linear(expr: sp.Expr) -> sp.Expr:
+def distribute_linear(expr: sp.Expr, constants: frozenset[str] = frozenset()) -> sp.Expr:
     """Canonical form of matrix products: push them through sums and scalar factors.
 
     A(u + v) → Au + Av and A(2u) → 2·Au, recursively, after expanding the
     argument; used to compare expressions that differ only in how they group the
-    arguments of matrix products.
+    arguments of matrix products. Means likewise (mean(a + 2b) → mean(a) + 2·mean(b)),
+    their row-constant factors taken outside (`row_constant`; `constants` names the
+    nodes whose values are row-constant).
     """
 
     def rule(e):
-        if not isinstance(e, _LINEAR + (Outer,)):
+        if not isinstance(e, _LINEAR + (Outer, Mean)):
             return e
+        if isinstance(e, Mean):
+            return sp.Add(*[mean_of(term, constants) for term in
+                            sp.Add.make_args(sp.expand(distribute_linear(e.args[0], constants)))])
         if isinstance(e, Outer):
-            a, b = (sp.expand(distribute_linear(x)) for x in e.args)
+            a, b = (sp.expand(distribute_linear(x, constants)) for x in e.args)
             terms = []
             for ta in sp.Add.make_args(a):
                 ca, va = ta.as_coeff_Mul()
@@ -260,11 +378,41 @@ def distribute_linear(expr: sp.Expr) -> sp.Expr:
                     terms.append(ca * cb * Outer(va, vb))
             return sp.Add(*terms)
         matrix, arg = e.args
-        arg = sp.expand(distribute_linear(arg))
+        arg = sp.expand(distribute_linear(arg, constants))
         out = []
         for term in sp.Add.make_args(arg):
             coeff, rest = term.as_coeff_Mul()
             out.append(coeff * type(e)(matrix, rest))
         return sp.Add(*out)
 
-    return expr.replace(lambda e: isinstance(e, _LINEAR + (Outer,)), rule)
+    return expr.replace(lambda e: isinstance(e, _LINEAR + (Outer, Mean)), rule)
+
+
+def half_powers(expr: sp.Expr) -> sp.Expr:
+    """x**(k/2) → sqrt(x)**k (k odd), so that a hand-written power meets derive's `sqrt`."""
+    return expr.replace(
+        lambda e: e.is_Pow and e.exp.is_Rational and e.exp.q == 2 and not e.base.is_number,
+        lambda e: sqrt(e.base) ** e.exp.p)
+
+
+def row_constant(expr: sp.Expr, constants: frozenset[str] = frozenset()) -> bool:
+    """Whether `expr` is equal across the hidden units of a row: numbers, means, the
+    values of the nodes named in `constants` (at any step), and anything built from
+    them only (like 1/√(mean(d²) + ε))."""
+    if expr.is_Number or isinstance(expr, Mean) or expr in (sp.pi, sp.E):
+        return True
+    if expr.is_Symbol:
+        r = ref(expr)
+        return r is not None and r.kind == "value" and r.name in constants
+    if expr.is_Atom:
+        return False
+    return all(row_constant(a, constants) for a in expr.args)
+
+
+def mean_of(expr: sp.Expr, constants: frozenset[str] = frozenset()) -> sp.Expr:
+    """mean(k ⊙ v) = k ⊙ mean(v): the mean of a product, its row-constant factors k
+    (see `row_constant`) taken outside."""
+    outside, inside = [], []
+    for f in sp.Mul.make_args(expr):
+        (outside if row_constant(f, constants) else inside).append(f)
+    return sp.Mul(*outside) * (Mean(sp.Mul(*inside)) if inside else 1)

@@ -38,7 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("cells", help="list the shipped cells", formatter_class=fmt,
-                       description="List the shipped cells with their titles.")
+                       description=textwrap.dedent("""\
+            List the shipped cells with their titles.
+
+            A cell file (any CELL can be a path to one) writes one step as named nodes:
+            `W @ x + R @ y[t-1] + b` (matrix products of a named vector, top-level terms),
+            + - * / ** element-wise, the functions sigmoid tanh exp log relu softplus sqrt,
+            and the reduction mean(v): the mean of v over the N hidden units of each batch
+            row, broadcast back to every unit (equations, documents, verify and the
+            derivation's check; compiled kernels do not support it yet)."""))
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser("equations", help="print the derived backward equations of a cell",
@@ -115,8 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
             name[t], name[t+1], name[t-1]: forward values of nodes and inputs; dname[..]:
             their deltas; Delta[t]: the gradient reaching the output from outside;
             parameters without index; * / + - ** element-wise; @ matrix product; .T
-            transpose; outer(a, b) = a b^T summed over the batch; sigmoid tanh exp log;
-            dsigmoid(f_bar[t]) = f[t]*(1-f[t]) and dtanh(c[t]) = 1-tanh(c[t])**2.
+            transpose; outer(a, b) = a b^T summed over the batch; sigmoid tanh exp log
+            relu softplus sqrt; dsigmoid(f_bar[t]) = f[t]*(1-f[t]), dtanh(c[t]) =
+            1-tanh(c[t])**2, drelu(a[t]) = step(h[t]) for h = relu(a) (step(v) = [v > 0]);
+            mean(v): the mean over the hidden units of a batch row, broadcast back
+            (its adjoint: dv[t] gets mean(dm[t]) from m = mean(v)).
             With --latex: what `derive equations CELL --format latex` prints, or paper
             style (\\delta c^{(t)}, \\sigma'(\\bar{f}^{(t)}), h'(c^{(t)}), \\odot, \\cdot, ^\\top).
 

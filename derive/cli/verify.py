@@ -67,7 +67,7 @@ def run_verify(cell, equations: list[str], file: str | None = None, latex: bool 
             raise UserError(f"{text.strip()[:60]}: {exc}") from None
     if as_json:
         sys.stdout.write(json.dumps(report.as_json(loaded.name, results), indent=2,
-                                    ensure_ascii=False) + "\n")
+                                    ensure_ascii=False, allow_nan=False) + "\n")
     else:
         sys.stdout.write(report.as_text(results))
     return 0 if all(v.equal for v in results) else 1

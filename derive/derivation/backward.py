@@ -36,7 +36,7 @@ whose expanded forms exceed `MAX_EXPANDED_SIZE` operations is refused with a Use
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import sympy as sp
 
@@ -59,7 +59,9 @@ class Flow:
     for the external gradient Δ); `shift` is 0 (same step) or +1 (the next step, through
     the state); `path` lists the folded nodes passed through; `matrix` is set when the
     last edge is a matrix product (the term is then `MatTVec(matrix, δconsumer)` times
-    folded factors — in practice exactly the adjoint).
+    folded factors — in practice exactly the adjoint); `mean` when the consumer reads
+    the node inside a mean (the term is then mean(δconsumer ⊙ …) times folded factors:
+    the adjoint of the reduction, broadcast back).
     """
 
     consumer: str
@@ -68,6 +70,7 @@ class Flow:
     term: sp.Expr
     matrix: str | None = None
     external: bool = False
+    mean: bool = False
 
     @property
     def label(self) -> str:
@@ -76,7 +79,7 @@ class Flow:
         if self.external:
             return "outside the recurrence (Delta)"
         hops.append(f"{self.consumer}[{S.time_label(self.shift)}]")
-        via = f" through {self.matrix}" if self.matrix else ""
+        via = f" through {self.matrix}" if self.matrix else " through mean" if self.mean else ""
         return " -> ".join(hops) + via
 
 
@@ -174,8 +177,8 @@ class _Deriver:
         self.activations = Activations(cell)  # σ(f̄ᵗ⁺ᵏ) -> fᵗ⁺ᵏ
         kept = set(cell.states) | set(cell.outputs)
         for node in cell.nodes.values():
-            if node.parameters():
-                kept.add(node.name)
+            if node.parameters() or node.elementwise.has(S.Mean):
+                kept.add(node.name)  # a mean's adjoint reads the delta of its consumer
             kept.update(p.operand for p in node.projections if p.operand in cell.nodes)
         self.kept = kept
 
@@ -183,9 +186,11 @@ class _Deriver:
         """Rewrite activations of pre-activations as their stored outputs."""
         return self.activations.stored(expr)
 
-    def partial(self, node, name: str, shift: int) -> sp.Expr:
-        """∂(element-wise part of node)/∂name^(t+shift), in stored outputs."""
-        return self.stored(sp.diff(node.elementwise, S.value(name, shift)))
+    def pullback(self, node, wrt: sp.Symbol) -> list[tuple[sp.Expr, bool]]:
+        """The terms δnodeᵗ contributes to δwrt through the element-wise part of node, in
+        stored outputs: [(term, through a mean)] (see `pullback`)."""
+        return pullback(node.elementwise, S.delta(node.name), wrt, self.stored,
+                        self.activations.constants)
 
     def direct_flows(self, name: str) -> list[Flow]:
         """Flows of δnameᵗ through its direct consumers (no folding)."""
@@ -201,10 +206,9 @@ class _Deriver:
                     if proj.operand == name and proj.shift == shift:
                         flows.append(Flow(node.name, later, (), S.MatTVec(
                             S.param(proj.matrix), S.delta(node.name, later)), matrix=proj.matrix))
-                d = self.partial(node, name, shift)
-                if d != 0:
-                    flows.append(Flow(node.name, later, (),
-                                      S.delta(node.name, later) * S.shift_time(d, later)))
+                for term, mean in self.pullback(node, S.value(name, shift)):
+                    flows.append(Flow(node.name, later, (), S.shift_time(term, later),
+                                      mean=mean))
         return flows
 
     def folded_flows(self, name: str, raw: dict[str, NodeDelta]) -> list[Flow]:
@@ -216,8 +220,8 @@ class _Deriver:
                 continue
             factor = flow.term / S.delta(flow.consumer, flow.shift)
             for inner in self.folded_flows(flow.consumer, raw):
-                out.append(Flow(inner.consumer, inner.shift, (flow.consumer,) + inner.path,
-                                inner.term * factor, inner.matrix, inner.external))
+                out.append(replace(inner, path=(flow.consumer,) + inner.path,
+                                   term=inner.term * factor))
         return out
 
     def run(self) -> Derivation:
@@ -292,14 +296,13 @@ class _Deriver:
         for pname, p in self.cell.parameters.items():
             contributions = []
             for node in self.cell.nodes.values():
-                du = S.delta(node.name)
                 for proj in node.projections:
                     if proj.matrix == pname:
-                        contributions.append((node.name, S.Outer(du, S.value(proj.operand,
+                        contributions.append((node.name, S.Outer(S.delta(node.name),
+                                                                 S.value(proj.operand,
                                                                               proj.shift))))
-                d = self.stored(sp.diff(node.elementwise, S.param(pname)))
-                if d != 0:
-                    contributions.append((node.name, du * d))
+                contributions += [(node.name, term)
+                                  for term, _ in self.pullback(node, S.param(pname))]
             out[pname] = ParamGrad(pname, p.shape, contributions)
         return out
 
@@ -310,3 +313,31 @@ class _Deriver:
             carried = [f.term for f in deltas[s].flows if f.shift == 1 and not f.external]
             out[s] = S.shift_time(sp.Add(*carried), -1)
         return out
+
+
+def pullback(expr: sp.Expr, seed: sp.Expr, wrt: sp.Symbol, stored=lambda e: e,
+             constants: frozenset[str] = frozenset()) -> list[tuple[sp.Expr, bool]]:
+    """The terms of δwrt that flow back from `seed` = δ of `expr`: [(term, through a mean)].
+
+    Element-wise, the one term seed ⊙ ∂expr/∂wrt. A mean m = mean(g) inside `expr` is
+    linear and its own adjoint, like a matrix product (see `derive.cell.symbols.Mean`):
+    it passes δm = seed ⊙ ∂expr/∂m (m held fixed in the first term) back as mean(δm)
+    into its argument g, which is pulled back the same way (means nest). So for
+    expr = v − mean(v): δv = seed − mean(seed). Partial derivatives are rewritten by
+    `stored` (activations as their stored outputs); the factors of a mean that are equal
+    across a row (numbers, means, the nodes named in `constants`) are written outside it.
+    """
+    means = {m: sp.Dummy() for m in expr.atoms(S.Mean)}
+    opaque = expr.xreplace(means)  # the outermost means become symbols
+    back = {u: m for m, u in means.items()}
+    out = []
+    d = stored(sp.diff(opaque, wrt).xreplace(back))
+    if d != 0:
+        out.append((seed * d, False))
+    for u in sorted(opaque.free_symbols & set(back), key=lambda u: sp.default_sort_key(back[u])):
+        dm = stored(sp.diff(opaque, u).xreplace(back))
+        mean = S.mean_of(seed * dm, constants)
+        if dm != 0 and sp.expand(S.distribute_linear(mean)) != 0:  # mean(v - mean(v)) = 0
+            out += [(term, True) for term, _ in
+                    pullback(back[u].args[0], mean, wrt, stored, constants)]
+    return out

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import sympy as sp
 
 from derive.cell import symbols as S
+from derive.errors import UserError
 from derive.derivation.backward import Derivation
 
 #: one factor after the leading diag: a matrix parameter's name, or an inner diag(expr)
@@ -76,9 +77,19 @@ class Jacobian:
         return self.blocks[(state, previous)]
 
 
+def reductions(cell) -> list[str]:
+    """The nodes of `cell` that reduce over the hidden units (a mean): their blocks are
+    not diagonal-plus-matrix chains, and `jacobian` refuses them."""
+    return [n.name for n in cell.nodes.values() if n.elementwise.has(S.Mean)]
+
+
 def jacobian(d: Derivation) -> Jacobian:
     """Derive ∂sᵗ/∂rᵗ⁻¹ for every pair of states of the cell of `d`."""
     cell = d.cell
+    for name in reductions(cell)[:1]:
+        raise UserError(f"{cell.display_path}: node {name!r} reduces over the hidden units "
+                        f"(mean), which couples every unit of a row: derive jacobian does "
+                        f"not derive such blocks yet")
     stored = d.activations.stored
     # chains of each node of step t: {state r: [(coefficient, factors)]}
     chains: dict[tuple[str, int], dict[str, list[tuple[sp.Expr, tuple]]]] = {

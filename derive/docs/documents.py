@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 
 from derive.cell.spec import Cell
-from derive.derivation.jacobian import jacobian
+from derive.derivation.jacobian import jacobian, reductions
 from derive.docs.jacobian import LATEX_CONVENTION, jacobian_equations
 from derive.docs.layout import latex_rows
 from derive.printing import presentation as P
@@ -116,7 +116,11 @@ def sections(d, expanded: bool = True, pictures: bool = False) -> list[Section]:
         f"The gradient of the initial state {states}, written at step $t = 0$.",
         _equations((f"{P.initial_latex(s)} = {latex_delta(vec(s))}{t(-1, step=0)}",
                     P.initial_state(d, s), 0) for s in cell.states)))
-    if pictures:
+    if pictures and reductions(cell):
+        out.append(Section("State-to-state Jacobian", "Not derived: node "
+                           f"${vec(reductions(cell)[0])}$ reduces over the hidden units "
+                           "(a mean), which couples every unit of a row."))
+    elif pictures:
         out.append(Section("State-to-state Jacobian", LATEX_CONVENTION,
                            jacobian_equations(jacobian(d), _ROW_END)))
     return out

@@ -63,7 +63,12 @@ power                       ``^{2}`` after the atom: ``\tanh\left(c^{(t)}\right)
                             ``p_{i}^{2}``; a time-indexed base is wrapped:
                             ``\left(z^{(t)}\right)^{2}``
 functions                   ``\sigma\left(...\right)``, ``\tanh\left(...\right)``,
-                            ``\exp\left(...\right)``, ``\log\left(...\right)``
+                            ``\exp\left(...\right)``, ``\log\left(...\right)``,
+                            ``\operatorname{relu}\left(...\right)``,
+                            ``\operatorname{softplus}\left(...\right)``, ``\sqrt{...}``
+relu' from its output h     the Iverson bracket ``\left[h^{(t)} > 0\right]``
+reduction                   ``\operatorname{mean}\left(...\right)`` (over the hidden
+                            units of a row, broadcast back)
 outer product               ``\left\langle a, b \right\rangle`` (a bᵀ)
 ==========================  ================================================
 

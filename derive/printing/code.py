@@ -7,7 +7,21 @@ import sympy as sp
 from sympy.printing.c import C99CodePrinter
 from sympy.printing.numpy import NumPyPrinter
 
-_FUNCS = {"sigmoid": "_sigmoid", "tanh": "_tanh", "exp": "_exp", "log": "_log"}
+#: element-wise functions and their code (inline helpers of templates/support/kernel.pyx,
+#: helpers of templates/reference.py.j2 or NumPy): Cython, NumPy
+_FUNCS = {"sigmoid": ("_sigmoid", "_sigmoid"), "tanh": ("_tanh", "np.tanh"),
+          "exp": ("_exp", "np.exp"), "log": ("_log", "np.log"),
+          "relu": ("_relu", "_relu"), "step": ("_step", "_step"),
+          "softplus": ("_softplus", "np.logaddexp(0, {})"), "sqrt": ("_sqrt", "np.sqrt")}
+
+
+def _function(expr, printer, column: int) -> str:
+    name = type(expr).__name__
+    if name not in _FUNCS:
+        raise NotImplementedError(f"no kernel code for the function {name}")  # pragma: no cover
+    code = _FUNCS[name][column]
+    arg = printer._print(expr.args[0])
+    return code.format(arg) if "{}" in code else f"{code}({arg})"
 
 
 def ordered(expr: sp.Expr, rank: dict[sp.Symbol, int]) -> sp.Expr:
@@ -73,12 +87,10 @@ class CythonPrinter(_Powers, C99CodePrinter):
         return f"_pow({self._print(base)}, {self._print(e)})"
 
     def _print_Function(self, expr):
-        name = type(expr).__name__
-        if name in _FUNCS:
-            return f"{_FUNCS[name]}({self._print(expr.args[0])})"
-        raise NotImplementedError(f"no kernel code for the function {name}")  # pragma: no cover
+        return _function(expr, self, 0)
 
     _print_sigmoid = _print_tanh = _print_exp = _print_log = _print_Function
+    _print_relu = _print_step = _print_softplus = _print_sqrt = _print_Function
 
     def _print_Exp1(self, expr):
         return f"_exp(<{self.ctype}>1)"
@@ -99,11 +111,10 @@ class NumpyPrinter(_Powers, NumPyPrinter):
         return f"{self.parenthesize(base, 1000)}**{self.parenthesize(e, 1000)}"
 
     def _print_Function(self, expr):
-        name = type(expr).__name__
-        fn = {"sigmoid": "_sigmoid", "tanh": "np.tanh", "exp": "np.exp", "log": "np.log"}
-        return f"{fn[name]}({self._print(expr.args[0])})"
+        return _function(expr, self, 1)
 
     _print_sigmoid = _print_tanh = _print_exp = _print_log = _print_Function
+    _print_relu = _print_step = _print_softplus = _print_sqrt = _print_Function
 
     def _print_Rational(self, expr):
         return f"({int(expr.p)}/{int(expr.q)})"

@@ -110,6 +110,22 @@ class LatexPrinter(_Arithmetic, _SympyLatexPrinter):
     def _print_log(self, expr, exp=None):
         return self._function(r"\log", expr)
 
+    def _print_relu(self, expr):
+        return self._function(r"\operatorname{relu}", expr)
+
+    def _print_softplus(self, expr):
+        return self._function(r"\operatorname{softplus}", expr)
+
+    def _print_sqrt(self, expr):
+        return rf"\sqrt{{{self._print(expr.args[0])}}}"
+
+    def _print_step(self, expr):
+        """The Iverson bracket [v > 0] (relu' from relu's output)."""
+        return rf"\left[{self._print(expr.args[0])} > 0\right]"
+
+    def _print_Mean(self, expr):
+        return self._function(r"\operatorname{mean}", expr)
+
     def _linear(self, expr, transposed: bool) -> str:
         matrix, arg = expr.args
         a = self._print(arg)

@@ -80,7 +80,7 @@ class _ForwardScope:
         self.cell = cell
 
     def functions(self):
-        return dict(S.ACTIVATIONS)
+        return {**S.ACTIVATIONS, **S.REDUCTIONS}
 
     def name(self, name: str, shift: int | None, column: int):
         p = self.cell.parameters.get(name)

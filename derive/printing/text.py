@@ -254,6 +254,9 @@ class TextPrinter(_Arithmetic, StrPrinter):
     def _print_Outer(self, expr):
         return f"outer({self._print(expr.args[0])}, {self._print(expr.args[1])})"
 
+    def _print_Mean(self, expr):
+        return f"mean({self._print(expr.args[0])})"
+
     def _print_Rational(self, expr):
         return f"{expr.p}/{expr.q}" if expr.q != 1 else str(expr.p)
 

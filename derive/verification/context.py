@@ -96,13 +96,21 @@ class Context:
 
     def forward_reduced(self, expr: sp.Expr, lowest: int) -> sp.Expr:
         """Element-wise nodes (not activations, not projections) written by their forward
-        definitions at every step above `lowest`: cᵗ → zᵗiᵗ + cᵗ⁻¹fᵗ."""
+        definitions at every step above `lowest`: cᵗ → zᵗiᵗ + cᵗ⁻¹fᵗ; inside a mean at
+        every step (mean(dᵗ) → mean(vᵗ − μᵗ) for d = v − μ, which is 0 for μ = mean(v))."""
         defs = {}
         for node in self.cell.nodes.values():
             e = node.elementwise
             if node.projections or (isinstance(e, sp.Function) and len(e.args) == 1):
                 continue
             defs[node.name] = self.activations.stored(e)
+        expr = self._by_definitions(expr, defs, lowest)
+        if expr.has(S.Mean):
+            expr = expr.replace(lambda e: isinstance(e, S.Mean), lambda m: S.Mean(
+                self._by_definitions(m.args[0], defs, -S.MAX_SHIFT - 2)))
+        return expr
+
+    def _by_definitions(self, expr: sp.Expr, defs: dict[str, sp.Expr], lowest: int):
         for _ in range(4 * len(self.cell.nodes) + 4):
             sub = {}
             for sym in expr.free_symbols:

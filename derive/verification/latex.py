@@ -26,8 +26,12 @@ documents the forms) plus the spellings of papers:
 * ``+ -``, ``\frac{a}{b}``, ``a / b``, powers ``^{2}``; parentheses ``( )``,
   ``\left( \right)``, ``[ ]``, ``\{ \}``, ``{ }``;
 * functions ``\sigma``, ``\tanh``, ``\exp``, ``\log`` and ``g``, ``h`` (tanh, the paper's g and
-  h) with ``( )`` or ``\left( \right)``; a prime is the derivative of the pre-activation
-  argument: ``\sigma'(\bar{f}^{(t)})`` = dsigmoid, ``\tanh'``, ``g'``, ``h'`` = dtanh;
+  h), ``\operatorname{relu}``, ``\operatorname{softplus}`` and the reduction
+  ``\operatorname{mean}`` with ``( )`` or ``\left( \right)``, ``\sqrt{...}``; a prime is the
+  derivative of the pre-activation argument: ``\sigma'(\bar{f}^{(t)})`` = dsigmoid,
+  ``\tanh'``, ``g'``, ``h'`` = dtanh, ``\operatorname{relu}'`` = drelu;
+* the Iverson bracket ``\left[v > 0\right]`` or ``[v > 0]``: the unit step (relu' written
+  from relu's output ``h``: ``\left[h^{(t)} > 0\right]``);
 * outer product ``\left\langle a, b \right\rangle`` or ``\langle a, b \rangle``;
 * spacing (``\,`` ``\;`` ``\!`` ``\quad``), ``&``, ``\\``, and ``$``/``\[ \]`` around the
   equation are ignored.
@@ -65,7 +69,7 @@ _TOKEN = re.compile(r"""
     (?P<cmd>\\[A-Za-z]+|\\[,;:!\ _{}\\|]) |
     (?P<num>\d+(?:\.\d+)?) |
     (?P<letter>[A-Za-z]) |
-    (?P<sym>[{}()\[\]^_+\-=,'/*&]) |
+    (?P<sym>[{}()\[\]^_+\-=,'/*&>]) |
     (?P<space>\s+) |
     (?P<bad>.)
 """, re.VERBOSE)
@@ -76,9 +80,13 @@ _WRAPPERS = {r"\boldsymbol", r"\mathbf", r"\bm", r"\mathrm", r"\vec"}
 _PRODUCTS = {r"\odot", r"\cdot", r"\circ", "*", r"\times"}
 _FUNCS = {r"\sigma": "sigmoid", r"\tanh": "tanh", r"\exp": "exp", r"\log": "log",
           "g": "tanh", "h": "tanh"}
+#: functions written \operatorname{name} (the reduction mean among them)
+_OPERATORS = ("relu", "softplus", "mean")
+#: the derivative of the pre-activation a prime names (\sigma'(x), h'(x), relu'(x))
+_PRIMES = {"sigmoid": S.dsigmoid, "tanh": S.dtanh, "relu": S.drelu}
 _KNOWN_COMMANDS = sorted({r"\delta", r"\Delta", r"\bar", r"\overline", r"\mathit", r"\frac",
                           r"\left", r"\right", r"\langle", r"\rangle", r"\top", r"\intercal",
-                          r"\mathsf", r"\prime"} | _IGNORED | _WRAPPERS | _PRODUCTS
+                          r"\mathsf", r"\prime", r"\operatorname", r"\sqrt"} | _IGNORED | _WRAPPERS | _PRODUCTS
                          | set(k for k in _FUNCS if k.startswith("\\")))
 
 
@@ -277,12 +285,29 @@ class _Parser:
             if opener == r"\langle":
                 return self.outer_rest(close, right=True)
             e = self.expression()
+            if opener == "[" and self.at(">"):
+                e = self.positive(e)
             self.take(r"\right")
             self.take(close)
             return e
         opener = self.tok.text
         close = {"(": ")", "[": "]", "{": "}", r"\{": r"\}"}[opener]
-        return self.group(opener, close)
+        if opener != "[":
+            return self.group(opener, close)
+        self.take(opener)
+        e = self.expression()
+        if self.at(">"):
+            e = self.positive(e)
+        self.take(close)
+        return e
+
+    def positive(self, e):
+        """The rest of an Iverson bracket [e > 0] (relu' from relu's output)."""
+        tok = self.take(">")
+        if self.tok.text != "0":
+            self.fail("only [v > 0] (the unit step, relu') is part of the notation", tok)
+        self.take()
+        return S.step(self.scalar(e))
 
     def outer_rest(self, close: str, right: bool):
         a = self.expression()
@@ -310,6 +335,11 @@ class _Parser:
             return num / den
         if t.text in _FUNCS and (t.kind == "cmd" or self.peek().text in ("'", "(", r"\left")):
             return self.function()
+        if t.text == r"\operatorname":
+            return self.function()
+        if t.text == r"\sqrt":
+            self.take()
+            return S.sqrt(self.scalar(self.group("{", "}")))
         if t.text == r"\delta":
             self.take()
             name = self.name()
@@ -332,7 +362,13 @@ class _Parser:
 
     def function(self):
         t = self.take()
-        name = _FUNCS[t.text]
+        if t.text == r"\operatorname":
+            name = self.braced_word()
+            if name not in _OPERATORS:
+                self.fail(f"unknown function \\operatorname{{{name}}} (known: "
+                          f"{', '.join(_OPERATORS)})", t)
+        else:
+            name = _FUNCS[t.text]
         prime = False
         while self.at("'") or self.at(r"\prime"):
             if prime:
@@ -353,8 +389,8 @@ class _Parser:
             self.fail(f"{t.text} needs an argument in parentheses, like {t.text}\\left(x\\right)")
         arg = self.scalar(self.parenthesized())
         if prime:
-            return (S.dsigmoid if name == "sigmoid" else S.dtanh)(arg) if name in (
-                "sigmoid", "tanh") else self.fail(f"{t.text}' is not supported", t)
+            return _PRIMES[name](arg) if name in _PRIMES else self.fail(
+                f"{t.text}' is not supported", t)
         return self.scope.functions()[name](arg)
 
     def name(self) -> str:

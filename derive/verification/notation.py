@@ -20,9 +20,14 @@ Right side:
 * ``* / + - **`` element-wise (exponents are numbers, at most 16 in size), ``@`` the matrix
   product, ``.T`` the transpose (``R_z.T @ dz_bar[t+1]``); ``outer(a, b)`` = a bᵀ summed
   over the batch;
-* functions ``sigmoid tanh exp log`` and the derivatives ``dsigmoid dtanh`` of the
-  pre-activation argument: ``dsigmoid(f_bar[t])`` = ``f[t]*(1-f[t])``,
-  ``dtanh(c[t])`` = ``1-tanh(c[t])**2``.
+* functions ``sigmoid tanh exp log relu softplus sqrt`` and the derivatives ``dsigmoid
+  dtanh drelu`` of the pre-activation argument: ``dsigmoid(f_bar[t])`` =
+  ``f[t]*(1-f[t])``, ``dtanh(c[t])`` = ``1-tanh(c[t])**2``, ``drelu(h_bar[t])`` =
+  ``step(h[t])``, where ``step(v)`` is [v > 0] (1 where v > 0, else 0);
+  ``softplus'(a)`` is ``sigmoid(a)`` and ``sqrt(a)'`` is ``1/(2*sqrt(a))``;
+* the reduction ``mean(v)``: the mean of v over the hidden units of one batch row,
+  broadcast back to every unit; its adjoint is itself (δv gets ``mean(dm[t])`` from
+  m = mean(v)).
 
 Parsing never evaluates anything (see `derive.cell.grammar`): the text is parsed against this
 grammar and anything else is an `ExpressionError` naming the column.
@@ -42,7 +47,8 @@ from derive.cell.spec import Cell
 from derive.cell.symbols import MAX_SHIFT
 from derive.errors import ExpressionError, suggest
 
-FUNCTIONS = {**S.ACTIVATIONS, "dsigmoid": S.dsigmoid, "dtanh": S.dtanh, "outer": S.Outer}
+FUNCTIONS = {**S.ACTIVATIONS, **S.REDUCTIONS, "dsigmoid": S.dsigmoid, "dtanh": S.dtanh,
+             "drelu": S.drelu, "step": S.step, "outer": S.Outer}
 MAX_EXPONENT = 16      # |n| in a ** n
 MAX_TERMS = 20_000     # terms a right side may expand into
 _LHS = re.compile(r"^\s*(d[A-Za-z][A-Za-z0-9_]*)\s*(\[\s*t\s*(?:([+-])\s*(\d+))?\s*\])?\s*$")

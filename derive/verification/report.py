@@ -7,6 +7,8 @@ classifies the wrong terms (`Difference.kind` is one of `diagnosis.KINDS`).
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -122,9 +124,24 @@ def counts(results: list[Verification]) -> dict[str, int]:
 
 
 def as_json(cell: str, results: list[Verification]) -> dict:
-    """One JSON document for the verifications of one cell."""
-    return {"cell": cell, "equal": all(v.equal for v in results), "counts": counts(results),
-            "results": [v.to_dict() for v in results]}
+    """One JSON document for the verifications of one cell.
+
+    Strict JSON (RFC 8259 has no infinities): a non-finite number of a counterexample
+    (an overflowing right side) is written as the string "inf", "-inf" or "nan".
+    """
+    return _finite({"cell": cell, "equal": all(v.equal for v in results),
+                    "counts": counts(results), "results": [v.to_dict() for v in results]})
+
+
+def _finite(value):
+    """`value` with every non-finite float replaced by its name as a string."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
 
 
 def as_text(results: list[Verification]) -> str:

@@ -214,7 +214,11 @@ class _Verifier:
             return "symbolically, using the forward definitions of the element-wise nodes"
         if expansion_size(reduced) > 200:
             return ""
-        as_exp = ctx.activations.unstored(reduced).rewrite(sp.exp)
+        unstored = ctx.activations.unstored(reduced)
+        if unstored.has(S.Mean):  # means that unstoring exposed (s → √(mean(d²) + ε))
+            unstored = ctx.activations.unstored(S.distribute_linear(
+                ctx.forward_reduced(unstored, lowest), ctx.activations.constants))
+        as_exp = unstored.rewrite(sp.exp)
         if sp.count_ops(as_exp) > MAX_EXP_FORM_OPS:
             return ""
         try:

@@ -49,7 +49,7 @@ wakes the threads: one wake-up per call instead of one per phase).
 # by derive.kernel.emit: element-wise functions, BLAS, the small product's declarations,
 # argument checks.
 
-from libc.math cimport expf, exp, tanhf, tanh, logf, log, powf, pow, sqrtf, sqrt
+from libc.math cimport expf, exp, tanhf, tanh, logf, log, powf, pow, sqrtf, sqrt, log1pf, log1p
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
 from cython cimport floating
@@ -82,7 +82,7 @@ cdef extern from *:
 # --- element-wise functions -------------------------------------------------------------
 # glibc declares its vector math (libmvec) only under -ffast-math, which would also let
 # the compiler assume there is no NaN. Declaring the functions SIMD-enabled ourselves
-# lets gcc vectorize the element-wise loops with vector expf/tanhf/logf while IEEE
+# lets gcc vectorize the element-wise loops with vector expf/tanhf/logf/log1pf while IEEE
 # semantics (NaN and infinities propagate) stay guaranteed. DERIVE_LIBMVEC is defined
 # by the build where libmvec is linked (x86-64 with AVX2).
 
@@ -96,6 +96,8 @@ cdef extern from *:
     __attribute__((simd("notinbranch"))) double tanh(double);
     __attribute__((simd("notinbranch"))) float logf(float);
     __attribute__((simd("notinbranch"))) double log(double);
+    __attribute__((simd("notinbranch"))) float log1pf(float);
+    __attribute__((simd("notinbranch"))) double log1p(double);
     #endif
     """
 
@@ -126,6 +128,24 @@ cdef inline floating _log(floating v) noexcept nogil:
         return logf(v)
     else:
         return log(v)
+
+
+cdef inline floating _relu(floating v) noexcept nogil:
+    # max(v, 0); NaN stays NaN
+    return 0 if v < 0 else v
+
+
+cdef inline floating _step(floating v) noexcept nogil:
+    # [v > 0]: relu' from relu's output (0 at the kink)
+    return 1 if v > 0 else 0
+
+
+cdef inline floating _softplus(floating v) noexcept nogil:
+    # log(1 + e^v) = max(v, 0) + log(1 + e^-|v|): no overflow for large v
+    if floating is float:
+        return (v if v > 0 else 0) + log1pf(expf(-v if v > 0 else v))
+    else:
+        return (v if v > 0 else 0) + log1p(exp(-v if v > 0 else v))
 
 
 cdef inline floating _pow(floating v, floating e) noexcept nogil:

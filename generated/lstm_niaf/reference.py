@@ -92,6 +92,15 @@ def _sigmoid(v):
     return 0.5 * np.tanh(0.5 * v) + 0.5
 
 
+def _relu(v):
+    return np.maximum(v, 0)
+
+
+def _step(v):
+    """[v > 0]: relu' from relu's output (0 at the kink)."""
+    return np.heaviside(v, 0)
+
+
 def _batch_sum(v, B):
     """Σ over the batch of a per-step term (a scalar or (N,) term counts B times)."""
     return v.sum(axis=0) if np.ndim(v) == 2 else B * v

@@ -6,6 +6,7 @@ The shipped kernels were compiled when derive was installed: these tests load th
 
 import numpy as np
 import pytest
+from catalog import cell_path
 
 import derive
 from derive.check import gradient_check
@@ -30,8 +31,16 @@ def test_float32_kernel_agrees_with_float64_within_rounding(cell_name):
 
 
 def test_kernel_matches_the_reference_to_1e12(cell_name, rng):
-    k = derive.load_kernel(cell_name, "float64", backend="cython")
-    r = derive.load_kernel(cell_name, "float64", backend="numpy")
+    _kernel_matches_the_reference(cell_name, rng)
+
+
+def test_a_kernel_of_relu_softplus_and_sqrt_matches_the_reference_to_1e12(rng):
+    _kernel_matches_the_reference(cell_path("functions"), rng)
+
+
+def _kernel_matches_the_reference(cell, rng):
+    k = derive.load_kernel(cell, "float64", backend="cython")
+    r = derive.load_kernel(cell, "float64", backend="numpy")
     params = k.init_params(M, N, seed=7)
     x = rng.standard_normal((T, B, M))
     state0 = {s: 0.5 * rng.standard_normal((B, N)) for s in k.states}

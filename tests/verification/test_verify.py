@@ -399,6 +399,18 @@ def test_json_is_one_document(capsys):
     assert len(second["counterexample"]["expected"]) == 2  # the batch
 
 
+def test_json_is_strict_when_the_right_side_overflows(capsys):
+    """An overflowing right side gives infinities in the counterexample: strict JSON has
+    none (Python's json would write the non-standard token Infinity)."""
+    def refuse(token):
+        raise AssertionError(f"non-standard JSON token {token}")
+    code, out, _ = _run(["verify", "rnn", "da[t] = exp(exp(exp(exp(1/(y[t]**2)))))",
+                         "--json"], capsys)
+    doc = json.loads(out, parse_constant=refuse)
+    assert code == 1 and doc["equal"] is False
+    assert "inf" in json.dumps(doc["results"][0]["counterexample"])
+
+
 def test_latex_file_with_percent_comments(tmp_path, capsys):
     f = tmp_path / "mine.tex"
     f.write_text("% from the paper\n" + "\n".join(PAPER_LATEX[:3]) + "  % y, o, c\n")

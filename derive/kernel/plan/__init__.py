@@ -17,8 +17,9 @@ The model (`model`): the plan's symbols are plain identifiers whose meaning is a
 statements and writes. `describe(plan)` prints it (`derive plan CELL`).
 
 Cells whose projections read a node of the same step (a multi-phase cell), cells with
-several inputs and cells that use an input element-wise are valid specs that the
-kernels do not support yet: `plan()` raises a UserError naming the node.
+several inputs, cells that use an input element-wise and cells with a reduction over
+the hidden units (mean) are valid specs that the kernels do not support yet: `plan()`
+raises a UserError naming the node.
 """
 
 from __future__ import annotations

@@ -23,7 +23,8 @@ def unsupported(cell, message: str) -> UserError:
 
 
 def check_supported(cell) -> None:
-    """One input, used only through matrices; no product of a same-step node.
+    """One input, used only through matrices; no product of a same-step node; no
+    reduction (mean) over the hidden units.
 
     (A multi-phase step — a product of a node of the same step — is what a plan of
     several forward/backward Programs per step would support.)
@@ -37,6 +38,9 @@ def check_supported(cell) -> None:
                 raise unsupported(cell, f"node {node.name!r} multiplies {p.matrix} by "
                                         f"{p.operand!r} of the same step (a multi-phase "
                                         f"cell)")
+        if node.elementwise.has(S.Mean):
+            raise unsupported(cell, f"node {node.name!r} reduces over the hidden units "
+                                    f"(mean: reductions are not compiled yet)")
         for sym in node.elementwise.free_symbols:
             r = S.ref(sym)
             if r is not None and r.kind == "value" and r.name in cell.inputs:

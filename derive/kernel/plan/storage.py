@@ -26,8 +26,10 @@ from derive.kernel.plan.model import (
 )
 from derive.kernel.plan.symbols import Symbols
 
-#: functions of the element-wise programs (applied to one vector)
-FUNCTIONS = (S.sigmoid, sp.tanh, sp.exp, sp.log)
+#: functions of the element-wise programs (applied to one vector) whose values the
+#: forward stores when the backward reads them; `S.step` (relu' = [v > 0]) is not one:
+#: the backward computes it from the value it reads, as cheap as loading it
+FUNCTIONS = (S.sigmoid, sp.tanh, sp.exp, sp.log, S.relu, S.softplus, S.sqrt)
 
 
 def make_buffer(storage: Storage, name: str, index: int, blocks: int = 1,

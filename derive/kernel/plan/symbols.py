@@ -22,7 +22,8 @@ RESERVED = set(keyword.kwlist) | set(keyword.softkwlist) | {
     "list", "tuple", "dict", "set", "str", "bytes", "range", "len", "min", "max", "abs",
     "sum", "any", "all", "print", "type", "id", "zip", "map", "iter", "next", "object",
     "exp", "expf", "log", "logf", "tanh", "tanhf", "sqrt", "sqrtf", "pow", "powf",
-    "fabs", "fabsf", "sigmoid", "T", "B", "N", "M", "t",
+    "fabs", "fabsf", "log1p", "log1pf", "sigmoid", "relu", "step", "softplus",
+    "T", "B", "N", "M", "t",
     # arguments of the generated forward/backward functions
     "X", "W", "V", "S", "A", "G", "dY", "dG", "C", "acc", "dW", "dX",
 }

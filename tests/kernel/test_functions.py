@@ -1,0 +1,73 @@
+"""relu, softplus and sqrt in compiled kernels (equal to their NumPy reference: in
+test_kernels.py, with every shipped cell); the IndRNN kernel against PyTorch autograd;
+reductions (mean) refused before any code is generated."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from catalog import cell_path
+
+import derive
+from derive.check import gradient_check
+from derive.errors import UserError
+from derive.kernel.plan import plan
+
+T, B, M, N = 5, 3, 6, 4
+FUNCTIONS = cell_path("functions")
+
+
+@pytest.mark.parametrize("backend", ["cython", "numpy"])
+def test_a_cell_with_relu_softplus_and_sqrt_passes_the_check(backend):
+    report = gradient_check(FUNCTIONS, backend=backend, dtype="float64")
+    assert report.passed, report.table()
+
+
+def test_its_float32_kernel_agrees_within_rounding():
+    report = gradient_check(FUNCTIONS, backend="cython", dtype="float32")
+    assert report.passed, report.table()
+
+
+def test_indrnn_matches_pytorch_autograd(rng):
+    """h = relu(W x + u * h[t-1] + b) in a few lines of torch (float64, 1e-10)."""
+    torch = pytest.importorskip("torch")
+    k = derive.load_kernel("indrnn", "float64")
+    params = k.init_params(M, N, seed=3)
+    params["u"] = rng.uniform(0.5, 1.0, N)       # a recurrence that matters
+    x = rng.standard_normal((T, B, M))
+    h0 = rng.standard_normal((B, N))
+    dh = rng.standard_normal((T, B, N))
+    tp = {n: torch.from_numpy(np.array(v)).requires_grad_(True) for n, v in params.items()}
+    tx = torch.from_numpy(x).requires_grad_(True)
+    th0 = torch.from_numpy(h0).requires_grad_(True)
+    h, outs = th0, []
+    for t in range(T):
+        h = torch.relu(tx[t] @ tp["W"].T + tp["u"] * h + tp["b"])
+        outs.append(h)
+    out = torch.stack(outs)
+    out.backward(torch.from_numpy(dh))
+    tr = k.forward(x, params, {"h": h0})
+    np.testing.assert_allclose(tr.outputs, out.detach().numpy(), rtol=0, atol=1e-10)
+    assert 0 < (tr.outputs > 0).mean() < 1             # both sides of the kink are used
+    g = k.backward(tr, dh)
+    np.testing.assert_allclose(g["x"], tx.grad.numpy(), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(g["h0"], th0.grad.numpy(), rtol=0, atol=1e-10)
+    for n in params:
+        np.testing.assert_allclose(g[n], tp[n].grad.numpy(), rtol=0, atol=1e-10)
+
+
+def test_a_reduction_is_refused_before_any_code_naming_the_node():
+    with pytest.raises(UserError) as info:
+        plan(cell_path("layer_norm"))
+    message = str(info.value)
+    assert "node 'mu' reduces over the hidden units (mean" in message
+    assert "reductions are not compiled yet" in message and "\n" not in message
+
+
+def test_the_cli_refuses_a_reduction_in_one_line_with_exit_2():
+    run = subprocess.run([sys.executable, "-m", "derive", "check", cell_path("layer_norm")],
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    (line,) = [s for s in run.stderr.splitlines() if "error" in s]
+    assert "node 'mu'" in line and "reductions are not compiled yet" in line
