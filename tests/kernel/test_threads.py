@@ -52,3 +52,30 @@ def test_each_pass_is_one_parallel_region():
     backward = source[source.index("\ndef backward("):]
     assert forward.count("derive_barrier()") == 1       # input GEMM | time loop
     assert backward.count("derive_barrier()") == 2      # panels | time loop | products
+
+
+def test_a_cell_without_vector_parameters_compiles_and_is_right(rng):
+    """No vector gradients to sum after the time loop (an empty step of the region):
+    the kernel still compiles, matches the NumPy reference and passes central
+    differences."""
+    import numpy as np
+    from catalog import cell_path
+
+    import derive
+    from derive.check import gradient_check
+    cell = cell_path("no_vectors")
+    k = derive.load_kernel(cell, "float64", backend="cython")
+    r = derive.load_kernel(cell, "float64", backend="numpy")
+    T, B, M, N = 5, 3, 4, 6
+    params = k.init_params(M, N, seed=1)
+    x = rng.standard_normal((T, B, M))
+    state0 = {s: 0.5 * rng.standard_normal((B, N)) for s in k.states}
+    dy = rng.standard_normal((T, B, N))
+    tk, tr = k.forward(x, params, state0), r.forward(x, params, state0)
+    np.testing.assert_allclose(tk.outputs, tr.outputs, rtol=0, atol=1e-12)
+    gk, gr = k.backward(tk, dy), r.backward(tr, dy)
+    assert set(gk) == set(gr) == {"W", "R", "x", "y0"}
+    for name in gr:
+        np.testing.assert_allclose(gk[name], gr[name], rtol=1e-12, atol=1e-12)
+    report = gradient_check(cell, backend="cython", dtype="float64")
+    assert report.passed, report.table()
