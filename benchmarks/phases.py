@@ -422,9 +422,9 @@ def main() -> int:
                 result = run(variants, args.cell, bench.SHAPES[sname], dtype, threads,
                              args.rounds, args.pause,
                              {name: PEERS[name] for name in args.peers})
+                clock = "" if args.plain else f"phases in {args.clock} time, "
                 print(f"\n### {args.cell} {sname} {dtype}, {threads} thread(s), level "
-                      f"{level.name}, phases in {args.clock} time, medians of "
-                      f"{args.rounds} rounds (load "
+                      f"{level.name}, {clock}medians of {args.rounds} rounds (load "
                       f"{os.getloadavg()[0]:.2f})\n", flush=True)
                 print(table(result, variants), flush=True)
     m = bench.machine()
