@@ -2,6 +2,8 @@
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/torch_bench.py
     python benchmarks/torch_bench.py --kinds LSTM --shapes S1 --repeats 5 --json
+    python benchmarks/torch_bench.py --overhead --shapes S3 --threads 1 --repeats 40
+    python benchmarks/torch_bench.py --skipped --shapes S2 --threads 1
 
 A training step: zero the gradients, run the module over x (T, B, M) (x does not require
 grad, as for a model's first layer), a loss of the output under a fixed random
@@ -14,7 +16,12 @@ The operator's overhead: the raw kernel (Kernel.forward + Kernel.backward on Num
 arrays, parameters from init_params) against the same work through the custom operator
 (CellOperators.run + autograd backward on torch tensors, the same fused weights, every
 gradient wanted). `op/kernel - 1` is what torch.library, autograd and the tensor
-plumbing cost.
+plumbing cost. `--overhead` measures only that, in CPU time (min and median of
+alternating runs), which a loaded machine disturbs less than wall-clock time.
+
+`--skipped`: the kernel's backward with every gradient, without δx (a first layer), and
+with the initial states' gradients only (a frozen first layer): what the gradient flags
+save.
 """
 
 from __future__ import annotations
@@ -25,7 +32,9 @@ import glob
 import json
 import os
 import platform
+import statistics
 import sys
+import time
 
 import numpy as np
 import torch
@@ -85,8 +94,9 @@ def training_step(kind, shape, dtype, repeats):
     return res["derive"][1], res["torch"][1]
 
 
-def op_overhead(cell, shape, dtype, repeats):
-    """Medians (ms) of forward+backward: the raw kernel, and the same through the operator."""
+def _kernel_and_operator(cell, shape, dtype):
+    """Two callables doing forward+backward of `cell` on the same values: the raw kernel
+    (NumPy arrays) and the custom operator (torch tensors, every gradient wanted)."""
     T, B, M, N = shape
     name = {torch.float32: "float32", torch.float64: "float64"}[dtype]
     k = derive.load_kernel(cell, name)
@@ -109,10 +119,50 @@ def op_overhead(cell, shape, dtype, repeats):
             t.grad = None
         outputs, _ = ops.run(tx, W, V, None)
         outputs[ops.outputs[0]].backward(tdy)
+    return kernel, operator
 
+
+def op_overhead(cell, shape, dtype, repeats):
+    """Medians (ms) of forward+backward: the raw kernel, and the same through the operator."""
+    kernel, operator = _kernel_and_operator(cell, shape, dtype)
     res = interleaved_ms({"kernel": (lambda: None, kernel),
                           "op": (lambda: None, operator)}, repeats)
     return res["kernel"][1], res["op"][1]
+
+
+def op_overhead_cpu(cell, shape, dtype, repeats):
+    """Minimum and median CPU time (ms, this process) of forward+backward, raw kernel and
+    operator alternating: on a shared machine CPU time leaves out the waits for a core
+    that make wall-clock medians of a few-ms call swing by ±20 %."""
+    kernel, operator = _kernel_and_operator(cell, shape, dtype)
+    times = {"kernel": [], "op": []}
+    for _ in range(2):
+        kernel(), operator()
+    for _ in range(repeats):
+        for name, fn in (("kernel", kernel), ("op", operator)):
+            t0 = time.process_time()
+            fn()
+            times[name].append(1e3 * (time.process_time() - t0))
+    return {name: (min(v), statistics.median(v)) for name, v in times.items()}
+
+
+def skipped_products(cell, shape, dtype, repeats):
+    """Medians (ms) of the kernel's backward: every gradient, without δx (a first layer),
+    and without δx nor any weight or vector gradient (a frozen first layer)."""
+    T, B, M, N = shape
+    k = derive.load_kernel(cell, dtype)
+    params = k.init_params(M, N, seed=0)
+    rng = np.random.default_rng(0)
+    tr = k.forward(rng.standard_normal((T, B, M)).astype(dtype), params)
+    dY = [rng.standard_normal((T, B, N)).astype(dtype) for _ in k.outputs]
+    every = {"x", *(f"W{i}" for i in range(len(k.operands))),
+             *(f"V{i}" for i in range(len(k.vectors))), *(f"S{i}" for i in range(len(k.states)))}
+    cases = {"all": every, "no dx": every - {"x"},
+             "states only": {f"S{i}" for i in range(len(k.states))}}
+    res = interleaved_ms({name: (lambda: None, lambda n=needs: k.backward_buffers(
+        tr.x, tr.W, tr.V, tr.S, tr.A, dY, needs=n)) for name, needs in cases.items()},
+        repeats)
+    return {name: r[1] for name, r in res.items()}
 
 
 def main(argv=None) -> int:
@@ -124,11 +174,47 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                    help="threads of both torch and derive's kernels (default: the CPUs)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--overhead", action="store_true",
+                   help="only the operator's overhead over the raw kernel, in CPU time")
+    p.add_argument("--skipped", action="store_true",
+                   help="only time the kernel's backward with and without δx and the "
+                        "parameter gradients (the gradient flags)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     os.environ["DERIVE_NUM_THREADS"] = str(args.threads)   # read by every Kernel made now
     info = machine()
     info["load_before"] = os.getloadavg()[0]
+    if args.overhead:
+        print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
+        print(f"forward+backward, CPU time of this process, {args.repeats} alternating runs, "
+              f"ms (min / median)\n")
+        print("| cell | shape | dtype | raw kernel | operator | overhead (min) | "
+              "overhead (median) |")
+        print("|---|---|---|---|---|---|---|")
+        for kind in args.kinds:
+            for s in args.shapes:
+                for dname in args.dtypes:
+                    r = op_overhead_cpu(CELLS[kind], SHAPES[s], getattr(torch, dname),
+                                        args.repeats)
+                    (km, kd), (om, od) = r["kernel"], r["op"]
+                    print(f"| {CELLS[kind]} | {s} | {dname} | {km:.2f} / {kd:.2f} | "
+                          f"{om:.2f} / {od:.2f} | {100 * (om / km - 1):+.1f} % | "
+                          f"{100 * (od / kd - 1):+.1f} % |", flush=True)
+        print(f"\nload average after: {os.getloadavg()[0]:.2f}")
+        return 0
+    if args.skipped:
+        print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
+        print(f"kernel backward, medians of {args.repeats} round-robin runs, ms\n")
+        print("| cell | shape | dtype | every gradient | no δx | states only |")
+        print("|---|---|---|---|---|---|")
+        for kind in args.kinds:
+            for s in args.shapes:
+                for dname in args.dtypes:
+                    r = skipped_products(CELLS[kind], SHAPES[s], dname, args.repeats)
+                    print(f"| {CELLS[kind]} | {s} | {dname} | {r['all']:.1f} | "
+                          f"{r['no dx']:.1f} | {r['states only']:.1f} |", flush=True)
+        print(f"\nload average after: {os.getloadavg()[0]:.2f}")
+        return 0
     rows = []
     for kind in args.kinds:
         for s in args.shapes:

@@ -57,7 +57,7 @@ STEP = 1e-3
 #: a relu argument closer to 0 than this lets a difference of step ±2h cross the kink
 KINK_MARGIN = 20 * STEP
 KINK_SEEDS = 100
-SIZES = {"T": 4, "B": 3, "M": 5, "N": 4}
+SIZES = {"T": 4, "B": 3, "M": 5, "N": 4, "P": 3}
 BACKENDS = ("cython", "numpy", "derivation")
 
 Arrays = dict[str, np.ndarray]
@@ -87,6 +87,7 @@ class Subject:
     outputs: Callable[["Problem"], Arrays]
     gradients: Callable[["Problem"], Arrays]
     kinks: Callable[["Problem"], float | None] | None = None
+    sizes: dict[str, str] = field(default_factory=dict)   # state/output -> size if not N
 
 
 @dataclass
@@ -124,8 +125,9 @@ def random_problem(subject: Subject, sizes: dict | None = None, seed: int = 0) -
               for name, shape in subject.parameters.items()}
     inputs = {name: 0.5 * rng.standard_normal((T, B, sizes[size]))
               for name, size in subject.inputs.items()}
-    initial = {s: 0.5 * rng.standard_normal((B, N)) for s in subject.states}
-    projection = {o: rng.standard_normal((T, B, N)) for o in subject.output_names}
+    size = {n: sizes[subject.sizes.get(n, "N")] for n in subject.states + subject.output_names}
+    initial = {s: 0.5 * rng.standard_normal((B, size[s])) for s in subject.states}
+    projection = {o: rng.standard_normal((T, B, size[o])) for o in subject.output_names}
     return Problem(params, inputs, initial, projection, sizes, seed)
 
 
@@ -172,7 +174,7 @@ def of_derivation(derivation) -> Subject:
     def unrolled(problem):
         s = problem.sizes
         p = numeric.Problem(cell, problem.params, problem.inputs, problem.initial,
-                            problem.projection, s["T"], s["B"], s["N"], s["M"])
+                            problem.projection, s["T"], s["B"], s["N"], s["M"], s["P"])
         return p, numeric.forward(p)
 
     def outputs(problem):
@@ -191,7 +193,8 @@ def of_derivation(derivation) -> Subject:
                    {n: tuple(p.shape) for n, p in cell.parameters.items()},
                    {n: cell.size(n) for n in cell.inputs}, tuple(cell.states),
                    tuple(cell.outputs), outputs, gradients,
-                   kinks if cell_has_kinks(cell) else None)
+                   kinks=kinks if cell_has_kinks(cell) else None,
+                   sizes={n: cell.size(n) for n in cell.states + cell.outputs})
 
 
 def cell_has_kinks(cell) -> bool:

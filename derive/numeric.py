@@ -203,12 +203,13 @@ class Env:
     B: int
     N: int
     M: int
+    P: int = 0          # the second node size, if the cell has one
     values: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
     deltas: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
     incoming: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
 
     def size(self, name: str) -> int:
-        return self.M if self.cell.size(name) == "M" else self.N
+        return {"M": self.M, "N": self.N, "P": self.P}[self.cell.size(name)]
 
     def zeros(self, name: str) -> np.ndarray:
         return np.zeros((self.B, self.size(name)))
@@ -350,22 +351,23 @@ class Problem:
     cell: object
     params: dict[str, np.ndarray]
     x: dict[str, np.ndarray]            # input name -> (T, B, M)
-    initial: dict[str, np.ndarray]      # state name -> (B, N)
-    projection: dict[str, np.ndarray]   # output name -> (T, B, N): Δᵗ of that output
+    initial: dict[str, np.ndarray]      # state name -> (B, its size)
+    projection: dict[str, np.ndarray]   # output name -> (T, B, its size): Δᵗ of that output
     T: int
     B: int
     N: int
     M: int
+    P: int = 0                          # the second node size, if the cell has one
 
 
-def random_problem(cell, *, T: int = 4, B: int = 2, M: int = 2, N: int = 3,
+def random_problem(cell, *, T: int = 4, B: int = 2, M: int = 2, N: int = 3, P: int = 4,
                    seed: int = 0, scale: float = 0.5) -> Problem:
     """Parameters ~ U(−scale, scale)/√fan-in·√3 (gates stay away from saturation), inputs and
     a non-zero initial state ~ N(0, 0.5²), a random output projection ~ N(0, 1)."""
     from derive.cell.spec import load_cell
     cell = load_cell(cell)
     rng = np.random.default_rng(seed)
-    sizes = {"N": N, "M": M}
+    sizes = {"N": N, "M": M, "P": P}
     params = {}
     for name, p in cell.parameters.items():
         shape = tuple(sizes[s] for s in p.shape)
@@ -373,9 +375,9 @@ def random_problem(cell, *, T: int = 4, B: int = 2, M: int = 2, N: int = 3,
         params[name] = rng.uniform(-scale, scale, shape) * np.sqrt(3.0 / fan) \
             if len(shape) == 2 else rng.uniform(-scale, scale, shape)
     x = {name: rng.normal(0, 0.5, (T, B, sizes[cell.size(name)])) for name in cell.inputs}
-    initial = {s: rng.normal(0, 0.5, (B, N)) for s in cell.states}
-    projection = {o: rng.normal(0, 1, (T, B, N)) for o in cell.outputs}
-    return Problem(cell, params, x, initial, projection, T, B, N, M)
+    initial = {s: rng.normal(0, 0.5, (B, sizes[cell.size(s)])) for s in cell.states}
+    projection = {o: rng.normal(0, 1, (T, B, sizes[cell.size(o)])) for o in cell.outputs}
+    return Problem(cell, params, x, initial, projection, T, B, N, M, P)
 
 
 def forward(problem: Problem, params: dict | None = None, x: dict | None = None,
@@ -383,7 +385,7 @@ def forward(problem: Problem, params: dict | None = None, x: dict | None = None,
     """Run the cell's node expressions over T steps; the Env holds every value."""
     p = problem
     cell = p.cell
-    env = Env(cell, params or p.params, p.T, p.B, p.N, p.M)
+    env = Env(cell, params or p.params, p.T, p.B, p.N, p.M, p.P)
     for s, v in (initial or p.initial).items():
         env.values[(s, -1)] = v
     xs = x or p.x
@@ -392,7 +394,7 @@ def forward(problem: Problem, params: dict | None = None, x: dict | None = None,
         for name in cell.inputs:
             env.values[(name, t)] = xs[name][t]
         for name, fn in programs:
-            env.values[(name, t)] = np.broadcast_to(fn(env, t), (p.B, p.N)) + 0.0
+            env.values[(name, t)] = np.broadcast_to(fn(env, t), (p.B, env.size(name))) + 0.0
     return env
 
 
@@ -426,5 +428,5 @@ def backward(derivation, problem: Problem, env: Env) -> dict[str, np.ndarray]:
     for name in cell.inputs:
         grads[name] = np.stack([env.deltas[(name, t)] for t in range(p.T)])
     for s, expr in d.initial.items():
-        grads[f"{s}0"] = np.broadcast_to(evaluate(expr, env, 0), (p.B, p.N)) + 0.0
+        grads[f"{s}0"] = np.broadcast_to(evaluate(expr, env, 0), (p.B, env.size(s))) + 0.0
     return grads

@@ -8,8 +8,8 @@ A cell file is TOML and pure data; nothing in it is executed. One step of the ce
     state   = ["y", "c"]     # nodes carried to the next step, read there as y[t-1]
     outputs = ["y"]          # nodes that receive a gradient Δ from outside
 
-    [parameters]             # shapes in the sizes N (state) and M (input)
-    W_z = ["N", "M"]
+    [parameters]             # shapes in the sizes N (state), M (input) and P (a second
+    W_z = ["N", "M"]         # size of nodes, like the projection of an LSTMP)
     p_i = ["N"]
 
     [nodes]                  # named values of step t, element-wise except for @
@@ -23,6 +23,12 @@ nodes (GEMMs); everything else is element-wise (functions `sigmoid tanh exp log 
 softplus sqrt`), except the reduction `mean(v)`: the mean of v over the hidden units of
 one batch row (the N entries of a vector of size N; never an input's M), broadcast back
 to every unit, usable anywhere inside an expression (`v - mean(v)`).
+
+Sizes: an input has size M; a node has the size of the rows of its matrices, of the
+vector parameters it uses and of the values it combines element-wise (N unless a
+parameter says P: W_hr = ["P", "N"] makes W_hr @ m a vector of size P); an input used
+element-wise has the size of the node using it (so W @ x then needs W = ["N", "N"]);
+every matrix's columns are the size of the vector it multiplies.
 """
 
 from __future__ import annotations
@@ -42,7 +48,9 @@ from derive.cell.catalog import resolve
 from derive.cell.grammar import Matrix, parse
 from derive.errors import ExpressionError, SpecError, suggest
 
-SIZES = ("N", "M")
+SIZES = ("N", "M", "P")
+#: the sizes a node (the rows of a parameter) may have
+NODE_SIZES = ("N", "P")
 #: the most nodes (and the most parameters) a cell may have; the derivation's work grows
 #: with the square of the number of nodes (a chain of 100 derives in about a second)
 MAX_NODES = 100
@@ -58,7 +66,7 @@ _TOP_KEYS = {"name", "title", "description", "reference", "inputs", "state", "ou
 
 @dataclass(frozen=True)
 class Parameter:
-    """A parameter with its paper shape: ("N", "M"), ("N", "N") or ("N",)."""
+    """A parameter with its paper shape: ("N", "M"), ("N", "N") or ("N",) (or with P)."""
 
     name: str
     shape: tuple[str, ...]
@@ -140,8 +148,10 @@ class Cell:
         return f"derive/cells/{self.name}.toml" if self.shipped else self.path
 
     def size(self, vector: str) -> str:
-        """'M' for an input, 'N' for a node."""
-        return "M" if vector in self.inputs else "N"
+        """'M' for an input (the size of the nodes that use it element-wise, if any: a
+        highway term (1 - r) * x needs M = N), a node's size ('N', or 'P' where its
+        parameters say so)."""
+        return self._sizes.get(vector, "M" if vector in self.inputs else "N")
 
     def consumers(self, name: str) -> list[tuple[str, int]]:
         """(node, shift) pairs for every node that reads `name` (shift -1: read at t+1)."""
@@ -237,6 +247,7 @@ class _SpecReader:
                     outputs=tuple(outputs), parameters=params,
                     nodes={n: nodes[n] for n in order})
         self.check_usage(cell)
+        self.check_sizes(cell)
         return cell
 
     def check_length(self, name: str, what: str, line: int | None):
@@ -278,10 +289,12 @@ class _SpecReader:
             if (not isinstance(shape, list) or not 1 <= len(shape) <= 2
                     or any(s not in SIZES for s in shape)):
                 self.error(f"parameter {name!r} has shape {shape!r}; a shape is [\"N\", \"M\"], "
-                           f"[\"N\", \"N\"] or [\"N\"] (N: state size, M: input size)", line)
-            if shape[0] != "N":
-                self.error(f"parameter {name!r}: the first dimension must be N (the shape of "
-                           f"W in W x, as in the paper)", line)
+                           f"[\"N\", \"N\"] or [\"N\"] (N: state size, M: input size, P: a "
+                           f"second node size)", line)
+            if shape[0] not in NODE_SIZES:
+                self.error(f"parameter {name!r}: the first dimension must be N (or P), the "
+                           f"size of the node it feeds (the shape of W in W x, as in the "
+                           f"paper)", line)
             if not _IDENT.match(name) or name in _RESERVED:
                 self.error(f"{name!r} is not a usable parameter name", line)
             params[name] = Parameter(name, tuple(shape))
@@ -326,12 +339,6 @@ class _SpecReader:
                 if r is None or r.kind != "value":
                     self.error(f"node {name}: the right side of {matrix} @ must be a single named "
                                f"vector; name the expression as a node of its own", line)
-                pm = params[matrix.name]
-                need = "M" if r.name in inputs else "N"
-                if pm.shape[1] != need:
-                    self.error(f"node {name}: {matrix} has shape {list(pm.shape)} but "
-                               f"{r.name} has size {need}; declare {matrix} = [\"N\", \"{need}\"]",
-                               line)
                 projections.append(Projection(matrix.name, r.name, r.shift))
             elif term.has(S.MatVec, S.MatTVec):
                 self.error(f"node {name}: matrix products must be added at the top level of a "
@@ -390,6 +397,59 @@ class _SpecReader:
             if (s, -1) not in set().union(*(n.references() for n in cell.nodes.values())):
                 self.error(f"state {s!r} is never read as {s}[t-1]; remove it from state or use "
                            f"it", self.line_of("state"))
+
+
+    def check_sizes(self, cell: Cell):
+        """Infer every node's size (see the module docstring) into cell._sizes; a node
+        that mixes two sizes, or a matrix whose columns do not fit its vector, is an
+        error naming the node."""
+        sizes: dict[str, str] = {}      # of nodes; inputs below
+
+        def fits(node: Node) -> set[str]:
+            out = {cell.parameters[p.matrix].shape[0] for p in node.projections}
+            for sym in node.elementwise.free_symbols:
+                r = S.ref(sym)
+                if r is not None and r.kind == "param":
+                    out.add(cell.parameters[r.name].shape[0])
+                elif r is not None and r.kind == "value" and r.name in sizes:
+                    out.add(sizes[r.name])
+            return out
+
+        changed = True
+        while changed:
+            changed = False
+            for node in cell.nodes.values():
+                known = fits(node) | ({sizes[node.name]} if node.name in sizes else set())
+                if len(known) > 1:
+                    self.error(f"node {node.name}: combines vectors of sizes "
+                               f"{' and '.join(sorted(known))}; a node has one size",
+                               node.line or None)
+                if known and node.name not in sizes:
+                    sizes[node.name], changed = known.pop(), True
+                if node.name in sizes:
+                    for sym in node.elementwise.free_symbols:
+                        r = S.ref(sym)
+                        if (r is not None and r.kind == "value" and r.name not in sizes
+                                and r.name in cell.nodes):
+                            sizes[r.name], changed = sizes[node.name], True
+        cell._sizes = {n: sizes.get(n, "N") for n in cell.nodes}
+        for node in cell.nodes.values():    # an input used element-wise: the node's size
+            for sym in node.elementwise.free_symbols:
+                r = S.ref(sym)
+                if r is None or r.kind != "value" or r.name not in cell.inputs:
+                    continue
+                size = cell._sizes[node.name]
+                if cell._sizes.setdefault(r.name, size) != size:
+                    self.error(f"node {node.name}: uses input {r.name} element-wise with "
+                               f"vectors of size {size}, another node with size "
+                               f"{cell._sizes[r.name]}", node.line or None)
+        for node in cell.nodes.values():
+            for p in node.projections:
+                shape, need = cell.parameters[p.matrix].shape, cell.size(p.operand)
+                if shape[1] != need:
+                    self.error(f"node {node.name}: {p.matrix} has shape {list(shape)} but "
+                               f"{p.operand} has size {need}; declare {p.matrix} = "
+                               f"[\"{shape[0]}\", \"{need}\"]", node.line or None)
 
 
 class _SpecScope:

@@ -319,25 +319,54 @@ def pullback(expr: sp.Expr, seed: sp.Expr, wrt: sp.Symbol, stored=lambda e: e,
              constants: frozenset[str] = frozenset()) -> list[tuple[sp.Expr, bool]]:
     """The terms of δwrt that flow back from `seed` = δ of `expr`: [(term, through a mean)].
 
-    Element-wise, the one term seed ⊙ ∂expr/∂wrt. A mean m = mean(g) inside `expr` is
-    linear and its own adjoint, like a matrix product (see `derive.cell.symbols.Mean`):
-    it passes δm = seed ⊙ ∂expr/∂m (m held fixed in the first term) back as mean(δm)
-    into its argument g, which is pulled back the same way (means nest). So for
-    expr = v − mean(v): δv = seed − mean(seed). Partial derivatives are rewritten by
-    `stored` (activations as their stored outputs); the factors of a mean that are equal
-    across a row (numbers, means, the nodes named in `constants`) are written outside it.
+    Element-wise, the one term seed ⊙ ∂expr/∂wrt (every mean held fixed). A mean
+    m = mean(g) inside `expr` is linear and its own adjoint, like a matrix product (see
+    `derive.cell.symbols.Mean`): its adjoint m̄ (the sum of seed ⊙ ∂expr/∂m and of the
+    terms of the means it is inside) comes back as mean(m̄) into its argument g, adding
+    mean(m̄) ⊙ ∂g/∂wrt. So for expr = v − mean(v): δv = seed − mean(seed). Means are
+    taken outermost first, each once (reverse mode over the means: one term per mean,
+    however often it is nested). Partial derivatives are rewritten by `stored`
+    (activations as their stored outputs); the factors of a mean that are equal across
+    a row (numbers, means, the nodes named in `constants`) are written outside it.
     """
-    means = {m: sp.Dummy() for m in expr.atoms(S.Mean)}
-    opaque = expr.xreplace(means)  # the outermost means become symbols
-    back = {u: m for m, u in means.items()}
+    means = sorted(expr.atoms(S.Mean), key=lambda m: (-sp.count_ops(m), sp.default_sort_key(m)))
+    dummy = {m: sp.Dummy() for m in means}
+    back = {u: m for m, u in dummy.items()}
+
+    def opaque(e):  # its outermost means as symbols
+        return e.xreplace(dummy)
+
+    def partial(e, x):
+        return stored(sp.diff(e, x).xreplace(back))
+
+    top = opaque(expr)
+    adjoint = {m: seed * partial(top, dummy[m]) for m in means}   # m̄, completed in order
     out = []
-    d = stored(sp.diff(opaque, wrt).xreplace(back))
+    d = partial(top, wrt)
     if d != 0:
         out.append((seed * d, False))
-    for u in sorted(opaque.free_symbols & set(back), key=lambda u: sp.default_sort_key(back[u])):
-        dm = stored(sp.diff(opaque, u).xreplace(back))
-        mean = S.mean_of(seed * dm, constants)
-        if dm != 0 and sp.expand(S.distribute_linear(mean)) != 0:  # mean(v - mean(v)) = 0
-            out += [(term, True) for term, _ in
-                    pullback(back[u].args[0], mean, wrt, stored, constants)]
+    for m in means:                              # an enclosing mean comes before its own
+        inner = opaque(m.args[0])
+        back_in = sp.Add(*[t for t in (S.mean_of(a, constants) for a in
+                                       sp.Add.make_args(adjoint[m]))
+                           if t != 0 and not _vanishes(t, constants)])
+        if back_in == 0:
+            continue
+        for n in means:
+            if dummy[n] in inner.free_symbols:
+                adjoint[n] += back_in * partial(inner, dummy[n])
+        d = partial(inner, wrt)
+        if d != 0:
+            out.append((back_in * d, True))
     return out
+
+
+def _vanishes(expr: sp.Expr, constants: frozenset[str]) -> bool:
+    """Whether a factor of `expr` is a mean of a sum whose terms' means cancel, like
+    mean(v − mean(v)) = mean(v) − mean(v) (one level, nothing multiplied out: the check
+    stays linear in the size of the expression)."""
+    for f in sp.Mul.make_args(expr):
+        if isinstance(f, S.Mean) and isinstance(f.args[0], sp.Add):
+            if sp.Add(*[S.mean_of(term, constants) for term in f.args[0].args]) == 0:
+                return True
+    return False

@@ -124,15 +124,18 @@ class _Breaker:
     def opened(self, f, level: int, alone: bool) -> list[tuple[int, str]] | None:
         """Rows of a factor opened over several rows: its first row starts with ``\\bigl(``,
         the inner rows are one level deeper, the last row is ``\\bigr)``."""
+        close = r"\bigr)"
         if isinstance(f, (Ordered, sp.Add)):
             head, inner = "", f
-        elif isinstance(f, (S.MatVec, S.MatTVec)) and alone:
+        elif isinstance(f, (S.MatVec, S.MatTVec)) and not f.args[1].is_Symbol:
             head = latex_param(f.args[0].name) + (_TOP if isinstance(f, S.MatTVec) else "") + " "
             inner = f.args[1]
+            if not alone:       # a factor of a product: the product in parentheses too
+                head, close = r"\bigl(" + head, close + close
         else:
             return None
         rows = self.lay(inner, level + 1)
-        return ([(level, head + r"\bigl(" + rows[0][1])] + rows[1:] + [(level, r"\bigr)")])
+        return ([(level, head + r"\bigl(" + rows[0][1])] + rows[1:] + [(level, close)])
 
 
 def latex_rows(lhs: str, rhs, step: int | None = None, width: float = COLUMN) -> list[str]:

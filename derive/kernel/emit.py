@@ -31,6 +31,7 @@ from derive.kernel.lower import (
     TILES,
     Call,
     Kernel,
+    Phase,
     Place,
     Pointer,
     StepFunction,
@@ -160,6 +161,12 @@ def _step(p: Plan, f: StepFunction, ctype: str, suffix: str) -> dict:
     }
 
 
+def _phase(p: Plan, phase: Phase, ctype: str, suffix: str) -> dict:
+    """One phase for one C type: the products before it, its step function."""
+    return {"calls": [(_call(c, ctype, suffix), c.comment) for c in phase.calls],
+            "step": _step(p, phase.step, ctype, suffix)}
+
+
 def _dims(n: int) -> str:
     return ", ".join([":"] * (n - 1) + ["::1"])
 
@@ -182,6 +189,18 @@ def _entry(p: Plan, entry: str) -> dict:
     return {"checks": checks, "views": views}
 
 
+def _wanted(gradient: tuple[str, int]) -> str:
+    """The backward's flag for a product after the loop (see the template's docstring)."""
+    kind, k = gradient
+    return "want_dX" if kind == "dX" else f"want_dW is None or want_dW[{k}]"
+
+
+def _carry_check(p: Plan) -> str:
+    """The check of C_in, the carries' initial values: one (B, N) array per carry."""
+    shapes = ", ".join(f"({', '.join(b.shape)})" for b in p.arrays(Storage.CARRY))
+    return f'_check("C_in", C_in, [{shapes}])'
+
+
 def kernel_context(p: Plan) -> dict:
     """Everything templates/kernel.pyx.j2 lays out, as plain strings and lists."""
     k: Kernel = lower(p)
@@ -190,11 +209,10 @@ def kernel_context(p: Plan) -> dict:
         ct, sx = tiles[0].ctype, tiles[0].suffix
         per_type.append({
             "ctype": ct, "suffix": sx,
-            "forward_step": _step(p, k.forward_step, ct, sx),
-            "backward_step": _step(p, k.backward_step, ct, sx),
+            "forward": [_phase(p, ph, ct, sx) for ph in k.forward],
+            "backward": [_phase(p, ph, ct, sx) for ph in k.backward],
             "prepare": [_task(t, ct, sx) for t in k.prepare],
             "pack_forward": [_call(c, ct, sx) for c in k.pack_forward],
-            "per_step_forward": [(_call(c, ct, sx), c.comment) for c in k.per_step_forward],
             "pack_backward": [_call(c, ct, sx) for c in k.pack_backward],
             "per_step_backward": [(_call(c, ct, sx), c.comment) for c in k.per_step_backward],
             "finish": [_task(t, ct, sx) for t in k.finish],
@@ -208,11 +226,14 @@ def kernel_context(p: Plan) -> dict:
         "tiles": TILES, "types": per_type, "fields": fields,
         "forward": _entry(p, "forward"), "backward": _entry(p, "backward"),
         "panels_forward": k.panels_forward, "panels_backward": k.panels_backward,
+        "scratch": [b.field for b in p.arrays(Storage.ADJOINT)],
         "accumulators": [(b.field, "parts" + {0: "", 1: " + N"}.get(b.index, f" + {b.index} * N"))
                          for b in p.arrays(Storage.ACCUMULATOR)],
         "carries": [b.field for b in p.arrays(Storage.CARRY)],
         "vectors": len(p.vectors), "finish_tasks": len(k.finish),
-        "max_k": max(o.k for o in p.operands),
+        "finish_wanted": [_wanted(t.gradient) for t in k.finish],
+        "carry_check": _carry_check(p), "weights": len(p.operands),
+        "max_k": max(o.k for o in p.operands), "phases": p.phases,
     }
 
 
@@ -255,6 +276,25 @@ def _entry_arrays(p: Plan, entry: str) -> list[tuple]:
             for b in p.arrays(storage)]
 
 
+def _numpy_products(p: Plan, phases: tuple[Phase, ...], forward: bool) -> list[list]:
+    """The products before each phase as NumPy lines: (comment, code) per call."""
+    dG = {g.index: p.buffer(Storage.DELTAS, " ".join(g.nodes)).field for g in p.groups}
+    out = []
+    for phase in phases:
+        lines = []
+        for o, call in zip(phase.operands, phase.calls):
+            if not forward:
+                code = f"np.matmul(_{dG[o.group]}[t], _W_{o.name}, out=_D_{o.name})"
+            elif o.role is Role.STATE:
+                code = f"np.matmul(_S_{o.name}[t], _W_{o.name}.T, out=_G_{o.name})"
+            else:
+                values = (f"_S_{o.name}[t + 1]" if o.name in p.states else f"_A_{o.name}[t]")
+                code = f"np.matmul({values}, _W_{o.name}.T, out=_G_{o.name})"
+            lines.append((call.comment, code))
+        out.append(lines)
+    return out
+
+
 def reference_context(p: Plan) -> dict:
     """Everything templates/reference.py.j2 lays out."""
     k = lower(p)
@@ -268,17 +308,32 @@ def reference_context(p: Plan) -> dict:
             "comment": call.comment,
             "carry": (f"_C_{o.name} += {product}" if o.name in p.carried else
                       f"np.matmul(_{dG[o.group]}[t], _W_{o.name}, out=_C_{o.name})")})
-    weights = [{"name": o.name, "k": o.k, "dG": dG[o.group],
-                "operand_values": "X.reshape(T * B, M)" if o.role is Role.INPUT else
-                f"_S_{o.name}[:T].reshape(T * B, N)"} for o in p.operands]
+    weights = []
+    for o in p.operands:
+        if o.role is Role.INPUT:
+            values = "X.reshape(T * B, M)"
+        elif o.role is Role.STATE:
+            values = f"_S_{o.name}[:T].reshape(T * B, N)"
+        else:
+            values = (f"_S_{o.name}[1:].reshape(T * B, N)" if o.name in p.states
+                      else f"_A_{o.name}.reshape(T * B, N)")
+        weights.append({"name": o.name, "k": o.k, "dG": dG[o.group],
+                        "operand_values": values})
+    phases = []
+    for ph, products in zip(k.forward, _numpy_products(p, k.forward, True)):
+        phases.append(dict(_numpy_program(p, ph.step), products=products))
+    back = []
+    for ph, products in zip(k.backward, _numpy_products(p, k.backward, False)):
+        back.append(dict(_numpy_program(p, ph.step), products=products))
     return {
         "doc": _docstring(p), "kernel_api": KERNEL_API, "layout": _layout_text(p),
         "forward_arrays": _entry_arrays(p, "forward"),
         "backward_arrays": _entry_arrays(p, "backward"),
-        "zeroed": [b.field for s in (Storage.ACCUMULATOR, Storage.CARRY) for b in p.arrays(s)],
+        "accumulators": [b.field for b in p.arrays(Storage.ACCUMULATOR)],
+        "carries": [b.field for b in p.arrays(Storage.CARRY)],
+        "scratch": [b.field for b in p.arrays(Storage.ADJOINT)],
         "input": x, "input_dG": dG[x.group], "recurrent": recurrent, "weights": weights,
-        "forward": _numpy_program(p, k.forward_step),
-        "backward": _numpy_program(p, k.backward_step),
+        "forward": phases, "backward": back,
     }
 
 

@@ -3,8 +3,11 @@
 The plan says what a step computes; lowering says which generated function receives
 which array at which row, once, for both the function's parameter list and its call
 site (`StepFunction.params`: a parameter *is* its argument, so the two cannot drift),
-and which products run before, inside and after the time loop (`Call`s). The emitters
-(`derive.kernel.emit`) only map this to Cython or NumPy syntax.
+and which products run before, inside and after the time loop (`Call`s). A step is a
+sequence of `Phase`s: the per-step products that run right before an element-wise
+function, then that function (a single-phase cell: one forward and one backward
+phase, the state products before them, the carry products after the backward). The
+emitters (`derive.kernel.emit`) only map this to Cython or NumPy syntax.
 
 Offsets are written in the names the generated row loops define: t (the step),
 b0 (a thread's first batch row), at = (t·B + b0)·N and nxt = at + B·N (row b0 of steps
@@ -137,6 +140,8 @@ def _place(p: Plan, ref: Ref) -> tuple[Buffer, Step, int]:
         return p.buffer(Storage.INCOMING, name), Step.CURRENT, 0
     if kind is Kind.CARRY:
         return p.buffer(Storage.CARRY, name), Step.CURRENT, 0
+    if kind is Kind.ADJOINT:
+        return p.buffer(Storage.ADJOINT, name), Step.CURRENT, 0
     if kind is Kind.VALUE and name in p.states:
         return p.buffer(Storage.STATE, name), Step.CURRENT, 0
     if kind in (Kind.VALUE, Kind.AUX):
@@ -169,11 +174,14 @@ class Call:
 
 @dataclass(frozen=True)
 class Task:
-    """A product split by rows between threads: chunk c of nt of `rows` rows."""
+    """A product split by rows between threads: chunk c of nt of `rows` rows. `gradient`
+    names what a product after the backward loop computes, for the backward's flags:
+    ("dW", k) the weight gradient of operand k, ("dX", 0) the input gradient."""
 
     rows: str
     call: Call
     comment: str
+    gradient: tuple[str, int] | None = None
 
 
 #: the arrays each entry point receives (in order) and the ones it writes
@@ -189,19 +197,30 @@ ENTRY_ARRAYS = {
 
 
 @dataclass(frozen=True)
-class Kernel:
-    """The lowered kernel of a plan: step functions and the products around them.
+class Phase:
+    """One element-wise phase of a step: the per-step products that run right before
+    it (forward: the projections it reads; backward: the adjoints Σ Wᵀ δ it reads), then
+    its function."""
 
-    A step split into phases (a product of a same-step node between element-wise
-    parts) becomes several StepFunctions with Calls between them in `per_step_*`.
+    calls: tuple[Call, ...]
+    step: StepFunction
+    operands: tuple = ()        # the operand of each call
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """The lowered kernel of a plan: the phases of a step and the products around them.
+
+    forward: the phases in order (phase 0 after the state products; phase p after the
+    products of the node operands of phase p-1); backward: in the order they run,
+    phase K first (phase p after the adjoint products of the node operands of phase p).
     """
 
     plan: Plan
-    forward_step: StepFunction
-    backward_step: StepFunction
+    forward: tuple[Phase, ...]
+    backward: tuple[Phase, ...]
     prepare: tuple[Task, ...]            # before the forward loop, split by rows
-    pack_forward: tuple[Call, ...]       # panels of the recurrent weights (forward)
-    per_step_forward: tuple[Call, ...]   # before each forward step: state products
+    pack_forward: tuple[Call, ...]       # panels of the per-step weights (forward)
     pack_backward: tuple[Call, ...]
     per_step_backward: tuple[Call, ...]  # after each backward step: carry products
     finish: tuple[Task, ...]             # after the backward loop: dW and dX
@@ -212,15 +231,59 @@ class Kernel:
     def state_operands(self):
         return [o for o in self.plan.operands if o.role is Role.STATE]
 
+    @property
+    def node_operands(self):
+        return [o for o in self.plan.operands if o.role is Role.NODE]
+
 
 def _width(k: int) -> str:
     return f"{k} * N" if k > 1 else "N"
 
 
+def _values(p: Plan, o) -> tuple[str, str]:
+    """The array holding a state or node operand's values and the row of step t that
+    its product reads (a state: its previous value; a node: the step's own)."""
+    if o.role is Role.NODE and o.name not in p.states:
+        return p.buffer(Storage.STORED, o.name).field, "at"
+    return p.buffer(Storage.STATE, o.name).field, "nxt" if o.role is Role.NODE else "at"
+
+
+def _phases(p: Plan, first_forward: tuple[Call, ...]) -> tuple[tuple[Phase, ...], ...]:
+    """The forward and backward phases: step functions and the node products between."""
+    G = {o.name: p.buffer(Storage.PROJECTION, o.name).field for o in p.operands}
+    dG = {g.index: p.buffer(Storage.DELTAS, " ".join(g.nodes)).field for g in p.groups}
+    many = p.phases > 1
+    forward, backward = [], []
+    for k, program in enumerate(p.forward):
+        operands = tuple(o for o in p.operands if o.role is Role.NODE and o.phase == k - 1)
+        calls = first_forward if k == 0 else tuple(Call("derive_small_gemm", (
+            "nb", _width(o.k), "N", Pointer(*_values(p, o)), "N", Pointer(f"P_{o.name}"),
+            Pointer(G[o.name], f"b0 * {_width(o.k)}"), _width(o.k), "0"),
+            f"{' '.join(o.nodes)} += {' '.join(o.matrices)} @ {o.name}[t]", True)
+            for o in operands)
+        if k == 0:
+            operands = tuple(o for o in p.operands if o.role is Role.STATE)
+        forward.append(Phase(calls, step_function(p, f"forward{k}" if many else "forward",
+                                                   program), operands))
+    for i, program in enumerate(p.backward):
+        k = p.phases - 1 - i
+        operands = tuple(o for o in p.operands if o.role is Role.NODE and o.phase == k)
+        calls = tuple(Call("derive_small_gemm", (
+            "nb", "N", _width(o.k), Pointer(dG[o.group], f"(t * B + b0) * {_width(o.k)}"),
+            _width(o.k), Pointer(f"P_{o.name}"),
+            Pointer(p.buffer(Storage.ADJOINT, o.name).field, "b0 * N"), "N", "0"),
+            f"adjoint of {o.name}[t] = Σ Wᵀ δ over {' '.join(o.matrices)}: "
+            f"dG{o.group}[t] · W_{o.name}", True) for o in operands)
+        backward.append(Phase(calls, step_function(p, f"backward{k}" if many else "backward",
+                                                   program), operands))
+    return tuple(forward), tuple(backward)
+
+
 def lower(p: Plan) -> Kernel:
-    """The kernel of a plan: both step functions and every product around them."""
+    """The kernel of a plan: the step functions and every product around them."""
     x = next(o for o in p.operands if o.role is Role.INPUT)
     states = [o for o in p.operands if o.role is Role.STATE]
+    stepped = states + [o for o in p.operands if o.role is Role.NODE]
     G = {o.name: p.buffer(Storage.PROJECTION, o.name).field for o in p.operands}
     W = {o.name: p.buffer(Storage.WEIGHTS, o.name).field for o in p.operands}
     dG = {g.index: p.buffer(Storage.DELTAS, " ".join(g.nodes)).field for g in p.groups}
@@ -235,7 +298,8 @@ def lower(p: Plan) -> Kernel:
     pack_fwd = tuple(Call("derive_pack", ("N", _width(o.k), Pointer(W[o.name]), "1", "N",
                                           Pointer(f"P_{o.name}"), "c", "nt"),
                           f"W_{o.name}ᵀ (N × {_width(o.k)}) for G_{o.name} = "
-                          f"{o.name}[t-1] · W_{o.name}ᵀ", True) for o in states)
+                          f"{o.name}[{'t' if o.role is Role.NODE else 't-1'}] · "
+                          f"W_{o.name}ᵀ", True) for o in stepped)
     per_fwd = tuple(Call("derive_small_gemm", (
         "nb", _width(o.k), "N", Pointer(S[o.name], "at"), "N", Pointer(f"P_{o.name}"),
         Pointer(G[o.name], f"b0 * {_width(o.k)}"), _width(o.k), "0"),
@@ -243,34 +307,37 @@ def lower(p: Plan) -> Kernel:
         for o in states)
     pack_bwd = tuple(Call("derive_pack", (_width(o.k), "N", Pointer(W[o.name]), "N", "1",
                                           Pointer(f"P_{o.name}"), "c", "nt"),
-                          f"W_{o.name} ({_width(o.k)} × N) for the carry of {o.name}", True)
-                     for o in states)
+                          f"W_{o.name} ({_width(o.k)} × N) for the "
+                          f"{'adjoint' if o.role is Role.NODE else 'carry'} of {o.name}", True)
+                     for o in stepped)
     per_bwd = tuple(Call("derive_small_gemm", (
         "nb", "N", _width(o.k), Pointer(dG[o.group], f"(t * B + b0) * {_width(o.k)}"),
         _width(o.k), Pointer(f"P_{o.name}"), Pointer(C[o.name], "b0 * N"), "N",
         "1" if o.name in p.carried else "0"),
         f"d{o.name}[t-1] {'+' if o.name in p.carried else ''}= Σ Rᵀ δ over "
         f"{' '.join(o.matrices)}: dG{o.group}[t] · W_{o.name}", True) for o in states)
-    finish = tuple(_weight_task(p, o, dG[o.group]) for o in p.operands) + (
+    finish = tuple(_weight_task(p, k, o, dG[o.group]) for k, o in enumerate(p.operands)) + (
         Task("T * B", Call("_gemm", ("False", "False", "r1 - r0", "M", xw, "1",
                                      Pointer(dG[x.group], f"r0 * {xw}"), xw, Pointer(W[x.name]),
                                      "M", "0", Pointer("dX", "r0 * M"), "M")),
-             f"dX = dG{x.group} · W_{x.name}"),)
-    return Kernel(p, step_function(p, "forward", p.forward),
-                  step_function(p, "backward", p.backward), prepare, pack_fwd, per_fwd,
-                  pack_bwd, per_bwd, finish,
-                  tuple((f"P_{o.name}", "N", _width(o.k)) for o in states),
-                  tuple((f"P_{o.name}", _width(o.k), "N") for o in states))
+             f"dX = dG{x.group} · W_{x.name}", ("dX", 0)),)
+    forward, backward = _phases(p, per_fwd)
+    return Kernel(p, forward, backward, prepare, pack_fwd, pack_bwd, per_bwd, finish,
+                  tuple((f"P_{o.name}", "N", _width(o.k)) for o in stepped),
+                  tuple((f"P_{o.name}", _width(o.k), "N") for o in stepped))
 
 
-def _weight_task(p: Plan, o, dG: str) -> Task:
-    """d[matrices of o] = dGᵀ · o's values over all steps, split by rows."""
+def _weight_task(p: Plan, k: int, o, dG: str) -> Task:
+    """d[matrices of o] = dGᵀ · o's values over all steps, split by rows (o: operand k)."""
     w = _width(o.k)
-    values = (Pointer("X") if o.role is Role.INPUT
-              else Pointer(p.buffer(Storage.STATE, o.name).field))
+    if o.role is Role.INPUT:
+        values = Pointer("X")
+    else:   # a state's values at t-1 (rows 0 … T-1), a node's at t
+        field, row = _values(p, o)
+        values = Pointer(field, "B * N" if row == "nxt" else "")
     call = Call("_gemm", ("True", "False", "r1 - r0", o.size, "T * B", "1",
                           Pointer(dG, "r0"), w, values, o.size, "0",
                           Pointer(p.buffer(Storage.WEIGHT_GRADIENT, o.name).field,
                                   f"r0 * {o.size}"), o.size))
-    at = "" if o.role is Role.INPUT else "[t-1]"
-    return Task(w, call, f"d[{' '.join(o.matrices)}] = dG{o.group}ᵀ · {o.name}{at}")
+    at = "[t-1]" if o.role is Role.STATE else ""
+    return Task(w, call, f"d[{' '.join(o.matrices)}] = dG{o.group}ᵀ · {o.name}{at}", ("dW", k))

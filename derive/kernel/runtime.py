@@ -280,22 +280,9 @@ class Kernel:
         if T * B > _INT32 or max(len(o["blocks"]) for o in self.operands) * N > _INT32:
             raise ValueError(f"x of shape {x.shape} with N={N} is too large for 32-bit BLAS")
         S = []
-        if state0 is not None and not isinstance(state0, dict):
-            raise ValueError(f"state0 must be None or a dict of state name -> (B, N) array "
-                             f"({', '.join(self.states)}), not {type(state0).__name__}")
-        if state0 is not None:
-            extra = [k for k in state0 if k not in self.states]
-            if extra:
-                raise ValueError(f"state0 has unknown states {', '.join(map(str, extra))} "
-                                 f"(the states of {self.cell}: {', '.join(self.states)})")
-        for s in self.states:
+        for s, v in self._per_state("state0", state0, B, N, contiguous=False).items():
             buf = np.empty((T + 1, B, N), self.dtype)
-            if state0 is None or s not in state0:
-                buf[0] = 0
-            else:
-                _check_array(f"state0[{s!r}]", state0[s], (B, N), self.dtype, "(B, N)",
-                             contiguous=False)
-                buf[0] = state0[s]
+            buf[0] = 0 if v is None else v
             S.append(buf)
         x = x.copy()  # the trace's own values: see the module docstring
         W = self._fused(params, N, M)
@@ -317,9 +304,28 @@ class Kernel:
         out = outputs[self.outputs[0]] if len(self.outputs) == 1 else outputs
         return Trace(out, finals, self, x, W, V, S, A, (T, B, M, N))
 
+    def _per_state(self, name, given, B, N, contiguous=True) -> dict:
+        """{state: (B, N) array or None (not given)} from `given`, None or a dict of some
+        of the states, checked (a ValueError naming `name` and what was expected)."""
+        if given is not None and not isinstance(given, dict):
+            raise ValueError(f"{name} must be None or a dict of state name -> (B, N) array "
+                             f"({', '.join(self.states)}), not {type(given).__name__}")
+        given = {} if given is None else given
+        _missing, extra = _missing_and_unknown(given, self.states)
+        if extra:
+            raise ValueError(f"{name} has unknown states {', '.join(map(str, extra))} "
+                             f"(the states of {self.cell}: {', '.join(self.states)})")
+        for s, v in given.items():
+            _check_array(f"{name}[{s!r}]", v, (B, N), self.dtype, "(B, N)", contiguous)
+        return {s: given.get(s) for s in self.states}
+
     # --- backward -----------------------------------------------------------------------------
-    def backward(self, trace: Trace, d_outputs) -> dict:
-        """Gradients of every parameter, the input and each initial state ("<state>0")."""
+    def backward(self, trace: Trace, d_outputs, d_finals=None) -> dict:
+        """Gradients of every parameter, the input and each initial state ("<state>0").
+
+        d_outputs: the gradient of each output (T, B, N); d_finals: None or {state:
+        (B, N)}, gradients of final states (trace.states) besides the outputs' last step
+        (missing states: zeros)."""
         if not isinstance(trace, Trace) or trace.kernel.layout is not self.layout \
                 or trace.kernel.dtype != self.dtype:
             raise ValueError(f"trace must be what this kernel's forward returned "
@@ -340,7 +346,11 @@ class Kernel:
             name = "d_outputs" if len(self.outputs) == 1 else f"d_outputs[{o!r}]"
             _check_array(name, d_outputs[o], (T, B, N), self.dtype, "(T, B, N)")
             dY.append(d_outputs[o])
-        g = self.backward_buffers(trace.x, trace.W, trace.V, trace.S, trace.A, dY)
+        C_in = None
+        if d_finals is not None:
+            C_in = [np.zeros((B, N), self.dtype) if d is None else d
+                    for d in self._per_state("d_finals", d_finals, B, N).values()]
+        g = self.backward_buffers(trace.x, trace.W, trace.V, trace.S, trace.A, dY, C_in=C_in)
         dW, acc, dX, C = g["W"], g["V"], g["x"], g["S"]
         grads = {}
         for name, shape in self.parameters.items():
@@ -370,29 +380,37 @@ class Kernel:
                            else (B, len(o["blocks"]) * N), self.dtype) for o in self.operands)
         self.module.forward(x, W, V, S, A, G, _threads(self.threads, T, B, M, N))
 
-    def backward_buffers(self, x, W, V, S, A, dY, needs=None) -> dict:
+    def backward_buffers(self, x, W, V, S, A, dY, needs=None, C_in=None) -> dict:
         """`backward` on the buffers of `forward_buffers`; dY one (T, B, N) per output.
 
         Returns {"W": fused weight gradients per operand, "V": vector gradients, "x": dX,
         "S": gradient of each initial state}, entries not in `needs` set to None. `needs`
         names what the caller wants ("x", "W<k>" for operand k, "V<k>", "S<k>"; None:
-        everything). The kernel does not take these flags yet: it computes every gradient
-        and only the unwanted ones are dropped here (they cost their products still).
+        everything); the kernel skips the products of the others (the δx product when
+        "x" is not needed, the weight-gradient product of an operand whose "W<k>" is not)
+        and the summing of unwanted vector gradients. The initial-state gradients are
+        always computed (they are the carries of the time loop). C_in: None, or one
+        (B, N) array per state, the gradients of the final states S[k][T] besides what
+        reaches them through the outputs (dY[T-1]): the carries the backward starts from.
         """
         T, B, M = x.shape
         N = S[0].shape[2]
         sizes = {"N": N, "M": M}
+        want = (lambda key: True) if needs is None else (lambda key: key in needs)
         dG = tuple(np.empty((T, B, len(g["nodes"]) * N), self.dtype) for g in self.groups)
         C = tuple(np.empty((B, N), self.dtype) for _ in self.states)
         acc = tuple(np.empty(N, self.dtype) for _ in self.vectors)
         dW = tuple(np.empty((len(o["blocks"]) * N, sizes[o["size"]]), self.dtype)
                    for o in self.operands)
-        dX = np.empty((T, B, M), self.dtype)
+        dX = np.empty((T, B, M), self.dtype)   # not touched (nor paged in) unless wanted
+        want_dW = tuple(want(f"W{k}") for k in range(len(dW)))
+        want_acc = tuple(want(f"V{k}") for k in range(len(acc)))
         self.module.backward(x, W, V, S, A, tuple(dY), dG, C, acc, dW, dX,
-                             _threads(self.threads, T, B, M, N))
-        want = (lambda key: True) if needs is None else (lambda key: key in needs)
-        return {"W": [g if want(f"W{k}") else None for k, g in enumerate(dW)],
-                "V": [g if want(f"V{k}") else None for k, g in enumerate(acc)],
+                             _threads(self.threads, T, B, M, N),
+                             None if C_in is None else tuple(C_in), want("x"), want_dW,
+                             want_acc)
+        return {"W": [g if w else None for g, w in zip(dW, want_dW)],
+                "V": [g if w else None for g, w in zip(acc, want_acc)],
                 "x": dX if want("x") else None,
                 "S": [g if want(f"S{k}") else None for k, g in enumerate(C)]}
 

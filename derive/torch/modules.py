@@ -20,9 +20,10 @@ c_n)` for LSTM, `output, h_n` otherwise. The map to the cells (the same math, ch
 
 Inputs: (T, B, M), or (B, T, M) with batch_first, or unbatched (T, M); a PackedSequence
 of unequal lengths, each row run for its own length (padded steps give zeros and send no
-gradient): rows of equal length are run together, one operator call per distinct
-length (the kernels take no per-row lengths). Dropout between layers as PyTorch applies
-it (on every layer's output but the last, in training mode).
+gradient): the rows sorted by length, one operator call per segment of the time axis
+between consecutive distinct lengths on the rows still active, each from the final
+states of the one before (the work is the sum of the lengths). Dropout between layers
+as PyTorch applies it (on every layer's output but the last, in training mode).
 
 Recurrent has the cell's own parameter names with PyTorch's suffixes (W_z_l0, R_i_l1,
 p_f_l0_reverse, …), initialised like `Kernel.init_params` (uniform in ±1/√N), takes an
@@ -191,25 +192,52 @@ class _Stack(nn.Module):
         return x, {s: torch.stack(v) for s, v in finals.items()}
 
     def _direction(self, x, W, V, s0, lengths, reverse):
-        """One direction of one layer: a single operator call, or one per distinct length."""
+        """One direction of one layer: one operator call, or one per time segment.
+
+        With unequal lengths (a PackedSequence), the rows are sorted by length and the time
+        axis cut at each distinct length: each segment runs on the rows still active, from
+        the final states of the segment before (so the work is Σ lengths, not B·T). The
+        reverse direction runs each row's own steps backwards (a per-row reversal of x).
+        """
         T, B, _ = x.shape
         if lengths is None or all(n == T for n in lengths):
             y, fin = self.ops.run(x.flip(0) if reverse else x, W, V, s0)
             return ({o: v.flip(0) for o, v in y.items()} if reverse else y), fin
-        N = self.hidden_size
-        ys = {o: x.new_zeros((T, B, N)) for o in self.ops.outputs}
-        finals = {s: x.new_zeros((B, N)) for s in self.ops.states}
-        for n in sorted(set(lengths), reverse=True):
-            rows = torch.tensor([b for b, m in enumerate(lengths) if m == n])
-            xg = x[:n].index_select(1, rows)
-            sg = {s: v.index_select(0, rows) for s, v in s0.items()}
-            y, fin = self.ops.run(xg.flip(0) if reverse else xg, W, V, sg)
+        L = torch.tensor(lengths)
+        if reverse:   # step t of row b reads x[L_b - 1 - t] (padded steps stay in place)
+            t = torch.arange(T).unsqueeze(1)
+            steps = torch.where(t < L, L - 1 - t, t)
+            x = x.gather(0, steps.unsqueeze(2).expand(x.shape))
+        order = torch.argsort(L, descending=True, stable=True)
+        ys, fin = self._segments(x.index_select(1, order), W, V,
+                                 {s: v.index_select(0, order) for s, v in s0.items()},
+                                 L[order].tolist())
+        back = torch.argsort(order)
+        ys = {o: v.index_select(1, back) for o, v in ys.items()}
+        if reverse:
+            ys = {o: v.gather(0, steps.unsqueeze(2).expand(v.shape)) for o, v in ys.items()}
+        return ys, {s: v.index_select(0, back) for s, v in fin.items()}
+
+    def _segments(self, x, W, V, s0, lengths):
+        """x (T, B, M) with rows sorted by length (descending): one call per segment of
+        the time axis between consecutive distinct lengths, on its active rows (a prefix).
+        Returns the outputs (T, B, N), zero past each row's length, and each row's final
+        states (B, N)."""
+        B, N = x.shape[1], self.hidden_size
+        ys = {o: [] for o in self.ops.outputs}
+        finals = {s: [] for s in self.ops.states}      # blocks of rows, last rows first
+        state, start = s0, 0
+        for end in sorted(set(lengths)):
+            n = sum(1 for m in lengths if m >= end)      # the rows active in [start, end)
+            y, fin = self.ops.run(x[start:end, :n], W, V, {s: v[:n] for s, v in state.items()})
             for o, v in y.items():
-                v = v.flip(0) if reverse else v
-                ys[o] = ys[o].index_copy(1, rows, F.pad(v, (0, 0, 0, 0, 0, T - n)))
+                ys[o].append(F.pad(v, (0, 0, 0, B - n)))
+            done = sum(1 for m in lengths if m > end)   # rows [done, n) end here
             for s, v in fin.items():
-                finals[s] = finals[s].index_copy(0, rows, v)
-        return ys, finals
+                finals[s].append(v[done:n])
+            state, start = fin, end
+        return ({o: torch.cat(v) for o, v in ys.items()},
+                {s: torch.cat(v[::-1]) for s, v in finals.items()})
 
     def _states_in(self, hx) -> dict:
         """{state: (label, tensor or None)} from the module's hx argument."""

@@ -5,34 +5,34 @@
 
 `torch.library.custom_op` registers, per cell (named by the cell and its spec hash):
 
-    derive::<cell>_<hash>_forward(x, W0.., V0.., s0_0..) -> (S_0.., A_0..)
-    derive::<cell>_<hash>_backward(x, W0.., V0.., S_0.., A_0.., dS_0.., dA_0.., needs)
-        -> (dx, dW0.., dV0.., ds0_0..)
+    derive::<cell>_<hash>_forward(x, W0.., V0.., s0_0..) -> (S_0.., A_0.., F_0..)
+    derive::<cell>_<hash>_backward(x, W0.., V0.., S_0.., A_0.., dS_0.., dA_0.., dF_0..,
+        needs) -> (dx, dW0.., dV0.., ds0_0..)
 
 x (T, B, M) the input; W<k> the fused weights of operand k of the kernel's layout (k·N rows,
 its blocks in order, e.g. lstm_np: [W_z; W_i; W_f; W_o] for x, [R_z; …] for y); V<k> the
 vector parameters (N,); s0_<k> the initial state k (B, N). The forward returns what the
 backward needs: every state over the sequence S_k (T+1, B, N) (row 0 the initial state,
-row T the final one) and the kernel's stored values A_k (T, B, N). `run` returns views of
-them: the outputs (T, B, N) and the final states (B, N). The stored values are not
-differentiable (they exist for the backward operator).
+row T the final one) and the kernel's stored values A_k (T, B, N); then F_j (B, N), a copy
+of the final value of each state that is not an output (lstm_np's c). `run` returns views
+of them: the outputs (T, B, N) and the final states (B, N). The stored values and the
+sequences of the states that are not outputs are not differentiable (they exist for the
+backward operator): a gradient reaches such a state through F_j only.
 
 Both operators have fake (meta) implementations and the pair is registered with
 `register_autograd`, so autograd, `torch.compile(fullgraph=True)` and `torch.export` see
 one opaque operator per sequence: compile time does not grow with T.
 
 The gradient flags: `needs` (one bool per input of the forward operator, from autograd's
-`needs_input_grad`) reaches `Kernel.backward_buffers`; gradients nobody needs come back as
-None (no parameter gradient for a frozen parameter, none for an input that does not
-require grad). The compiled kernels do not take the flags yet, so they still compute
-every gradient (the δx product of the first layer, the weight products of frozen
-weights) and the unneeded ones are dropped.
+`needs_input_grad`) reaches the kernel (`Kernel.backward_buffers`), which skips the
+products nobody needs: no δx product (T·B × k·N × M) for an input that does not require
+grad (the first layer), no weight-gradient product for a frozen weight, no sum for a
+frozen vector; those gradients come back as empty tensors (None to autograd).
 
 Undefined output gradients (a final state nobody uses) count as zeros. The gradient of a
-final state that is not an output of the cell (lstm's c_n) enters the backward pass
-through a second kernel of the same cell with every state declared an output (same
-layout, compiled on first use, loaded only when such a gradient is non-zero): the
-compiled kernels have no entry for the final carries.
+final state that is not an output of the cell (lstm's c_n, through F_j) is where the
+kernel's backward starts its carries (C_in); a final state that is an output (h_n) is the
+output's last step, its gradient part of dS.
 
 Tensors are used in place, without copies, when they are contiguous: x, the fused
 weights and the vectors are handed to the kernel as they are (`run` makes a
@@ -42,13 +42,9 @@ forward operator.
 
 from __future__ import annotations
 
-import json
-import re
-
 import numpy as np
 import torch
 
-from derive.errors import UserError
 from derive.kernel.runtime import load_kernel
 
 DTYPES = {torch.float32: "float32", torch.float64: "float64"}
@@ -71,7 +67,6 @@ class CellOperators:
     def __init__(self, cell, kernel64):
         self.cell = cell
         self.kernels = {"float64": kernel64}
-        self.variants: dict[str, object] = {}
         k = kernel64
         self.name = k.cell
         self.states = k.states
@@ -84,6 +79,9 @@ class CellOperators:
         nW, nV, nS, nA = len(self.operands), len(self.vectors), len(self.states), len(self.stored)
         self.n_inputs = 1 + nW + nV + nS
         self.stored_outputs = tuple(o for o in self.outputs if o not in self.states)
+        #: the states that are not outputs: their final values are outputs F_j of their own
+        self.hidden = tuple(k for k, s in enumerate(self.states) if s not in self.outputs)
+        nF = len(self.hidden)
         base = f"derive::{self.name}_{k.layout['spec_hash']}"
         W = [f"Tensor W{i}" for i in range(nW)]
         V = [f"Tensor V{i}" for i in range(nV)]
@@ -92,10 +90,11 @@ class CellOperators:
         A = [f"Tensor A{i}" for i in range(nA)]
         dS = [f"Tensor? dS{i}" for i in range(nS)]
         dA = [f"Tensor? dA{i}" for i in range(len(self.stored_outputs))]
+        dF = [f"Tensor? dF{j}" for j in range(nF)]
         fwd_schema = (f"(Tensor x, {', '.join(W + V + s0)}) -> "
-                      f"({', '.join(['Tensor'] * (nS + nA))})")
-        self.n_outputs = nS + nA  # one output (rnn: the state y, nothing stored) is a Tensor
-        bwd_schema = (f"(Tensor x, {', '.join(W + V + S + A + dS + dA)}, bool[] needs) -> "
+                      f"({', '.join(['Tensor'] * (nS + nA + nF))})")
+        self.n_outputs = nS + nA + nF  # one output (rnn: the state y alone) is a Tensor
+        bwd_schema = (f"(Tensor x, {', '.join(W + V + S + A + dS + dA + dF)}, bool[] needs) -> "
                       f"({', '.join(['Tensor'] * self.n_inputs)})")
         self.forward = torch.library.custom_op(f"{base}_forward", self._forward_impl,
                                                mutates_args=(), device_types="cpu",
@@ -118,22 +117,6 @@ class CellOperators:
             self.kernels[name] = load_kernel(self.cell, name)
         return self.kernels[name]
 
-    def variant(self, dtype):
-        """The kernel of this cell with every state an output (same layout): its backward
-        takes a gradient for each state at each step, so a final state's gradient enters as
-        that state's output gradient at the last step."""
-        name = DTYPES[dtype]
-        if name not in self.variants:
-            self.variants[name] = load_kernel(_states_as_outputs(self.cell, self.states), name)
-            k, v = self.kernel(dtype).layout, self.variants[name].layout
-            same = ("states", "parameters", "vectors", "operands", "groups", "stored")
-            if any(k[key] != v[key] for key in same):  # pragma: no cover - a plan change
-                raise UserError(f"{self.name}: the kernel with every state an output has "
-                                f"another layout; final-state gradients of "
-                                f"{', '.join(s for s in self.states if s not in self.outputs)}"
-                                f" cannot be taken")
-        return self.variants[name]
-
     # --- argument lists ----------------------------------------------------------------------
     def _split(self, args, counts):
         out, i = [], 0
@@ -151,9 +134,10 @@ class CellOperators:
     def _backward_args(self, args):
         x = args[0]
         nW, nV, nS, nA = len(self.operands), len(self.vectors), len(self.states), len(self.stored)
-        W, V, S, A, dS, dA = self._split(args[1:], (nW, nV, nS, nA, nS,
-                                                    len(self.stored_outputs)))
-        return x, W, V, S, A, dS, dA, list(args[-1])
+        W, V, S, A, dS, dA, dF = self._split(args[1:], (nW, nV, nS, nA, nS,
+                                                        len(self.stored_outputs),
+                                                        len(self.hidden)))
+        return x, W, V, S, A, dS, dA, dF, list(args[-1])
 
     # --- forward -----------------------------------------------------------------------------
     def _forward_impl(self, *args):
@@ -167,7 +151,7 @@ class CellOperators:
         A = [torch.empty((T, B, N), dtype=x.dtype) for _ in self.stored]
         kernel.forward_buffers(_np(x), tuple(map(_np, W)), tuple(map(_np, V)),
                                tuple(map(_np, S)), tuple(map(_np, A)))
-        return self._result((*S, *A))
+        return self._result((*S, *A, *(S[k][T].clone() for k in self.hidden)))
 
     def _result(self, outputs: tuple):
         return outputs[0] if self.n_outputs == 1 else outputs
@@ -177,11 +161,12 @@ class CellOperators:
         T, B, _ = x.shape
         N = s0[0].shape[1]
         return self._result((*(x.new_empty((T + 1, B, N)) for _ in self.states),
-                             *(x.new_empty((T, B, N)) for _ in self.stored)))
+                             *(x.new_empty((T, B, N)) for _ in self.stored),
+                             *(x.new_empty((B, N)) for _ in self.hidden)))
 
     # --- backward ----------------------------------------------------------------------------
     def _backward_impl(self, *args):
-        x, W, V, S, A, dS, dA, needs = self._backward_args(args)
+        x, W, V, S, A, dS, dA, dF, needs = self._backward_args(args)
         T, B, M = x.shape
         N = S[0].shape[2]
         zeros = lambda: np.zeros((T, B, N), DTYPES[x.dtype])  # noqa: E731
@@ -193,19 +178,17 @@ class CellOperators:
             else:
                 d = dA[self.stored_outputs.index(o)]
                 dY.append(zeros() if d is None else _np(d))
-        kernel = self.kernel(x.dtype)
-        extra = [s for s, d in zip(self.states, dS)
-                 if s not in self.outputs and d is not None and bool(d[1:].any())]
-        if extra:  # a final (or inner) state's gradient: the kernel with states as outputs
-            kernel = self.variant(x.dtype)
-            dY += [zeros() if dS[self.states.index(s)] is None
-                   else _np(dS[self.states.index(s)])[1:]
-                   for s in kernel.outputs[len(self.outputs):]]
+        C_in = None
+        if any(d is not None for d in dF):  # the carries the backward starts from
+            C_in = [np.zeros((B, N), DTYPES[x.dtype]) for _ in self.states]
+            for k, d in zip(self.hidden, dF):
+                if d is not None:
+                    C_in[k] = _np(d)
         keys = (["x"] + [f"W{i}" for i in range(len(W))] + [f"V{i}" for i in range(len(V))]
                 + [f"S{i}" for i in range(len(S))])
-        g = kernel.backward_buffers(_np(x), tuple(map(_np, W)), tuple(map(_np, V)),
-                                    tuple(map(_np, S)), tuple(map(_np, A)), dY,
-                                    needs={k for k, n in zip(keys, needs) if n})
+        g = self.kernel(x.dtype).backward_buffers(
+            _np(x), tuple(map(_np, W)), tuple(map(_np, V)), tuple(map(_np, S)),
+            tuple(map(_np, A)), dY, needs={k for k, n in zip(keys, needs) if n}, C_in=C_in)
         ds0 = []
         for c, d in zip(g["S"], dS):
             if c is not None and d is not None:
@@ -216,7 +199,7 @@ class CellOperators:
                      for a in grads)
 
     def _backward_fake(self, *args):
-        x, W, V, S, _A, _dS, _dA, needs = self._backward_args(args)
+        x, W, V, S, _A, _dS, _dA, _dF, needs = self._backward_args(args)
         shapes = [x.shape, *(w.shape for w in W), *(v.shape for v in V),
                   *(s.shape[1:] for s in S)]
         return tuple(x.new_empty(shape if n else (0,)) for shape, n in zip(shapes, needs))
@@ -226,8 +209,9 @@ class CellOperators:
         x, W, V, _s0 = self._forward_args(inputs)
         nS = len(self.states)
         output = (output,) if self.n_outputs == 1 else output
-        ctx.save_for_backward(x, *W, *V, *output)
-        ctx.mark_non_differentiable(*output[nS:])
+        ctx.save_for_backward(x, *W, *V, *output[:nS + len(self.stored)])
+        ctx.mark_non_differentiable(*(output[k] for k in self.hidden),
+                                    *output[nS:nS + len(self.stored)])
         ctx.set_materialize_grads(False)
 
     def _autograd_backward(self, ctx, *grads):
@@ -238,7 +222,8 @@ class CellOperators:
         dS = [g if g is None else g.contiguous() for g in grads[:nS]]
         dA = [grads[nS + self.stored.index(o)] for o in self.stored_outputs]
         dA = [g if g is None else g.contiguous() for g in dA]
-        out = self.backward(*ctx.saved_tensors, *dS, *dA, needs)
+        dF = [g if g is None else g.contiguous() for g in grads[nS + len(self.stored):]]
+        out = self.backward(*ctx.saved_tensors, *dS, *dA, *dF, needs)
         return tuple(g if n else None for g, n in zip(out, needs))
 
     # --- the differentiable call -------------------------------------------------------------
@@ -252,11 +237,12 @@ class CellOperators:
         x, W, V, s0 = self.check(x, W, V, state0)
         res = self.forward(x, *W, *V, *s0)
         res = (res,) if self.n_outputs == 1 else res
-        S = res[:len(self.states)]
-        A = res[len(self.states):]
+        nS, nA = len(self.states), len(self.stored)
+        S, A, F = res[:nS], res[nS:nS + nA], res[nS + nA:]
         outputs = {o: S[self.states.index(o)][1:] if o in self.states
                    else A[self.stored.index(o)] for o in self.outputs}
-        finals = {s: S[i][-1] for i, s in enumerate(self.states)}
+        finals = {s: F[self.hidden.index(i)] if i in self.hidden else S[i][-1]
+                  for i, s in enumerate(self.states)}
         return outputs, finals
 
     def check(self, x, W, V, state0):
@@ -322,24 +308,3 @@ def check_tensor(name, t, meaning, dtype=None, shape=None, of="the dtype of x"):
     if shape is not None and tuple(t.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)} {meaning}, not "
                          f"{tuple(t.shape)}")
-
-
-def _states_as_outputs(cell, states):
-    """The cell with every state declared an output (a Cell, named <cell>_states)."""
-    import tomllib
-
-    from derive.cell.spec import parse_spec
-    from derive.kernel.build import spec_source
-    name, text, _shipped = spec_source(cell)
-    outputs = list(tomllib.loads(text)["outputs"])
-    outputs += [s for s in states if s not in outputs]
-    new, n1 = re.subn(r"(?m)^outputs\s*=\s*\[[^\]]*\]", f"outputs = {json.dumps(outputs)}",
-                      text)
-    new, n2 = re.subn(r"(?m)^name\s*=\s*\"[^\"]*\"", f"name = \"{name}_states\"", new)
-    if (n1, n2) != (1, 1):
-        raise UserError(f"{name}: cannot declare its states outputs (its file has no single "
-                        f"'name = ...' and 'outputs = [...]' line); the gradient of a final "
-                        f"state that is not an output cannot be taken")
-    result = parse_spec(new, f"{name} (every state an output)")
-    result.shipped = False
-    return result

@@ -15,7 +15,7 @@ The same plan as the compiled kernel (kernel.pyx beside this file), whole-batch 
 operations per step and the same fused GEMMs, with the same calling convention:
 
     forward(X, W, V, S, A, G, threads)
-    backward(X, W, V, S, A, dY, dG, C, acc, dW, dX, threads)
+    backward(X, W, V, S, A, dY, dG, C, acc, dW, dX, threads, C_in, want_dX, want_dW, want_acc)
 
 (threads is accepted and ignored: NumPy's BLAS decides its own).
 
@@ -24,7 +24,7 @@ operations per step and the same fused GEMMs, with the same calling convention:
 
 import numpy as np
 
-KERNEL_API = 2
+KERNEL_API = 3
 
 LAYOUT = {'cell': 'indrnn',
           'title': 'IndRNN (ReLU, element-wise recurrence)',
@@ -89,10 +89,14 @@ def forward(X, W, V, S, A, G, threads=1):
             _S_h[t + 1] = h
 
 
-def backward(X, W, V, S, A, dY, dG, C, acc, dW, dX, threads=1):
-    """Backward pass (BPTT) over the whole sequence; fills dG, C, acc, dW and dX."""
+def backward(X, W, V, S, A, dY, dG, C, acc, dW, dX, threads=1, C_in=None, want_dX=True,
+             want_dW=None, want_acc=None):
+    """Backward pass (BPTT) over the whole sequence from the carries C_in (zeros if None);
+    fills dG, C and the wanted acc, dW and dX (the others are left untouched)."""
     T, B, M = X.shape
     N = S[0].shape[2]
+    want_dW = (True,) * len(W) if want_dW is None else want_dW
+    want_acc = (True,) * len(V) if want_acc is None else want_acc
     _W_x = W[0]    # x
     _V_u = V[0]    # u
     _V_b = V[1]    # b
@@ -103,9 +107,13 @@ def backward(X, W, V, S, A, dY, dG, C, acc, dW, dX, threads=1):
     _acc_u = acc[0]    # u
     _acc_b = acc[1]    # b
     _dW_x = dW[0]    # x
+    if not want_acc[0]:     # summed into scratch: acc[0] untouched
+        _acc_u = np.empty_like(_acc_u)
     _acc_u[...] = 0
+    if not want_acc[1]:     # summed into scratch: acc[1] untouched
+        _acc_b = np.empty_like(_acc_b)
     _acc_b[...] = 0
-    _C_h[...] = 0
+    _C_h[...] = 0 if C_in is None else C_in[0]
     with np.errstate(all="ignore"):
         for t in range(T - 1, -1, -1):
             Delta = _dY_h[t]
@@ -125,7 +133,9 @@ def backward(X, W, V, S, A, dY, dG, C, acc, dW, dX, threads=1):
             _C_h[...] = carry_h_next
             _acc_u += _batch_sum(g_u, B)
             _acc_b += _batch_sum(da, B)
-        # the weight gradients, one GEMM per operand over all steps
-        np.matmul(_dG0.reshape(T * B, 1 * N).T, X.reshape(T * B, M), out=_dW_x)
+        # the wanted weight gradients, one GEMM per operand over all steps
+        if want_dW[0]:
+            np.matmul(_dG0.reshape(T * B, 1 * N).T, X.reshape(T * B, M), out=_dW_x)
         # the input gradient, one GEMM
-        np.matmul(_dG0.reshape(T * B, 1 * N), _W_x, out=dX.reshape(T * B, M))
+        if want_dX:
+            np.matmul(_dG0.reshape(T * B, 1 * N), _W_x, out=dX.reshape(T * B, M))

@@ -24,7 +24,7 @@ The same plan as the compiled kernel (kernel.pyx beside this file), whole-batch 
 operations per step and the same fused GEMMs, with the same calling convention:
 
     forward(X, W, V, S, A, G, threads)
-    backward(X, W, V, S, A, dY, dG, C, acc, dW, dX, threads)
+    backward(X, W, V, S, A, dY, dG, C, acc, dW, dX, threads, C_in, want_dX, want_dW, want_acc)
 
 (threads is accepted and ignored: NumPy's BLAS decides its own).
 
@@ -33,7 +33,7 @@ operations per step and the same fused GEMMs, with the same calling convention:
 
 import numpy as np
 
-KERNEL_API = 2
+KERNEL_API = 3
 
 LAYOUT = {'cell': 'lstm_nfg',
           'title': 'LSTM without forget gate (NFG)',
@@ -155,10 +155,14 @@ def forward(X, W, V, S, A, G, threads=1):
             _A_tanh_c[t] = tanh_c
 
 
-def backward(X, W, V, S, A, dY, dG, C, acc, dW, dX, threads=1):
-    """Backward pass (BPTT) over the whole sequence; fills dG, C, acc, dW and dX."""
+def backward(X, W, V, S, A, dY, dG, C, acc, dW, dX, threads=1, C_in=None, want_dX=True,
+             want_dW=None, want_acc=None):
+    """Backward pass (BPTT) over the whole sequence from the carries C_in (zeros if None);
+    fills dG, C and the wanted acc, dW and dX (the others are left untouched)."""
     T, B, M = X.shape
     N = S[0].shape[2]
+    want_dW = (True,) * len(W) if want_dW is None else want_dW
+    want_acc = (True,) * len(V) if want_acc is None else want_acc
     _W_x = W[0]    # x
     _W_y = W[1]    # y
     _V_p_i = V[0]    # p_i
@@ -183,13 +187,23 @@ def backward(X, W, V, S, A, dY, dG, C, acc, dW, dX, threads=1):
     _acc_b_o = acc[4]    # b_o
     _dW_x = dW[0]    # x
     _dW_y = dW[1]    # y
+    if not want_acc[0]:     # summed into scratch: acc[0] untouched
+        _acc_p_i = np.empty_like(_acc_p_i)
     _acc_p_i[...] = 0
+    if not want_acc[1]:     # summed into scratch: acc[1] untouched
+        _acc_p_o = np.empty_like(_acc_p_o)
     _acc_p_o[...] = 0
+    if not want_acc[2]:     # summed into scratch: acc[2] untouched
+        _acc_b_z = np.empty_like(_acc_b_z)
     _acc_b_z[...] = 0
+    if not want_acc[3]:     # summed into scratch: acc[3] untouched
+        _acc_b_i = np.empty_like(_acc_b_i)
     _acc_b_i[...] = 0
+    if not want_acc[4]:     # summed into scratch: acc[4] untouched
+        _acc_b_o = np.empty_like(_acc_b_o)
     _acc_b_o[...] = 0
-    _C_y[...] = 0
-    _C_c[...] = 0
+    _C_y[...] = 0 if C_in is None else C_in[0]
+    _C_c[...] = 0 if C_in is None else C_in[1]
     with np.errstate(all="ignore"):
         for t in range(T - 1, -1, -1):
             Delta = _dY_y[t]
@@ -232,8 +246,11 @@ def backward(X, W, V, S, A, dY, dG, C, acc, dW, dX, threads=1):
             _acc_b_o += _batch_sum(do_bar, B)
             # dy[t-1] = Σ Rᵀ δ over R_z R_i R_o: dG0[t] · W_y
             np.matmul(_dG0[t], _W_y, out=_C_y)
-        # the weight gradients, one GEMM per operand over all steps
-        np.matmul(_dG0.reshape(T * B, 3 * N).T, X.reshape(T * B, M), out=_dW_x)
-        np.matmul(_dG0.reshape(T * B, 3 * N).T, _S_y[:T].reshape(T * B, N), out=_dW_y)
+        # the wanted weight gradients, one GEMM per operand over all steps
+        if want_dW[0]:
+            np.matmul(_dG0.reshape(T * B, 3 * N).T, X.reshape(T * B, M), out=_dW_x)
+        if want_dW[1]:
+            np.matmul(_dG0.reshape(T * B, 3 * N).T, _S_y[:T].reshape(T * B, N), out=_dW_y)
         # the input gradient, one GEMM
-        np.matmul(_dG0.reshape(T * B, 3 * N), _W_x, out=dX.reshape(T * B, M))
+        if want_dX:
+            np.matmul(_dG0.reshape(T * B, 3 * N), _W_x, out=dX.reshape(T * B, M))

@@ -26,7 +26,7 @@ Calling convention (derive.kernel.runtime allocates, packs and validates every a
 C-contiguous and of one dtype, float32 or float64):
 
     forward(X, W, V, S, A, G, threads)
-    backward(X, W, V, S, A, dY, dG, C, acc, dW, dX, threads)
+    backward(X, W, V, S, A, dY, dG, C, acc, dW, dX, threads, C_in, want_dX, want_dW, want_acc)
 
 X (T, B, M) the input; W the fused weights of each operand (LAYOUT["operands"]: k·N rows,
 the blocks in order); V the vector parameters (N,); S the states (T+1, B, N), index 0
@@ -35,6 +35,14 @@ projection results (input: T, B, k·N; states: B, k·N); dY the gradients of the
 (T, B, N); dG the deltas of the projection nodes of each group (T, B, k·N); C the
 carries (B, N), which hold the initial-state gradients at the end; acc the gradients of
 the vector parameters (N,); dW the gradients of the fused weights; dX (T, B, M).
+
+The backward's options: C_in (one (B, N) per state, or None for zeros) the gradients of
+the final states S[k][T] beyond the outputs' dY[T-1], the carries the backward starts
+from; want_dX false skips the input gradient (dX is left untouched: no T·B × k·N × M
+product); want_dW / want_acc (one bool per operand / vector, None for all) skip the
+weight-gradient product of an operand and the summing of a vector's gradient, leaving
+that dW / acc untouched (the per-step partial sums of the vectors still run, inside the
+element-wise step).
 
 Threads: OpenMP owns them, BLAS runs single-threaded inside each. Batch rows are
 independent, so each thread runs the whole time loop on its own rows (its recurrent
@@ -135,8 +143,8 @@ cdef inline floating _relu(floating v) noexcept nogil:
 
 
 cdef inline floating _step(floating v) noexcept nogil:
-    # [v > 0]: relu' from relu's output (0 at the kink)
-    return 1 if v > 0 else 0
+    # [v > 0]: relu' from relu's output (0 at the kink); NaN stays NaN
+    return 1 if v > 0 else (0 if v <= 0 else v)
 
 
 cdef inline floating _softplus(floating v) noexcept nogil:
@@ -370,7 +378,7 @@ cdef extern from *:
     """
 
 
-KERNEL_API = 2
+KERNEL_API = 3
 
 LAYOUT = {'cell': 'lstm_nig',
           'title': 'LSTM without input gate (NIG)',
@@ -985,8 +993,10 @@ def forward(const floating[:, :, ::1] X, tuple W, tuple V, tuple S, tuple A, tup
 
 
 def backward(const floating[:, :, ::1] X, tuple W, tuple V, tuple S, tuple A, tuple dY,
-             tuple dG, tuple C, tuple acc, tuple dW, floating[:, :, ::1] dX, int threads=1):
-    """Backward pass (BPTT) over the whole sequence; fills dG, C, acc, dW and dX."""
+             tuple dG, tuple C, tuple acc, tuple dW, floating[:, :, ::1] dX, int threads=1,
+             tuple C_in=None, bint want_dX=True, tuple want_dW=None, tuple want_acc=None):
+    """Backward pass (BPTT) over the whole sequence from the carries C_in (zeros if None);
+    fills dG, C and the wanted acc, dW and dX."""
     cdef Py_ssize_t T, B, M, N
     T, B, M, N = _sizes(X, S, 3)
     _check("W", W, [(3 * N, M), (3 * N, N)])
@@ -999,6 +1009,12 @@ def backward(const floating[:, :, ::1] X, tuple W, tuple V, tuple S, tuple A, tu
     _check("acc", acc, [(N,), (N,), (N,), (N,), (N,)])
     _check("dW", dW, [(3 * N, M), (3 * N, N)])
     _check("dX", (dX,), [(T, B, M)])
+    if C_in is not None:
+        _check("C_in", C_in, [(B, N), (B, N)])
+    if want_dW is not None and len(want_dW) != 2:
+        raise ValueError(f"want_dW must hold 2 flags (one per operand), not {len(want_dW)}")
+    if want_acc is not None and len(want_acc) != 5:
+        raise ValueError(f"want_acc must hold 5 flags (one per vector), not {len(want_acc)}")
     cdef const floating[:, ::1] _W_x = W[0]    # x
     cdef const floating[:, ::1] _W_y = W[1]    # y
     cdef const floating[::1] _V_p_f = V[0]    # p_f
@@ -1024,7 +1040,14 @@ def backward(const floating[:, :, ::1] X, tuple W, tuple V, tuple S, tuple A, tu
     cdef floating[:, ::1] _dW_x = dW[0]    # x
     cdef floating[:, ::1] _dW_y = dW[1]    # y
     cdef int nt = max(1, min(threads, B))
-    cdef Py_ssize_t c, n, task, nvec = 5
+    cdef Py_ssize_t c, n, task, nvec = 5, ntasks
+    cdef Py_ssize_t tasks[3]
+    cdef const floating[:, ::1] _final
+    cdef bint sum_0 = want_acc is None or want_acc[0]
+    cdef bint sum_1 = want_acc is None or want_acc[1]
+    cdef bint sum_2 = want_acc is None or want_acc[2]
+    cdef bint sum_3 = want_acc is None or want_acc[3]
+    cdef bint sum_4 = want_acc is None or want_acc[4]
     cdef _Buffers p
     memset(&p, 0, sizeof(p))
     p.T, p.B, p.M, p.N = T, B, M, N
@@ -1059,9 +1082,28 @@ def backward(const floating[:, :, ::1] X, tuple W, tuple V, tuple S, tuple A, tu
     try:
         if parts == NULL or p.P_y == NULL:
             raise MemoryError()
-        with nogil:
+        # the carries start from the final states' gradients
+        if C_in is None:
             _C_y[:, :] = 0
+        else:
+            _final = C_in[0]
+            _C_y[:, :] = _final
+        if C_in is None:
             _C_c[:, :] = 0
+        else:
+            _final = C_in[1]
+            _C_c[:, :] = _final
+        # the wanted products after the loop (the ids of _finish)
+        ntasks = 0
+        if want_dW is None or want_dW[0]:
+            tasks[ntasks] = 0
+            ntasks += 1
+        if want_dW is None or want_dW[1]:
+            tasks[ntasks] = 1
+            ntasks += 1
+        if want_dX:
+            tasks[ntasks] = 2
+            ntasks += 1
         with nogil, parallel(num_threads=nt):    # thread c of a team of n
             c = threadid()
             n = derive_team()
@@ -1075,18 +1117,23 @@ def backward(const floating[:, :, ::1] X, tuple W, tuple V, tuple S, tuple A, tu
             else:
                 _backward_rows_f64(&p, B * c // n, B * (c + 1) // n, parts + c * nvec * N)
             derive_barrier()
-            if c == 0:                           # the vector gradients: nt partial sums
-                _sum_parts(parts, nvec * N, nt, N, &_acc_p_f[0])
-                _sum_parts(parts + N, nvec * N, nt, N, &_acc_p_o[0])
-                _sum_parts(parts + 2 * N, nvec * N, nt, N, &_acc_b_z[0])
-                _sum_parts(parts + 3 * N, nvec * N, nt, N, &_acc_b_f[0])
-                _sum_parts(parts + 4 * N, nvec * N, nt, N, &_acc_b_o[0])
-            task = c                             # part c of each product after the loop
-            while task < 3 * n:
+            if c == 0:                           # the wanted vector gradients: nt partial sums
+                if sum_0:
+                    _sum_parts(parts, nvec * N, nt, N, &_acc_p_f[0])
+                if sum_1:
+                    _sum_parts(parts + N, nvec * N, nt, N, &_acc_p_o[0])
+                if sum_2:
+                    _sum_parts(parts + 2 * N, nvec * N, nt, N, &_acc_b_z[0])
+                if sum_3:
+                    _sum_parts(parts + 3 * N, nvec * N, nt, N, &_acc_b_f[0])
+                if sum_4:
+                    _sum_parts(parts + 4 * N, nvec * N, nt, N, &_acc_b_o[0])
+            task = c                             # part c of each wanted product after the loop
+            while task < ntasks * n:
                 if floating is float:
-                    _finish_f32(&p, task, n)
+                    _finish_f32(&p, tasks[task // n] * n + task % n, n)
                 else:
-                    _finish_f64(&p, task, n)
+                    _finish_f64(&p, tasks[task // n] * n + task % n, n)
                 task = task + n
     finally:
         free(parts)

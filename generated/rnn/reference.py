@@ -15,7 +15,7 @@ The same plan as the compiled kernel (kernel.pyx beside this file), whole-batch 
 operations per step and the same fused GEMMs, with the same calling convention:
 
     forward(X, W, V, S, A, G, threads)
-    backward(X, W, V, S, A, dY, dG, C, acc, dW, dX, threads)
+    backward(X, W, V, S, A, dY, dG, C, acc, dW, dX, threads, C_in, want_dX, want_dW, want_acc)
 
 (threads is accepted and ignored: NumPy's BLAS decides its own).
 
@@ -24,7 +24,7 @@ operations per step and the same fused GEMMs, with the same calling convention:
 
 import numpy as np
 
-KERNEL_API = 2
+KERNEL_API = 3
 
 LAYOUT = {'cell': 'rnn',
           'title': 'Elman RNN (tanh)',
@@ -96,10 +96,14 @@ def forward(X, W, V, S, A, G, threads=1):
             _S_y[t + 1] = y
 
 
-def backward(X, W, V, S, A, dY, dG, C, acc, dW, dX, threads=1):
-    """Backward pass (BPTT) over the whole sequence; fills dG, C, acc, dW and dX."""
+def backward(X, W, V, S, A, dY, dG, C, acc, dW, dX, threads=1, C_in=None, want_dX=True,
+             want_dW=None, want_acc=None):
+    """Backward pass (BPTT) over the whole sequence from the carries C_in (zeros if None);
+    fills dG, C and the wanted acc, dW and dX (the others are left untouched)."""
     T, B, M = X.shape
     N = S[0].shape[2]
+    want_dW = (True,) * len(W) if want_dW is None else want_dW
+    want_acc = (True,) * len(V) if want_acc is None else want_acc
     _W_x = W[0]    # x
     _W_y = W[1]    # y
     _V_b = V[0]    # b
@@ -110,8 +114,10 @@ def backward(X, W, V, S, A, dY, dG, C, acc, dW, dX, threads=1):
     _acc_b = acc[0]    # b
     _dW_x = dW[0]    # x
     _dW_y = dW[1]    # y
+    if not want_acc[0]:     # summed into scratch: acc[0] untouched
+        _acc_b = np.empty_like(_acc_b)
     _acc_b[...] = 0
-    _C_y[...] = 0
+    _C_y[...] = 0 if C_in is None else C_in[0]
     with np.errstate(all="ignore"):
         for t in range(T - 1, -1, -1):
             Delta = _dY_y[t]
@@ -125,8 +131,11 @@ def backward(X, W, V, S, A, dY, dG, C, acc, dW, dX, threads=1):
             _acc_b += _batch_sum(da, B)
             # dy[t-1] = Σ Rᵀ δ over R: dG0[t] · W_y
             np.matmul(_dG0[t], _W_y, out=_C_y)
-        # the weight gradients, one GEMM per operand over all steps
-        np.matmul(_dG0.reshape(T * B, 1 * N).T, X.reshape(T * B, M), out=_dW_x)
-        np.matmul(_dG0.reshape(T * B, 1 * N).T, _S_y[:T].reshape(T * B, N), out=_dW_y)
+        # the wanted weight gradients, one GEMM per operand over all steps
+        if want_dW[0]:
+            np.matmul(_dG0.reshape(T * B, 1 * N).T, X.reshape(T * B, M), out=_dW_x)
+        if want_dW[1]:
+            np.matmul(_dG0.reshape(T * B, 1 * N).T, _S_y[:T].reshape(T * B, N), out=_dW_y)
         # the input gradient, one GEMM
-        np.matmul(_dG0.reshape(T * B, 1 * N), _W_x, out=dX.reshape(T * B, M))
+        if want_dX:
+            np.matmul(_dG0.reshape(T * B, 1 * N), _W_x, out=dX.reshape(T * B, M))

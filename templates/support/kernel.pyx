@@ -89,8 +89,8 @@ cdef inline floating _relu(floating v) noexcept nogil:
 
 
 cdef inline floating _step(floating v) noexcept nogil:
-    # [v > 0]: relu' from relu's output (0 at the kink)
-    return 1 if v > 0 else 0
+    # [v > 0]: relu' from relu's output (0 at the kink); NaN stays NaN
+    return 1 if v > 0 else (0 if v <= 0 else v)
 
 
 cdef inline floating _softplus(floating v) noexcept nogil:

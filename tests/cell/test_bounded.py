@@ -23,7 +23,8 @@ def one_line_error(code, err):
 
 # --- 1. nested tanh: exponential in SymPy's tanh evaluation --------------------------------
 
-@pytest.mark.parametrize("function", ["tanh", "sigmoid", "exp", "log"])
+@pytest.mark.parametrize("function", ["tanh", "sigmoid", "exp", "log", "relu", "softplus",
+                                      "sqrt"])
 def test_a_function_nested_30_deep_in_a_cell_is_derived_in_seconds(tmp_path, capsys, function):
     path = tmp_path / "deep.toml"
     path.write_text(cell_text(nested(function, 30)))
@@ -31,6 +32,21 @@ def test_a_function_nested_30_deep_in_a_cell_is_derived_in_seconds(tmp_path, cap
         code, out, err = run_cli(["equations", path], capsys)
     assert code == 0, err
     assert "da[t] = " in out and took
+
+
+@pytest.mark.parametrize("level,depth", [("relu(a * mean({0}) + sqrt(softplus(a)))", 20),
+                                         ("mean({0}) * a + mean(a * {0})", 9)])
+def test_nested_means_are_derived_in_seconds(tmp_path, capsys, level, depth):
+    """Each mean is pulled back once (one term per mean, not one per path: the second
+    form reaches the innermost mean along 2**9 paths)."""
+    node = "a"
+    for _ in range(depth):
+        node = level.format(node)
+    path = tmp_path / "deep.toml"
+    path.write_text(cell_text(node))
+    with time_limit(5):
+        code, out, err = run_cli(["equations", path], capsys)
+    assert code == 0 and "da[t] = " in out, err
 
 
 @pytest.mark.slow

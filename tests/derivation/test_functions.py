@@ -103,3 +103,30 @@ def test_relu_cells_are_checked_away_from_the_kinks():
         check.Subject(**{**subject.__dict__, "kinks": None}))
     assert not unscreened.passed  # the kink is real: the screening is what passes it
     assert check.of_derivation(derive.derive("rnn")).kinks is None
+
+
+def test_the_layer_norm_derivation_equals_pytorch_autograd():
+    """The derived backward of tests/cells/layer_norm.toml, evaluated by derive.numeric,
+    against PyTorch autograd of the same cell written in a few lines (float64, 1e-10):
+    an oracle for the adjoint of mean independent of finite differences."""
+    torch = pytest.importorskip("torch")
+    d = derive.derive(cell_path("layer_norm"))
+    p = check.random_problem(check.of_derivation(d), seed=3)
+    s = p.sizes
+    prob = numeric.Problem(d.cell, p.params, p.inputs, p.initial, p.projection,
+                           s["T"], s["B"], s["N"], s["M"])
+    grads = numeric.backward(d, prob, numeric.forward(prob))
+    tp = {n: torch.from_numpy(v.copy()).requires_grad_(True) for n, v in p.params.items()}
+    x = torch.from_numpy(p.inputs["x"].copy()).requires_grad_(True)
+    y0 = torch.from_numpy(p.initial["y"].copy()).requires_grad_(True)
+    y, loss = y0, 0
+    for t in range(s["T"]):
+        v = x[t] @ tp["W"].T + y @ tp["R"].T + tp["b"]
+        z = v - v.mean(dim=1, keepdim=True)
+        y = torch.tanh(tp["g"] * z / torch.sqrt((z * z).mean(dim=1, keepdim=True) + 0.001)
+                       + tp["beta"])
+        loss = loss + (torch.from_numpy(p.projection["y"][t]) * y).sum()
+    loss.backward()
+    for name, got in [*((n, tp[n].grad) for n in tp), ("x", x.grad), ("y0", y0.grad)]:
+        np.testing.assert_allclose(grads[name], got.numpy(), rtol=0, atol=1e-10,
+                                   err_msg=name)

@@ -71,3 +71,15 @@ def test_the_cli_refuses_a_reduction_in_one_line_with_exit_2():
     assert run.returncode == 2 and "Traceback" not in run.stderr
     (line,) = [s for s in run.stderr.splitlines() if "error" in s]
     assert "node 'mu'" in line and "reductions are not compiled yet" in line
+
+
+@pytest.mark.parametrize("backend", ["cython", "numpy"])
+def test_nan_propagates_through_relu_and_its_derivative(backend, rng):
+    k = derive.load_kernel("indrnn", "float64", backend=backend)
+    params = k.init_params(M, N, seed=2)
+    x = rng.standard_normal((T, B, M))
+    x[1, 0, 2] = np.nan
+    tr = k.forward(x, params, {"h": rng.standard_normal((B, N))})
+    assert np.isnan(tr.outputs[1:, 0]).all() and not np.isnan(tr.outputs[:, 1:]).any()
+    g = k.backward(tr, rng.standard_normal((T, B, N)))
+    assert np.isnan(g["W"]).all() and np.isnan(g["x"][:2, 0]).any()

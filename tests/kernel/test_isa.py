@@ -7,8 +7,8 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
+from agreement import assert_kernel_equals_reference
 
 import derive
 from derive.check import gradient_check
@@ -74,17 +74,7 @@ def _check_level(cell, level, monkeypatch, rng):
     k = derive.load_kernel(cell, "float64", backend="cython")
     assert k.isa == level.name
     r = derive.load_kernel(cell, "float64", backend="numpy")
-    T, B, M, N = (SIZES[s] for s in "TBMN")
-    params = k.init_params(M, N, seed=3)
-    x = rng.standard_normal((T, B, M))
-    state0 = {s: 0.5 * rng.standard_normal((B, N)) for s in k.states}
-    dy = rng.standard_normal((T, B, N))
-    tk, tr = k.forward(x, params, state0), r.forward(x, params, state0)
-    assert np.max(np.abs(tk.outputs - tr.outputs)) <= 1e-12
-    gk, gr = k.backward(tk, dy), r.backward(tr, dy)
-    for name in gr:
-        scale = max(1.0, float(np.max(np.abs(gr[name]))))
-        assert np.max(np.abs(gk[name] - gr[name])) <= 1e-12 * scale, name
+    assert_kernel_equals_reference(k, r, rng, *(SIZES[s] for s in "TBMN"), seed=3)
     report = gradient_check(cell, backend="cython", dtype="float64", sizes=SIZES)
     assert report.passed, report.table()
     report = gradient_check(cell, backend="cython", dtype="float32", sizes=SIZES)

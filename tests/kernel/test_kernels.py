@@ -6,6 +6,7 @@ The shipped kernels were compiled when derive was installed: these tests load th
 
 import numpy as np
 import pytest
+from agreement import assert_kernel_equals_reference
 from catalog import cell_path
 
 import derive
@@ -41,17 +42,7 @@ def test_a_kernel_of_relu_softplus_and_sqrt_matches_the_reference_to_1e12(rng):
 def _kernel_matches_the_reference(cell, rng):
     k = derive.load_kernel(cell, "float64", backend="cython")
     r = derive.load_kernel(cell, "float64", backend="numpy")
-    params = k.init_params(M, N, seed=7)
-    x = rng.standard_normal((T, B, M))
-    state0 = {s: 0.5 * rng.standard_normal((B, N)) for s in k.states}
-    dy = rng.standard_normal((T, B, N))
-    tk, tr = k.forward(x, params, state0), r.forward(x, params, state0)
-    assert np.max(np.abs(tk.outputs - tr.outputs)) <= 1e-12
-    gk, gr = k.backward(tk, dy), r.backward(tr, dy)
-    assert set(gk) == set(gr)
-    for name in gr:
-        scale = max(1.0, float(np.max(np.abs(gr[name]))))
-        assert np.max(np.abs(gk[name] - gr[name])) <= 1e-12 * scale, name
+    assert_kernel_equals_reference(k, r, rng, T, B, M, N, seed=7)
 
 
 # torch's module of the same math: its gate order, and our parameters in its places

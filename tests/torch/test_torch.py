@@ -61,11 +61,13 @@ def test_operator_passes_gradcheck(cell):
     assert torch.autograd.gradcheck(_operator_fn(ops, used), args, atol=1e-8, rtol=1e-6)
 
 
-def test_final_state_that_is_not_an_output_gets_its_gradient():
-    """lstm_np's c_n: its gradient enters through the kernel with every state an output."""
+@pytest.mark.parametrize("final_states", [[], ["y"], ["c"], ["y", "c"]])
+def test_final_states_used_or_not(final_states):
+    """lstm_np's h_n (y) and c_n: c_n's gradient is where the kernel's carries start."""
     ops = dt.operators("lstm_np")
     args = [a.requires_grad_() for a in _flatten(_operator_args(ops, _gen(2)))]
-    assert torch.autograd.gradcheck(_operator_fn(ops, ["c"]), args, atol=1e-8, rtol=1e-6)
+    assert torch.autograd.gradcheck(_operator_fn(ops, final_states), args, atol=1e-8,
+                                    rtol=1e-6)
 
 
 @pytest.mark.slow
@@ -113,17 +115,28 @@ def test_operator_called_directly_takes_strided_tensors():
     assert all(torch.equal(p, q) for p, q in zip(a, b))
 
 
-def test_backward_operator_returns_only_what_is_needed():
-    """needs: no δx for an input without grad, no gradient for a frozen weight."""
+@pytest.mark.parametrize("needs", [
+    [False, True, True, True, True, True, True, True, True],      # the first layer: no δx
+    [False, False, True, True, True, True, True, False, True],     # frozen W_x, no dy0
+    [True, True, False, False, False, True, True, True, True],     # frozen R and two vectors
+    [False, False, False, False, False, False, False, True, True]])  # initial states only
+def test_backward_operator_returns_only_what_is_needed(needs):
+    """needs: no δx for an input without grad, no gradient for a frozen parameter; what
+    is computed equals the full backward bit for bit (final-state gradient given)."""
     ops = dt.operators("lstm_np")
     x, W, V, s0 = _operator_args(ops, _gen(7))
+    nS, nA = len(ops.states), len(ops.stored)
     res = ops.forward(x, *W, *V, *s0)
-    S, A = res[:2], res[2:]
-    dS = [torch.randn(s.shape, dtype=F64, generator=_gen(8)) for s in S]
-    needs = [False, False, True] + [True] * len(V) + [False, True]
-    grads = ops.backward(x, *W, *V, *S, *A, *dS, needs)
-    for g, n, a in zip(grads, needs, [x, *W, *V, *s0]):
+    S, A, F = res[:nS], res[nS:nS + nA], res[nS + nA:]
+    dS = [torch.randn(s.shape, dtype=F64, generator=_gen(8)) if k not in ops.hidden
+          else None for k, s in enumerate(S)]
+    dF = [torch.randn(f.shape, dtype=F64, generator=_gen(9)) for f in F]
+    assert len(needs) == ops.n_inputs and len(F) == 1        # c's final value
+    full = ops.backward(x, *W, *V, *S, *A, *dS, *dF, [True] * ops.n_inputs)
+    grads = ops.backward(x, *W, *V, *S, *A, *dS, *dF, needs)
+    for g, n, a, f in zip(grads, needs, [x, *W, *V, *s0], full):
         assert g.shape == (a.shape if n else (0,))
+        assert not n or torch.equal(g, f)
 
 
 def test_frozen_parameters_and_input_get_no_gradient():
@@ -214,6 +227,29 @@ def test_module_matches_torch_on_a_packed_sequence(kind):
     assert d["dx"][3:, 0].abs().max() == 0 and d["dx"][1:, 2].abs().max() == 0
 
 
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+def test_packed_sequence_of_many_lengths_runs_by_segments(kind, monkeypatch):
+    """Eight distinct lengths (and ties), batch_first: parity with PyTorch, and each
+    direction runs one call per segment between consecutive distinct lengths, on the rows
+    still active, so the steps run are the sum of the lengths."""
+    torch.manual_seed(4)
+    ref, mine = _pair(kind, num_layers=2, bidirectional=True, batch_first=True)
+    g = _gen(14)
+    lengths = [12, 1, 7, 3, 12, 5, 9, 2, 7, 11]
+    x = torch.randn(len(lengths), 12, M, dtype=F64, generator=g)
+    calls = []
+    run = type(mine.ops).run
+    monkeypatch.setattr(type(mine.ops), "run", lambda self, x, *a: calls.append(
+        tuple(x.shape[:2])) or run(self, x, *a))
+    r, d = _run_both(ref, mine, x, _hx(kind, 4, len(lengths), g), packed_lengths=lengths)
+    _assert_same(r, d)
+    ends = sorted(set(lengths))
+    segments = [(end - start, sum(m >= end for m in lengths))
+                for start, end in zip([0, *ends[:-1]], ends)]
+    assert calls == segments * 2 * 2                                # layers × directions
+    assert sum(t * b for t, b in segments) == sum(lengths)
+
+
 @pytest.mark.parametrize("kind", ["LSTM", "GRU"])
 def test_module_matches_torch_unbatched_and_without_state(kind):
     torch.manual_seed(3)
@@ -237,7 +273,8 @@ def test_dropout_between_layers_as_torch():
     assert (b - c).abs().max() > 1e-3            # eval: no dropout
 
 
-def _module_fn(module, kind, lengths=None):
+def _module_fn(module, kind, lengths=None, finals=("h",)):
+    """The module as a function: its output and the final states named in `finals`."""
     names = [n for n, _ in module.named_parameters()]
 
     def fn(x, h0, c0, *params):
@@ -245,15 +282,17 @@ def _module_fn(module, kind, lengths=None):
         hx = (h0, c0) if kind == "LSTM" else h0
         out, fin = torch.func.functional_call(module, dict(zip(names, params)), (inp, hx))
         out = out if lengths is None else out.data
-        return out, (fin[0] if kind == "LSTM" else fin)   # c_n unused
+        fin = dict(zip("hc", fin)) if kind == "LSTM" else {"h": fin}
+        return (out, *(fin[s] for s in finals))
     return fn
 
 
-@pytest.mark.parametrize("kind,lengths", [("LSTM", None), ("LSTM", [3, 1, 4]),
-                                          ("GRU", [2, 4, 4])])
-def test_module_passes_gradcheck(kind, lengths):
-    """2 layers, bidirectional, initial state given; a PackedSequence; c_n unused.
-    fast_mode: the Jacobian under random projections of inputs and outputs."""
+@pytest.mark.parametrize("kind,lengths,finals", [
+    ("LSTM", None, ("h",)), ("LSTM", None, ("c",)), ("LSTM", None, ()),
+    ("LSTM", [3, 1, 4], ("h", "c")), ("LSTM", [3, 1, 4], ("h",)), ("GRU", [2, 4, 4], ("h",))])
+def test_module_passes_gradcheck(kind, lengths, finals):
+    """2 layers, bidirectional, initial state given; a PackedSequence; h_n and c_n used
+    or not. fast_mode: the Jacobian under random projections of inputs and outputs."""
     torch.manual_seed(5)
     m = getattr(dt, kind)(M, N, num_layers=2, bidirectional=True).double()
     g = _gen(16)
@@ -261,7 +300,7 @@ def test_module_passes_gradcheck(kind, lengths):
     h0, c0 = (torch.randn(4, B, N, dtype=F64, generator=g, requires_grad=True)
               for _ in range(2))
     params = [p.detach().clone().requires_grad_() for p in m.parameters()]
-    assert torch.autograd.gradcheck(_module_fn(m, kind, lengths), (x, h0, c0, *params),
+    assert torch.autograd.gradcheck(_module_fn(m, kind, lengths, finals), (x, h0, c0, *params),
                                     atol=1e-8, rtol=1e-6, fast_mode=True)
 
 
@@ -456,4 +495,8 @@ def test_training_step_benchmark_runs():
     d, t = bench.training_step("GRU", (5, 3, 4, 6), torch.float64, 1)
     kern, op = bench.op_overhead("lstm_np", (5, 3, 4, 6), torch.float32, 1)
     assert min(d, t, kern, op) > 0
+    cpu = bench.op_overhead_cpu("gru", (5, 3, 4, 6), torch.float64, 2)
+    assert set(cpu) == {"kernel", "op"} and all(0 <= a <= b for a, b in cpu.values())
+    skipped = bench.skipped_products("lstm_np", (5, 3, 4, 6), "float64", 1)
+    assert set(skipped) == {"all", "no dx", "states only"} and min(skipped.values()) > 0
     assert "cpu" in bench.machine()

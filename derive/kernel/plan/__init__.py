@@ -4,22 +4,34 @@ Every decision about what a kernel computes, stores and fuses lives here; the lo
 (`derive.kernel.lower`), the emitters (`derive.kernel.emit`) and the templates only lay
 the plan out. The passes, in order (one module each):
 
-1. `operands` — operands (the vectors matrices multiply) and groups (shared dG buffers);
+1. `operands` — phases, operands (the vectors matrices multiply) and groups (shared dG
+   buffers);
 2. `forward` — forward allocation: the program symbols of one step's values;
 3. `backward` — backward deltas: δ of every node, the projection deltas into dG;
 4. `backward` — carries: the element-wise part of δs[t-1], written at step t;
 5. `backward` — accumulators: the vector parameters' gradients over batch and time;
+   then the backward writes split into phases;
 6. `storage` — auxiliary values, the values the forward stores, the arrays of a call;
-7. `cse` — both step programs as CSE'd, dependency-ordered straight-line code.
+7. `cse` — every phase's program as CSE'd, dependency-ordered straight-line code.
 
 The model (`model`): the plan's symbols are plain identifiers whose meaning is a typed
 `Ref` (`Plan.refs`); the arrays of a call are `Buffer`s; a step is a `Program` of
 statements and writes. `describe(plan)` prints it (`derive plan CELL`).
 
-Cells whose projections read a node of the same step (a multi-phase cell), cells with
-several inputs, cells that use an input element-wise and cells with a reduction over
-the hidden units (mean) are valid specs that the kernels do not support yet: `plan()`
-raises a UserError naming the node.
+**Phases.** A step is a sequence of element-wise phases (`Plan.forward`,
+`Plan.backward`: one Program each). A cell whose projections read only the input and
+the states at t-1 has one phase, the code path of every shipped single-phase cell. A
+projection of a node of the same step (LSTMP's h = W_hr m, the reset-before GRU's
+R_h (r ⊙ y[t-1])) is a phase boundary: the forward computes phase 0, the per-step
+product of the node, phase 1 …; the backward runs the phases in reverse with the
+transposed products between them, and the weight gradients of such products are large
+GEMMs after the time loop (the node's values are stored per step). A row reduction over
+the hidden units (mean(v), layer normalisation) is meant to become the second kind of
+boundary (see `Plan`).
+
+Cells with several inputs, cells that use an input element-wise and cells with a
+reduction over the hidden units (mean) are valid specs that the kernels do not
+support yet: `plan()` raises a UserError naming the node.
 """
 
 from __future__ import annotations
@@ -28,7 +40,7 @@ from derive.derivation import Derivation, derive
 from derive.kernel.plan.backward import Backward
 from derive.kernel.plan.cse import expand_powers, finish
 from derive.kernel.plan.describe import describe
-from derive.kernel.plan.forward import Allocation, forward_program
+from derive.kernel.plan.forward import Allocation, forward_programs
 from derive.kernel.plan.model import (
     Block,
     Buffer,
@@ -48,6 +60,7 @@ from derive.kernel.plan.operands import (
     check_matrix_gradients,
     check_supported,
     operands_and_groups,
+    phases,
 )
 from derive.kernel.plan.storage import (
     FUNCTIONS,
@@ -69,6 +82,8 @@ def plan(d: "Derivation | str") -> Plan:
         d = derive(d)
     cell = d.cell
     check_supported(cell)
+    phase = phases(cell)
+    count = max(phase.values()) + 1
     operands, groups = operands_and_groups(cell)
     check_matrix_gradients(d, operands)
     params = {n: p.shape for n, p in cell.parameters.items()}
@@ -78,37 +93,57 @@ def plan(d: "Derivation | str") -> Plan:
     fixed = fixed_buffers(cell, operands, groups, vectors)
     by_name = {(b.storage, b.name): b for b in fixed}
     bwd = Backward(d, alloc.subs, symbols)
-    bwd.deltas(groups, by_name)
+    bwd.deltas(groups, by_name, operands)
     carried = bwd.carry_writes(operands, by_name)
     bwd.accumulators(vectors, by_name)
-    backward, aux = _with_auxiliaries(bwd, symbols)
-    stored = stored_values(cell, alloc.values, aux, backward, symbols)
+    adjoints = {symbols.of(Ref(Kind.ADJOINT, o.name), f"adjoint_{o.name}"): o.phase
+                for o in operands if o.role is Role.NODE}
+    backward, aux = _with_auxiliaries(bwd, bwd.phases(adjoints, count), symbols)
+    stored = stored_values(cell, alloc.values, aux, backward, symbols,
+                           _kept_across_phases(cell, operands, phase))
     buffers = all_buffers(fixed, stored)
-    forward, comments = forward_program(cell, alloc, stored,
-                                        {(b.storage, b.name): b for b in buffers})
+    forward, comments = forward_programs(cell, alloc, stored,
+                                         {(b.storage, b.name): b for b in buffers}, phase)
     result = Plan(cell, cell.inputs[0], cell.states, cell.outputs, params, vectors,
-                  operands, groups, stored, buffers, finish(forward, symbols),
-                  backward, symbols.refs, carried, {**comments, **bwd.comments})
+                  operands, groups, stored, buffers,
+                  tuple(finish(f, symbols) for f in forward), backward, symbols.refs,
+                  carried, {**comments, **bwd.comments})
     _check_backward_reads(result)
     return result
 
 
-def _with_auxiliaries(bwd: Backward, symbols: Symbols) -> tuple[Program, dict]:
-    """The finished backward program, reading AUX symbols in place of its function
-    calls, and those symbols (function call -> symbol)."""
+def _with_auxiliaries(bwd: Backward, writes: list, symbols: Symbols
+                      ) -> tuple[tuple[Program, ...], dict]:
+    """The finished backward programs (phase K first; `writes`: those of each phase, by
+    phase), reading AUX symbols in place of their function calls, and those symbols
+    (function call -> symbol)."""
     aux = auxiliaries(bwd.statements, symbols)
     statements = tuple(Statement(s.target, s.expr.xreplace(aux), s.comment)
                        for s in bwd.statements)
-    return finish(Program(statements, tuple(bwd.writes)), symbols), aux
+    return tuple(finish(Program(statements, w), symbols) for w in reversed(writes)), aux
+
+
+def _kept_across_phases(cell, operands: tuple[Operand, ...], phase: dict) -> set[str]:
+    """The nodes (not states) whose values outlive their phase: the node operands (their
+    product and weight gradients read them) and those a later phase reads."""
+    out = {o.name for o in operands if o.role is Role.NODE}
+    for n, node in cell.nodes.items():
+        out |= {r for r, shift in node.references()
+                if shift == 0 and r in cell.nodes and phase[r] < phase[n]}
+    return out - set(cell.states)
 
 
 def _check_backward_reads(p: Plan) -> None:
-    """The backward reads only what the forward stores (no values at t+1)."""
+    """The backward reads only what the forward stores (no values at t+1), and each
+    phase only the adjoints made before it (backward[k] is phase K - k)."""
     ok = {Kind.PREVIOUS, Kind.VECTOR, Kind.INCOMING, Kind.CARRY, Kind.AUX}
     stored = {s.symbol for s in p.stored}
-    for sym in p.backward.reads:
-        ref = p.refs[sym]
-        if ref.kind in ok or sym in stored or (ref.kind is Kind.VALUE
-                                               and ref.name in p.states):
-            continue
-        raise AssertionError(f"backward reads {ref}")  # pragma: no cover
+    for k, program in enumerate(p.backward):
+        for sym in program.reads:
+            ref = p.refs[sym]
+            if ref.kind in ok or sym in stored or (ref.kind is Kind.VALUE
+                                                   and ref.name in p.states):
+                continue
+            if ref.kind is Kind.ADJOINT and p.operand(ref.name).phase >= p.phases - 1 - k:
+                continue
+            raise AssertionError(f"backward reads {ref}")  # pragma: no cover

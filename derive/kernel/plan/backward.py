@@ -8,6 +8,16 @@ Wcat_s. So δsᵗ = (its step-t flows and Δᵗ) + carry_s, and after step 0 the
 the initial-state gradient δs⁰. The program writes each projection node's delta into
 dG of every group that has it, the new carries, and accumulates the gradients of the
 vector parameters (peepholes, biases) over the batch and time.
+
+In a multi-phase cell the δ of a node operand v holds Σ Wᵀ δu over the blocks of v (the
+nodes u of later phases that project it): one product per step, between backward
+phases, into a scratch array read as the ADJOINT symbol of v. `phases` splits the
+writes: each dG or vector-gradient write goes to the latest backward phase that can
+compute it (the one of the earliest node operand whose adjoint it needs), the carries
+to the last (phase 0: earlier phases read the step-(t+1) carries). Every phase's
+program is the whole statement list pruned to its writes, so a delta that two phases
+need (δy of a reset-before GRU: its dG in phase 1, δu in phase 0) is recomputed from
+the arrays (a few element-wise operations) instead of stored.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ from derive.kernel.plan.model import (
     Kind,
     Operand,
     Ref,
+    Role,
     Statement,
     Storage,
     Write,
@@ -53,12 +64,18 @@ class Backward:
                       if n not in cell.inputs}
         self.subs.update({S.delta(n): sym for n, sym in self.delta.items()})
 
-    def deltas(self, groups: tuple[Group, ...], buffers: Buffers) -> None:
-        """Pass 3: δ of every node (its step-t flows, plus the carry of a state);
-        each projection node's δ is written into its groups' dG."""
+    def deltas(self, groups: tuple[Group, ...], buffers: Buffers,
+               operands: tuple[Operand, ...]) -> None:
+        """Pass 3: δ of every node (its step-t flows, plus the carry of a state, plus
+        the adjoint of a node operand); each projection node's δ is written into its
+        groups' dG."""
         cell, d = self.cell, self.d
         for n, sym in self.delta.items():
-            expr = sp.Add(*[f.term for f in d.deltas[n].flows if f.shift == 0])
+            now = [f.term for f in d.deltas[n].flows if f.shift == 0]
+            expr = sp.Add(*[t for t in now if not isinstance(t, S.MatTVec)])
+            if any(isinstance(t, S.MatTVec) for t in now):
+                _check_matrix_part(n, now, [o for o in operands if o.role is Role.NODE])
+                expr = expr + self.symbols.of(Ref(Kind.ADJOINT, n), f"adjoint_{n}")
             later = [f.term for f in d.deltas[n].flows if f.shift != 0]
             if later and n not in cell.states:  # pragma: no cover - only states at t+1
                 raise unsupported(cell, f"δ{n} receives terms from step t+1 but {n} is "
@@ -86,7 +103,7 @@ class Backward:
             init = self.d.initial[s]
             terms = sp.Add.make_args(sp.expand(init) if init.has(S.MatTVec) else init)
             ew = sp.Add(*[t for t in terms if not t.has(S.MatTVec)])
-            _check_matrix_part(s, terms, operands)
+            _check_matrix_part(s, terms, [o for o in operands if o.role is Role.STATE])
             if ew == 0:
                 continue
             carried.add(s)
@@ -96,6 +113,19 @@ class Backward:
             self.statements.append(Statement(target, ew.xreplace(self.subs), comment))
             self.writes.append(Write(buffers[Storage.CARRY, s], target, 0, comment))
         return frozenset(carried)
+
+    def phases(self, adjoints: dict[sp.Symbol, int], count: int) -> list[tuple[Write, ...]]:
+        """The writes of each backward phase (index: the phase): see the module
+        docstring. adjoints: ADJOINT symbol -> the phase of its node operand."""
+        limit: dict[sp.Symbol, int] = {}
+        for st in self.statements:
+            free = st.expr.free_symbols
+            limit[st.target] = min([adjoints[s] for s in free if s in adjoints]
+                                   + [limit[s] for s in free if s in limit] + [count - 1])
+        out: list[list[Write]] = [[] for _ in range(count)]
+        for w in self.writes:
+            out[0 if w.buffer.storage is Storage.CARRY else limit[w.value]].append(w)
+        return [tuple(ws) for ws in out]
 
     def accumulators(self, vectors: tuple[str, ...], buffers: Buffers) -> None:
         """Pass 5: each vector parameter's gradient term, summed over batch and time."""
@@ -109,8 +139,9 @@ class Backward:
             self.writes.append(Write(buffers[Storage.ACCUMULATOR, v], target, 0, comment))
 
 
-def _check_matrix_part(s: str, terms, operands: tuple[Operand, ...]) -> None:
-    """The matrix part of δs[t-1] is Σ Rᵀ δ over exactly the blocks of operand s."""
+def _check_matrix_part(s: str, terms, operands: list[Operand]) -> None:
+    """The matrix part of δs (at t-1 through the state operands, at t through the node
+    operands) is Σ Rᵀ δ over exactly the blocks of operand s."""
     mat = {(t.args[0].name, S.ref(t.args[1]).name) for t in terms if isinstance(t, S.MatTVec)}
     bad = [t for t in terms if t.has(S.MatTVec) and not isinstance(t, S.MatTVec)]
     expect = {(b.matrix, b.node) for o in operands if o.name == s for b in o.blocks}

@@ -22,12 +22,17 @@ def describe(p: Plan) -> str:
     lines += [f"  {b.storage.argument + f'[{b.index}]':<8} {b.field:<14} "
               f"({', '.join(b.shape)}{',' if len(b.shape) == 1 else ''})" for b in p.buffers]
     lines += ["", "symbols:"]
-    for sym in sorted({s for prog in (p.forward, p.backward) for s in _symbols(prog)},
+    for sym in sorted({s for prog in p.forward + p.backward for s in _symbols(prog)},
                       key=lambda s: s.name):
         ref = p.refs[sym]
         what = ref.kind.value + (f" {ref.name}" if ref.name else "")
         lines.append(f"  {sym.name:<14} {what}" + (f" block {ref.block}" if ref.block else ""))
-    for title, prog in (("forward step", p.forward), ("backward step", p.backward)):
+    many = p.phases > 1
+    steps = [(f"forward step{f', phase {k}' if many else ''}", prog)
+             for k, prog in enumerate(p.forward)]
+    steps += [(f"backward step{f', phase {p.phases - 1 - k}' if many else ''}", prog)
+              for k, prog in enumerate(p.backward)]
+    for title, prog in steps:
         lines += ["", f"{title}:"] + _program(prog)
     return "\n".join(lines) + "\n"
 

@@ -2,9 +2,11 @@
 
 Allocation gives every value a step reads or computes its program symbol: the blocks
 of the projection results, the states at t-1, the vector parameters and the node
-values at t. The forward program computes every node after the projections, in spec
-order, then the auxiliary values the backward reads, and writes the new states and
-the stored values.
+values at t. The forward program of each phase computes the nodes of that phase after
+the projections, in spec order, then the auxiliary values the backward reads (in the
+phase of the latest node they read), and writes the new states and the stored values
+it computed. A later phase reads an earlier phase's values from their arrays (the
+plan stores every node a later phase reads).
 """
 
 from __future__ import annotations
@@ -56,20 +58,28 @@ class Allocation:
                                    if s in self._back}))
 
 
-def forward_program(cell, alloc: Allocation, stored: tuple[Stored, ...],
-                    buffers: dict[tuple[Storage, str], Buffer]) -> tuple[Program, dict]:
-    """Every node (spec order), then the auxiliary values; writes: states, stored."""
-    statements, comments = [], {}
+def forward_programs(cell, alloc: Allocation, stored: tuple[Stored, ...],
+                     buffers: dict[tuple[Storage, str], Buffer],
+                     phase: dict[str, int]) -> tuple[tuple[Program, ...], dict]:
+    """Per phase: its nodes (spec order), then its auxiliary values; writes: its states,
+    its stored values."""
+    count = max(phase.values()) + 1
+    statements: list[list[Statement]] = [[] for _ in range(count)]
+    writes: list[list[Write]] = [[] for _ in range(count)]
+    comments = {}
+    of_value = {alloc.values[n]: phase[n] for n in cell.nodes}
     for n, node in cell.nodes.items():
         expr = node.elementwise.xreplace(alloc.subs) + sp.Add(*alloc.projections[n])
         comments[n] = f"{n}[t] = {node.text}"
-        statements.append(Statement(alloc.values[n], expr, comments[n]))
-    writes = [Write(buffers[Storage.STATE, s], alloc.values[s], 0, f"{s}[t]")
-              for s in cell.states]
+        statements[phase[n]].append(Statement(alloc.values[n], expr, comments[n]))
+    for s in cell.states:
+        writes[phase[s]].append(Write(buffers[Storage.STATE, s], alloc.values[s], 0, f"{s}[t]"))
     for st in stored:
+        reads = st.expr.free_symbols if st.is_aux else {st.symbol}
+        k = max((of_value[s] for s in reads if s in of_value), default=0)
         if st.is_aux:
-            statements.append(Statement(st.symbol, st.expr, f"{st.name} = "
-                                        f"{alloc.notation(st.expr)} (stored for the "
-                                        f"backward pass)"))
-        writes.append(Write(buffers[Storage.STORED, st.name], st.symbol, 0, st.name))
-    return Program(tuple(statements), tuple(writes)), comments
+            statements[k].append(Statement(st.symbol, st.expr, f"{st.name} = "
+                                           f"{alloc.notation(st.expr)} (stored for the "
+                                           f"backward pass)"))
+        writes[k].append(Write(buffers[Storage.STORED, st.name], st.symbol, 0, st.name))
+    return tuple(Program(tuple(a), tuple(b)) for a, b in zip(statements, writes)), comments

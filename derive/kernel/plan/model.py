@@ -20,6 +20,8 @@ class Role(Enum):
 
     INPUT = "input"      # its projections of all T steps: one GEMM before the time loop
     STATE = "state"      # its projections: one (small) product per step
+    NODE = "node"        # a node of the same step: one (small) product per step, between
+                         # the phase that computes it and the next (a multi-phase cell)
 
 
 class Kind(Enum):
@@ -33,6 +35,8 @@ class Kind(Enum):
     INCOMING = "incoming"       # Δ of output `name` (from the loss)
     CARRY = "carry"             # the step-(t+1) part of δ of state `name`
     DELTA = "delta"             # δ of node `name`: a local of the backward step
+    ADJOINT = "adjoint"         # Σ Wᵀ δ over the blocks of node operand `name` (a product
+                                # between two backward phases)
     TEMP = "temp"               # a local: CSE temporary, new carry, parameter-gradient term
 
 
@@ -64,6 +68,8 @@ class Storage(Enum):
     ACCUMULATOR = ("acc", ("N",))                      # gradients of the vector parameters
     WEIGHT_GRADIENT = ("dW", ("k * N", "size"))
     INPUT_GRADIENT = ("dX", ("T", "B", "M"))
+    ADJOINT = ("D", ("B", "N"))                        # scratch of the kernel (not an
+                                                       # argument): a node operand's Σ Wᵀ δ
 
     @property
     def argument(self) -> str:
@@ -121,6 +127,8 @@ class Operand:
     size: str                 # "M" | "N": the length of the vector
     blocks: tuple[Block, ...]
     group: int                # index of the dG buffer holding its blocks' deltas
+    phase: int = 0            # NODE: the forward phase that computes it (its product runs
+                              # after that phase; the backward's Σ Wᵀ δ before it)
 
     @property
     def matrices(self) -> tuple[str, ...]:
@@ -187,10 +195,9 @@ class Write:
 
 @dataclass(frozen=True)
 class Program:
-    """The element-wise work of one step: statements (dependency order), then writes.
-
-    A later phase structure (a step split into element-wise phases around products of
-    a same-step node, reductions over hidden units) becomes a sequence of Programs.
+    """The element-wise work of one phase of a step: statements (dependency order), then
+    writes. A step is a sequence of phases (`Plan.forward`, `Plan.backward`), one
+    Program each; a single-phase cell has one.
     """
 
     statements: tuple[Statement, ...]
@@ -209,10 +216,23 @@ class Program:
 class Plan:
     """Everything a backend needs to lay out the kernel of one cell.
 
-    buffers: every array of the calling convention, in argument order; refs: the
-    meaning of every program symbol; carried: the states whose carry the backward step
-    writes element-wise (the others receive only the recurrent product);
-    equations: the comment of each node, delta, carry and vector gradient.
+    buffers: every array of the calling convention, in argument order (and the kernel's
+    scratch arrays, Storage.ADJOINT, last); refs: the meaning of every program symbol;
+    carried: the states whose carry the backward step writes element-wise (the others
+    receive only the recurrent product); equations: the comment of each node, delta,
+    carry and vector gradient.
+
+    forward: the phases of one forward step, in order: phase p computes the nodes of
+    phase p, after the products of the node operands of phase p-1 (phase 0: after the
+    products of the states at t-1). backward: the phases of one backward step in the
+    order they run, phase K first (backward[i] is phase K - i): before phase p run
+    the products Σ Wᵀ δ of the node operands of phase p.
+
+    A phase boundary is a product of a node of the same step. A row reduction over the
+    hidden units (mean(v) of layer normalisation) is meant to be the second kind of
+    boundary: the values it reduces computed by one phase, the (B,) sums made between
+    phases like the products here, read by the next phase as a scalar per row (its
+    adjoint, a broadcast, likewise between backward phases).
     """
 
     cell: object
@@ -225,8 +245,8 @@ class Plan:
     groups: tuple[Group, ...]
     stored: tuple[Stored, ...]
     buffers: tuple[Buffer, ...]
-    forward: Program
-    backward: Program
+    forward: tuple[Program, ...]
+    backward: tuple[Program, ...]
     refs: dict[sp.Symbol, Ref]
     carried: frozenset[str]
     equations: dict[str, str]
@@ -234,6 +254,11 @@ class Plan:
     @property
     def name(self) -> str:
         return self.cell.name
+
+    @property
+    def phases(self) -> int:
+        """How many element-wise phases one step has (1: a single-phase cell)."""
+        return len(self.forward)
 
     def operand(self, name: str) -> Operand:
         return next(o for o in self.operands if o.name == name)

@@ -1,11 +1,17 @@
-"""Pass 1 — operands and groups: which vectors the matrices multiply, fused how.
+"""Pass 1 — phases, operands and groups: which vectors the matrices multiply, fused how.
 
-Every vector that a matrix multiplies (the input x, read at step t; states, read at t-1)
-becomes an *operand* with its ordered blocks (projection node, matrix): its matrices are
+Every vector that a matrix multiplies (the input x, read at step t; states, read at t-1;
+nodes of the same step) becomes an *operand* with its ordered blocks (projection node,
+matrix): its matrices are
 fused into one weight Wcat (k·N × size), so the forward does one GEMM per operand.
 Operands whose blocks feed the same nodes in the same order share one *group*: one
 buffer dG (T, B, k·N) of those nodes' deltas, so that after the time loop
 dWcat = dGᵀ · operand values and δx = dG · Wcat are single large GEMMs.
+
+A node multiplied by a matrix in its own step (a *node operand*) splits the step into
+*phases*: the phase of a node is 0 unless it multiplies a node of the same step (then one
+more than that node's phase) or reads a node of a later phase element-wise (then that
+phase). A node operand's product runs between its phase and the next.
 """
 
 from __future__ import annotations
@@ -23,21 +29,25 @@ def unsupported(cell, message: str) -> UserError:
 
 
 def check_supported(cell) -> None:
-    """One input, used only through matrices; no product of a same-step node; no
-    reduction (mean) over the hidden units.
-
-    (A multi-phase step — a product of a node of the same step — is what a plan of
-    several forward/backward Programs per step would support.)
-    """
+    """One input, used only through matrices; every node of size N; a node of the same
+    step multiplied by a matrix is not also a state multiplied at t-1 (the two would be
+    one operand name); no reduction (mean) over the hidden units."""
     if len(cell.inputs) != 1:
         raise unsupported(cell, f"the cell has {len(cell.inputs)} inputs "
                                 f"({', '.join(cell.inputs)}); kernels take one input x")
+    for name in cell.nodes:
+        if cell.size(name) != "N":
+            raise unsupported(cell, f"node {name!r} has size {cell.size(name)}; kernels "
+                                    f"take vectors of the sizes N and M only")
+    at_previous = {p.operand for n in cell.nodes.values() for p in n.projections
+                   if p.shift == -1}
     for node in cell.nodes.values():
         for p in node.projections:
-            if p.operand in cell.nodes and p.shift == 0:
+            if p.shift == 0 and p.operand in at_previous:
                 raise unsupported(cell, f"node {node.name!r} multiplies {p.matrix} by "
-                                        f"{p.operand!r} of the same step (a multi-phase "
-                                        f"cell)")
+                                        f"{p.operand!r} of the same step while another "
+                                        f"node multiplies {p.operand}[t-1] (one operand "
+                                        f"per vector)")
         if node.elementwise.has(S.Mean):
             raise unsupported(cell, f"node {node.name!r} reduces over the hidden units "
                                     f"(mean: reductions are not compiled yet)")
@@ -49,16 +59,30 @@ def check_supported(cell) -> None:
                                         f"matrix products)")
 
 
+def phases(cell) -> dict[str, int]:
+    """The phase of every node (see the module docstring), in the cell's node order."""
+    out: dict[str, int] = {}
+    for name, node in cell.nodes.items():          # dependency order
+        projected = {p.operand for p in node.projections if p.shift == 0}
+        out[name] = max((out[ref] + (ref in projected) for ref, shift in node.references()
+                         if shift == 0 and ref in out), default=0)
+    return out
+
+
 def operands_and_groups(cell) -> tuple[tuple[Operand, ...], tuple[Group, ...]]:
-    """The operands (x first, then the states read through a matrix, in state order),
-    their blocks in node order (then matrix name), and the groups of equal node lists."""
+    """The operands (x first, then the states read through a matrix, in state order,
+    then the node operands by phase and node order), their blocks in node order (then
+    matrix name), and the groups of equal node lists."""
     x = cell.inputs[0]
+    phase = phases(cell)
     blocks: dict[tuple[str, int], list[Block]] = {}
     for node in cell.nodes.values():
         for p in sorted(node.projections, key=lambda p: p.matrix):
             blocks.setdefault((p.operand, p.shift), []).append(Block(node.name, p.matrix))
     reads = [(x, 0, Role.INPUT, "M")] + [(s, -1, Role.STATE, "N") for s in cell.states
                                           if (s, -1) in blocks]
+    reads += [(n, 0, Role.NODE, "N") for n in sorted(cell.nodes, key=lambda n: phase[n])
+              if (n, 0) in blocks]
     keys: list[tuple[str, ...]] = []
     operands = []
     for name, shift, role, size in reads:
@@ -66,7 +90,8 @@ def operands_and_groups(cell) -> tuple[tuple[Operand, ...], tuple[Group, ...]]:
         key = tuple(b.node for b in bl)
         if key not in keys:
             keys.append(key)
-        operands.append(Operand(name, role, size, bl, keys.index(key)))
+        operands.append(Operand(name, role, size, bl, keys.index(key),
+                                phase[name] if role is Role.NODE else 0))
     groups = tuple(Group(i, key, tuple(o.name for o in operands if o.group == i))
                    for i, key in enumerate(keys))
     return tuple(operands), groups

@@ -3,8 +3,9 @@ backward.
 
 *Auxiliary* values are functions of forward values that the backward needs (like
 tanh(cᵗ)): they are stored by the forward, never recomputed. The forward stores every
-node the backward reads (states live in S anyway) and every output that is not a
-state.
+node the backward reads (states live in S anyway), every output that is not a state,
+and in a multi-phase cell every node that outlives its phase (node operands, nodes a
+later phase reads).
 """
 
 from __future__ import annotations
@@ -56,11 +57,14 @@ def auxiliaries(statements: list[Statement], symbols: Symbols) -> dict[sp.Expr, 
 
 
 def stored_values(cell, values: dict[str, sp.Symbol], aux: dict[sp.Expr, sp.Symbol],
-                  backward: Program, symbols: Symbols) -> tuple[Stored, ...]:
-    """The nodes and auxiliary values the backward reads (and non-state outputs)."""
-    reads = backward.reads
+                  backward: tuple[Program, ...], symbols: Symbols,
+                  kept: set[str]) -> tuple[Stored, ...]:
+    """The nodes and auxiliary values the backward reads (and non-state outputs, and
+    the nodes `kept` across phases)."""
+    reads = frozenset().union(*(b.reads for b in backward))
     out = [Stored(n, values[n]) for n in cell.nodes
-           if n not in cell.states and (values[n] in reads or n in cell.outputs)]
+           if n not in cell.states and (values[n] in reads or n in cell.outputs
+                                        or n in kept)]
     for expr, sym in sorted(aux.items(), key=lambda kv: kv[1].name):
         if sym in reads:
             symbols.refs[sym] = Ref(Kind.AUX, sym.name)
@@ -85,6 +89,8 @@ def fixed_buffers(cell, operands: tuple[Operand, ...], groups: tuple[Group, ...]
     out += [make_buffer(Storage.INCOMING, o, k) for k, o in enumerate(cell.outputs)]
     out += [make_buffer(Storage.DELTAS, " ".join(g.nodes), g.index, len(g.nodes))
             for g in groups]
+    out += [make_buffer(Storage.ADJOINT, o.name, k) for k, o in
+            enumerate(o for o in operands if o.role is Role.NODE)]
     return tuple(out)
 
 
