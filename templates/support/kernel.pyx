@@ -6,7 +6,30 @@ from libc.math cimport expf, exp, tanhf, tanh, logf, log, powf, pow, sqrtf, sqrt
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, threadid
+
+
+# --- threads -----------------------------------------------------------------------------
+# Each pass is one OpenMP parallel region (`with parallel()`), its phases separated by
+# barriers: starting a region wakes the team's sleeping threads, which costs a
+# scheduler wake-up per region (milliseconds on a loaded machine), while a barrier
+# between running threads costs microseconds. derive_team() is the size of the team
+# OpenMP actually started (at most the threads asked for); every thread of it reaches
+# every barrier. Without OpenMP (the fallback build) the region runs once, serially.
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    static void derive_barrier(void) { _Pragma("omp barrier") }
+    static Py_ssize_t derive_team(void) { return omp_get_num_threads(); }
+    #else
+    static void derive_barrier(void) {}
+    static Py_ssize_t derive_team(void) { return 1; }
+    #endif
+    """
+    void derive_barrier() nogil
+    Py_ssize_t derive_team() nogil
 
 
 # --- element-wise functions -------------------------------------------------------------
