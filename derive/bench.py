@@ -99,7 +99,10 @@ def interleaved_ms(peers: dict, repeats: int, warmup: int = 2, pause: float = 0.
     One run of every peer per round, `repeats` rounds after `warmup` runs each: slow
     drifts of a shared machine hit every peer alike. A pause before each timed run lets
     the previous peer's spinning threads go to sleep (an idle OpenBLAS thread spins for
-    about 0.1 s and steals a core from whatever runs next).
+    about 0.1 s and steals a core from whatever runs next); then one untimed run of the
+    same callable wakes its own threads, so that the timed run is one of a back-to-back
+    sequence, as in a training loop (waking a sleeping OpenMP worker costs up to
+    milliseconds, which is no part of a kernel's speed).
     """
     for fwd, total in peers.values():
         for _ in range(warmup):
@@ -110,6 +113,7 @@ def interleaved_ms(peers: dict, repeats: int, warmup: int = 2, pause: float = 0.
         for name, fns in peers.items():
             for fn, out in zip(fns, times[name]):
                 time.sleep(pause)
+                fn()
                 t0 = time.perf_counter()
                 fn()
                 out.append(time.perf_counter() - t0)

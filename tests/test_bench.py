@@ -72,6 +72,20 @@ def test_the_machine_names_its_blas_cores_and_threads():
     assert bench.machine_key(m).endswith(f"{m['cpus']} CPUs")
 
 
+def test_each_timed_run_follows_an_untimed_run_of_the_same_callable():
+    """Round-robin over the peers, and every timed run is the second of a back-to-back
+    pair (the first wakes the peer's threads after the pause)."""
+    log = []
+    peers = {name: (lambda n=name: log.append((n, "fwd")), lambda n=name: log.append((n, "all")))
+             for name in ("a", "b")}
+    medians = bench.interleaved_ms(peers, repeats=2, warmup=0, pause=0)
+    assert set(medians) == {"a", "b"}
+    pairs = [log[i:i + 2] for i in range(0, len(log), 2)]
+    assert all(first == second for first, second in pairs)
+    assert [first for first, _ in pairs] == [("a", "fwd"), ("a", "all"), ("b", "fwd"),
+                                             ("b", "all")] * 2
+
+
 def test_gemm_peak_is_a_rate():
     assert bench.gemm_peak("float64", n=32, repeats=1, pause=0) > 0
 
