@@ -285,9 +285,10 @@ class Kernel:
                          f"{_shape_text(shape)} with {given}")
         return dims
 
-    def _fused(self, params, dims: dict) -> tuple:
+    def _fused(self, params, N: int, M: int, P: int | None = None) -> tuple:
         """The fused weights of each operand, its blocks packed into a new array (the
         trace's own copy, one per call whatever the caller's arrays are)."""
+        dims = {"M": M, "N": N, "P": P}
         out = []
         for op, rows in zip(self.operands, self.rows):
             n = dims[rows]
@@ -319,7 +320,7 @@ class Kernel:
             buf[0] = 0 if v is None else v
             S.append(buf)
         x = x.copy()  # the trace's own values: see the module docstring
-        W = self._fused(params, dims)
+        W = self._fused(params, N, M, dims.get("P"))
         V = tuple(params[v].copy() for v in self.vectors)
         A = tuple(np.empty((T, B, dims[self.size(a)]), self.dtype) for a in self.stored)
         S = tuple(S)
