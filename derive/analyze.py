@@ -167,19 +167,20 @@ def reference_trajectory(cell, params, x):
 
 
 def evaluate_block(block, env, t: int) -> np.ndarray:
-    """The (B, N, N) value of one Jacobian block at step t of a NumPy reference Env."""
+    """The (B, n, k) value of one Jacobian block ∂s/∂r at step t of a NumPy reference Env
+    (n, k: the sizes of s and r; N, N but for a cell with a second size P)."""
     from derive.numeric import evaluate
-    B, N = env.B, env.N
-    out = np.zeros((B, N, N))
-    eye = np.broadcast_to(np.eye(N), (B, N, N))
+    B, n, k = env.B, env.size(block.state), env.size(block.previous)
+    out = np.zeros((B, n, k))
+    eye = np.broadcast_to(np.eye(k), (B, k, k))
     for term in block.terms:
         m = eye
         for f in reversed(term.factors):
             if isinstance(f, str):
                 m = np.matmul(env.params[f], m)
             else:
-                m = np.broadcast_to(evaluate(f, env, t), (B, N))[:, :, None] * m
-        out = out + np.broadcast_to(evaluate(term.coefficient, env, t), (B, N))[:, :, None] * m
+                m = np.broadcast_to(evaluate(f, env, t), (B, m.shape[1]))[:, :, None] * m
+        out = out + np.broadcast_to(evaluate(term.coefficient, env, t), (B, n))[:, :, None] * m
     return out
 
 
@@ -321,6 +322,10 @@ def run_analyze(cells, settings: Settings, *, params: str | None = None,
     from derive.cell.spec import load_cell
     settings.check()
     loaded = [load_cell(c) for c in (cells or DEFAULT_CELLS)]
+    for c in loaded:
+        if any(c.size(n) == "P" for n in c.nodes):
+            raise UserError(f"{c.name}: derive analyze takes cells of one node size N "
+                            f"(this cell has vectors of size P)")
     for s in states or ():
         for c in loaded:
             if s not in c.states:

@@ -41,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
+from derive.errors import UserError
+
 SHAPES = {  # name: (T, B, M, N)
     "S1": (100, 32, 128, 256),
     "S2": (50, 64, 256, 512),
@@ -482,7 +484,10 @@ def run_bench(cells=None, as_json=False, quick=False) -> int:
     from derive.cell.spec import load_cell
     names = list(cells or [])
     for c in names:
-        load_cell(c)  # a bad name or spec is a UserError (exit 2) before anything is timed
+        cell = load_cell(c)  # a bad name or spec is a UserError (exit 2) before any timing
+        if any(cell.size(n) == "P" for n in cell.nodes):
+            raise UserError(f"{cell.name}: derive bench times cells of one node size N "
+                            f"(this cell has vectors of size P)")
     shapes = ["S3"] if quick else None
     repeats = 3 if quick else 5
 

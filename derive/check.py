@@ -162,7 +162,7 @@ def of_kernel(kernel) -> Subject:
     return Subject(kernel.cell, kernel.backend, dt.name,
                    {n: tuple(s) for n, s in kernel.parameters.items()},
                    {kernel.input: "M"}, tuple(kernel.states), tuple(kernel.outputs),
-                   outputs, gradients)
+                   outputs, gradients, sizes=dict(kernel.sizes))
 
 
 def of_derivation(derivation) -> Subject:

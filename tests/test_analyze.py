@@ -124,3 +124,10 @@ def test_a_params_file_with_wrong_shapes_is_one_line_and_exit_2(tmp_path, capsys
                      "--params", str(tmp_path / f"{name}.npz")]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
+
+
+def test_a_cell_with_a_second_size_is_refused_in_one_line(capsys):
+    """LSTMP's y has size P: the analysis (one size N per state) says so, exit 2."""
+    assert main(["analyze", "lstmp"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "lstmp: derive analyze takes cells of one node size N" in err and "\n" not in err

@@ -7,9 +7,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import derive
 from derive import bench
+from derive.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -118,3 +120,9 @@ def test_bench_names_the_kernels_instruction_set_level(monkeypatch):
     assert bench.kernel_isa().startswith("portable (CPU: portable")
     monkeypatch.delenv(isa.ENV)
     assert bench.kernel_isa().startswith(isa.best().name + " ")
+
+
+def test_a_cell_with_a_second_size_is_refused_before_any_timing():
+    """LSTMP's y has size P: the benchmark's shapes and peers have one size N."""
+    with pytest.raises(UserError, match="lstmp: derive bench times cells of one node size N"):
+        bench.run_bench(["lstmp"])

@@ -24,11 +24,11 @@ def _check(derivation):
 
 
 def test_the_setting_is_one_a_check_can_trust(cell_name):
-    """T ≥ 3, batch ≥ 2, M ≠ N, a non-zero initial state, distinct peepholes, no saturation."""
+    """T ≥ 3, batch ≥ 2, M, N and P distinct, a non-zero initial state, distinct peepholes, no saturation."""
     d = derive.derive(cell_name)
     p = check.random_problem(check.of_derivation(d))
-    T, B, M, N = (p.sizes[k] for k in "TBMN")
-    assert T >= 3 and B >= 2 and M != N and min(M, N) >= 2
+    T, B, M, N, P = (p.sizes[k] for k in "TBMNP")
+    assert T >= 3 and B >= 2 and len({M, N, P}) == 3 and min(M, N, P) >= 2
     for s, v in p.initial.items():
         assert np.abs(v).min() > 0 and np.abs(v).mean() > 0.1, s
     peepholes = [p.params[n] for n in ("p_i", "p_f", "p_o") if n in p.params]
@@ -36,7 +36,7 @@ def test_the_setting_is_one_a_check_can_trust(cell_name):
         for b in range(a):
             assert np.abs(peepholes[a] - peepholes[b]).min() > 1e-3
     env = numeric.forward(numeric.Problem(d.cell, p.params, p.inputs, p.initial,
-                                          p.projection, T, B, N, M))
+                                          p.projection, T, B, N, M, P))
     for node in d.cell.nodes.values():
         if isinstance(node.elementwise, (S.sigmoid, sp.tanh)) and not node.projections:
             for t in range(T):

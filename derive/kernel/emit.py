@@ -152,6 +152,7 @@ def _step(p: Plan, f: StepFunction, ctype: str, suffix: str) -> dict:
         writes.append(f"{_element(place)} {op} {printer.doprint(w.value)}")
     return {
         "name": f"_{f.name}_step_{suffix}",
+        "size": f.size,
         "params": [f"{ctype}_rp _{q.name}" for q in f.params],
         "arguments": [f"_{q.name}={_pointer(q.argument, ctype)}" for q in f.params],
         "rows": [(s.name, _row_pointer(pl)) for s, pl in rows],
@@ -201,6 +202,14 @@ def _carry_check(p: Plan) -> str:
     return f'_check("C_in", C_in, [{shapes}])'
 
 
+def _second(p: Plan) -> dict | None:
+    """For a cell with a second node size P: the states a call reads N and P from."""
+    sizes = [b.size for b in p.arrays(Storage.STATE)]
+    if "P" not in sizes:
+        return None
+    return {"n": sizes.index("N"), "p": sizes.index("P")}
+
+
 def kernel_context(p: Plan) -> dict:
     """Everything templates/kernel.pyx.j2 lays out, as plain strings and lists."""
     k: Kernel = lower(p)
@@ -226,7 +235,8 @@ def kernel_context(p: Plan) -> dict:
         "tiles": TILES, "types": per_type, "fields": fields,
         "forward": _entry(p, "forward"), "backward": _entry(p, "backward"),
         "panels_forward": k.panels_forward, "panels_backward": k.panels_backward,
-        "scratch": [b.field for b in p.arrays(Storage.ADJOINT)],
+        "scratch": [(b.field, b.size) for b in p.arrays(Storage.ADJOINT)],
+        "second": _second(p),
         "accumulators": [(b.field, "parts" + {0: "", 1: " + N"}.get(b.index, f" + {b.index} * N"))
                          for b in p.arrays(Storage.ACCUMULATOR)],
         "carries": [b.field for b in p.arrays(Storage.CARRY)],
@@ -248,9 +258,9 @@ def _numpy_place(place: Place) -> str:
     elif b.per_step:
         name += "[t]"
     if b.storage is Storage.DELTAS or (b.storage is Storage.PROJECTION):
-        k = place.block
-        start = {0: "", 1: "N"}.get(k, f"{k} * N")
-        name += f"[:, {start}:{'N' if k == 0 else f'{k + 1} * N'}]"
+        k, n = place.block, b.size
+        start = {0: "", 1: n}.get(k, f"{k} * {n}")
+        name += f"[:, {start}:{n if k == 0 else f'{k + 1} * {n}'}]"
     return name
 
 
@@ -313,11 +323,11 @@ def reference_context(p: Plan) -> dict:
         if o.role is Role.INPUT:
             values = "X.reshape(T * B, M)"
         elif o.role is Role.STATE:
-            values = f"_S_{o.name}[:T].reshape(T * B, N)"
+            values = f"_S_{o.name}[:T].reshape(T * B, {o.size})"
         else:
-            values = (f"_S_{o.name}[1:].reshape(T * B, N)" if o.name in p.states
-                      else f"_A_{o.name}.reshape(T * B, N)")
-        weights.append({"name": o.name, "k": o.k, "dG": dG[o.group],
+            values = (f"_S_{o.name}[1:].reshape(T * B, {o.size})" if o.name in p.states
+                      else f"_A_{o.name}.reshape(T * B, {o.size})")
+        weights.append({"name": o.name, "width": f"{o.k} * {o.rows}", "dG": dG[o.group],
                         "operand_values": values})
     phases = []
     for ph, products in zip(k.forward, _numpy_products(p, k.forward, True)):
@@ -331,7 +341,8 @@ def reference_context(p: Plan) -> dict:
         "backward_arrays": _entry_arrays(p, "backward"),
         "accumulators": [b.field for b in p.arrays(Storage.ACCUMULATOR)],
         "carries": [b.field for b in p.arrays(Storage.CARRY)],
-        "scratch": [b.field for b in p.arrays(Storage.ADJOINT)],
+        "scratch": [(b.field, b.size) for b in p.arrays(Storage.ADJOINT)],
+        "second": _second(p), "input_width": f"{x.k} * {x.rows}",
         "input": x, "input_dG": dG[x.group], "recurrent": recurrent, "weights": weights,
         "forward": phases, "backward": back,
     }

@@ -11,7 +11,10 @@ emitters (`derive.kernel.emit`) only map this to Cython or NumPy syntax.
 
 Offsets are written in the names the generated row loops define: t (the step),
 b0 (a thread's first batch row), at = (t·B + b0)·N and nxt = at + B·N (row b0 of steps
-t and t+1 of a (T(+1), B, N) array).
+t and t+1 of a (T(+1), B, N) array); an array of P-wide rows (a cell's second node
+size) is offset by (t·B + b0)·P. A step function runs over the entries of one size: it
+is called with N or P as its row width (`StepFunction.size`), and every array it gets
+has rows of that size (the plan refuses a phase mixing sizes).
 """
 
 from __future__ import annotations
@@ -101,6 +104,13 @@ class StepFunction:
     writes: tuple[Place, ...]   # one per program write, in order
 
     @property
+    def size(self) -> str:
+        """The row width the function runs over ("N" or "P"): that of its arrays."""
+        sizes = {q.buffer.size for q in self.params if q.buffer.storage is not Storage.ACCUMULATOR}
+        assert len(sizes) <= 1, f"{self.name} mixes sizes {sizes}"
+        return next(iter(sizes), "N")
+
+    @property
     def locals(self) -> list[sp.Symbol]:
         return sorted({s.target for s in self.program.statements}, key=lambda s: s.name)
 
@@ -115,7 +125,7 @@ class StepFunction:
 
 def _offset(b: Buffer, step: Step) -> str:
     """Row b0 of step t (t+1 for a state's current row) of `b`, as an element offset."""
-    width = f"{b.blocks} * N" if b.blocks > 1 else "N"
+    width = block_width(b.blocks, b.size)
     if b.storage is Storage.ACCUMULATOR:
         return {0: "", 1: "N"}.get(b.index, f"{b.index} * N")
     if not b.rows:
@@ -123,8 +133,15 @@ def _offset(b: Buffer, step: Step) -> str:
     if not b.per_step:
         return f"b0 * {width}"
     if b.blocks == 1:
-        return "nxt" if (b.storage is Storage.STATE and step is Step.CURRENT) else "at"
+        return _row(b.size, b.storage is Storage.STATE and step is Step.CURRENT)
     return f"(t * B + b0) * {width}"
+
+
+def _row(size: str, following: bool = False) -> str:
+    """Row b0 of step t (t+1 if `following`) of a (T(+1), B, size) array."""
+    if size == "N":
+        return "nxt" if following else "at"
+    return f"({'(t + 1)' if following else 't'} * B + b0) * {size}"
 
 
 def _place(p: Plan, ref: Ref) -> tuple[Buffer, Step, int]:
@@ -236,16 +253,17 @@ class Kernel:
         return [o for o in self.plan.operands if o.role is Role.NODE]
 
 
-def _width(k: int) -> str:
-    return f"{k} * N" if k > 1 else "N"
+def block_width(k: int, rows: str = "N") -> str:
+    """The width of a row of k blocks of `rows` entries ("4 * N", "P")."""
+    return f"{k} * {rows}" if k > 1 else rows
 
 
 def _values(p: Plan, o) -> tuple[str, str]:
     """The array holding a state or node operand's values and the row of step t that
     its product reads (a state: its previous value; a node: the step's own)."""
     if o.role is Role.NODE and o.name not in p.states:
-        return p.buffer(Storage.STORED, o.name).field, "at"
-    return p.buffer(Storage.STATE, o.name).field, "nxt" if o.role is Role.NODE else "at"
+        return p.buffer(Storage.STORED, o.name).field, _row(o.size)
+    return p.buffer(Storage.STATE, o.name).field, _row(o.size, o.role is Role.NODE)
 
 
 def _phases(p: Plan, first_forward: tuple[Call, ...]) -> tuple[tuple[Phase, ...], ...]:
@@ -257,8 +275,9 @@ def _phases(p: Plan, first_forward: tuple[Call, ...]) -> tuple[tuple[Phase, ...]
     for k, program in enumerate(p.forward):
         operands = tuple(o for o in p.operands if o.role is Role.NODE and o.phase == k - 1)
         calls = first_forward if k == 0 else tuple(Call("derive_small_gemm", (
-            "nb", _width(o.k), "N", Pointer(*_values(p, o)), "N", Pointer(f"P_{o.name}"),
-            Pointer(G[o.name], f"b0 * {_width(o.k)}"), _width(o.k), "0"),
+            "nb", block_width(o.k, o.rows), o.size, Pointer(*_values(p, o)), o.size,
+            Pointer(f"P_{o.name}"), Pointer(G[o.name], f"b0 * {block_width(o.k, o.rows)}"),
+            block_width(o.k, o.rows), "0"),
             f"{' '.join(o.nodes)} += {' '.join(o.matrices)} @ {o.name}[t]", True)
             for o in operands)
         if k == 0:
@@ -268,15 +287,20 @@ def _phases(p: Plan, first_forward: tuple[Call, ...]) -> tuple[tuple[Phase, ...]
     for i, program in enumerate(p.backward):
         k = p.phases - 1 - i
         operands = tuple(o for o in p.operands if o.role is Role.NODE and o.phase == k)
-        calls = tuple(Call("derive_small_gemm", (
-            "nb", "N", _width(o.k), Pointer(dG[o.group], f"(t * B + b0) * {_width(o.k)}"),
-            _width(o.k), Pointer(f"P_{o.name}"),
-            Pointer(p.buffer(Storage.ADJOINT, o.name).field, "b0 * N"), "N", "0"),
-            f"adjoint of {o.name}[t] = Σ Wᵀ δ over {' '.join(o.matrices)}: "
-            f"dG{o.group}[t] · W_{o.name}", True) for o in operands)
+        calls = tuple(_adjoint_call(p, o, dG[o.group]) for o in operands)
         backward.append(Phase(calls, step_function(p, f"backward{k}" if many else "backward",
                                                    program), operands))
     return tuple(forward), tuple(backward)
+
+
+def _adjoint_call(p: Plan, o, dG: str) -> Call:
+    """The adjoint of node operand o at step t: D_o = dG[t] · W_o (B × size)."""
+    w = block_width(o.k, o.rows)
+    return Call("derive_small_gemm", (
+        "nb", o.size, w, Pointer(dG, f"(t * B + b0) * {w}"), w, Pointer(f"P_{o.name}"),
+        Pointer(p.buffer(Storage.ADJOINT, o.name).field, f"b0 * {o.size}"), o.size, "0"),
+        f"adjoint of {o.name}[t] = Σ Wᵀ δ over {' '.join(o.matrices)}: "
+        f"dG{o.group}[t] · W_{o.name}", True)
 
 
 def lower(p: Plan) -> Kernel:
@@ -289,30 +313,32 @@ def lower(p: Plan) -> Kernel:
     dG = {g.index: p.buffer(Storage.DELTAS, " ".join(g.nodes)).field for g in p.groups}
     S = {s: p.buffer(Storage.STATE, s).field for s in p.states}
     C = {s: p.buffer(Storage.CARRY, s).field for s in p.states}
-    xw = _width(x.k)
+    xw = block_width(x.k, x.rows)
     prepare = (Task("T * B", Call("_gemm", ("False", "True", "r1 - r0", xw, "M", "1",
                                             Pointer("X", "r0 * M"), "M", Pointer(W[x.name]),
                                             "M", "0", Pointer(G[x.name], f"r0 * {xw}"), xw)),
                     f"the input projections of all steps: G_{x.name} (T·B × {xw}) = X · "
                     f"W_{x.name}ᵀ"),)
-    pack_fwd = tuple(Call("derive_pack", ("N", _width(o.k), Pointer(W[o.name]), "1", "N",
-                                          Pointer(f"P_{o.name}"), "c", "nt"),
-                          f"W_{o.name}ᵀ (N × {_width(o.k)}) for G_{o.name} = "
+    pack_fwd = tuple(Call("derive_pack", (o.size, block_width(o.k, o.rows), Pointer(W[o.name]),
+                                          "1", o.size, Pointer(f"P_{o.name}"), "c", "nt"),
+                          f"W_{o.name}ᵀ ({o.size} × {block_width(o.k, o.rows)}) for G_{o.name} = "
                           f"{o.name}[{'t' if o.role is Role.NODE else 't-1'}] · "
                           f"W_{o.name}ᵀ", True) for o in stepped)
     per_fwd = tuple(Call("derive_small_gemm", (
-        "nb", _width(o.k), "N", Pointer(S[o.name], "at"), "N", Pointer(f"P_{o.name}"),
-        Pointer(G[o.name], f"b0 * {_width(o.k)}"), _width(o.k), "0"),
+        "nb", block_width(o.k, o.rows), o.size, Pointer(S[o.name], _row(o.size)), o.size,
+        Pointer(f"P_{o.name}"), Pointer(G[o.name], f"b0 * {block_width(o.k, o.rows)}"),
+        block_width(o.k, o.rows), "0"),
         f"{' '.join(o.nodes)} += {' '.join(o.matrices)} @ {o.name}[t-1]", True)
         for o in states)
-    pack_bwd = tuple(Call("derive_pack", (_width(o.k), "N", Pointer(W[o.name]), "N", "1",
-                                          Pointer(f"P_{o.name}"), "c", "nt"),
-                          f"W_{o.name} ({_width(o.k)} × N) for the "
+    pack_bwd = tuple(Call("derive_pack", (block_width(o.k, o.rows), o.size, Pointer(W[o.name]),
+                                          o.size, "1", Pointer(f"P_{o.name}"), "c", "nt"),
+                          f"W_{o.name} ({block_width(o.k, o.rows)} × {o.size}) for the "
                           f"{'adjoint' if o.role is Role.NODE else 'carry'} of {o.name}", True)
                      for o in stepped)
     per_bwd = tuple(Call("derive_small_gemm", (
-        "nb", "N", _width(o.k), Pointer(dG[o.group], f"(t * B + b0) * {_width(o.k)}"),
-        _width(o.k), Pointer(f"P_{o.name}"), Pointer(C[o.name], "b0 * N"), "N",
+        "nb", o.size, block_width(o.k, o.rows),
+        Pointer(dG[o.group], f"(t * B + b0) * {block_width(o.k, o.rows)}"), block_width(o.k, o.rows),
+        Pointer(f"P_{o.name}"), Pointer(C[o.name], f"b0 * {o.size}"), o.size,
         "1" if o.name in p.carried else "0"),
         f"d{o.name}[t-1] {'+' if o.name in p.carried else ''}= Σ Rᵀ δ over "
         f"{' '.join(o.matrices)}: dG{o.group}[t] · W_{o.name}", True) for o in states)
@@ -323,18 +349,19 @@ def lower(p: Plan) -> Kernel:
              f"dX = dG{x.group} · W_{x.name}", ("dX", 0)),)
     forward, backward = _phases(p, per_fwd)
     return Kernel(p, forward, backward, prepare, pack_fwd, pack_bwd, per_bwd, finish,
-                  tuple((f"P_{o.name}", "N", _width(o.k)) for o in stepped),
-                  tuple((f"P_{o.name}", _width(o.k), "N") for o in stepped))
+                  tuple((f"P_{o.name}", o.size, block_width(o.k, o.rows)) for o in stepped),
+                  tuple((f"P_{o.name}", block_width(o.k, o.rows), o.size) for o in stepped))
 
 
 def _weight_task(p: Plan, k: int, o, dG: str) -> Task:
     """d[matrices of o] = dGᵀ · o's values over all steps, split by rows (o: operand k)."""
-    w = _width(o.k)
+    w = block_width(o.k, o.rows)
     if o.role is Role.INPUT:
         values = Pointer("X")
-    else:   # a state's values at t-1 (rows 0 … T-1), a node's at t
-        field, row = _values(p, o)
-        values = Pointer(field, "B * N" if row == "nxt" else "")
+    else:   # a state's values at t-1 (rows 0 … T-1), a node's at t (a state's: 1 … T)
+        field, _row_t = _values(p, o)
+        values = Pointer(field, f"B * {o.size}" if (o.role is Role.NODE
+                                                    and o.name in p.states) else "")
     call = Call("_gemm", ("True", "False", "r1 - r0", o.size, "T * B", "1",
                           Pointer(dG, "r0"), w, values, o.size, "0",
                           Pointer(p.buffer(Storage.WEIGHT_GRADIENT, o.name).field,

@@ -6,6 +6,14 @@
     tr.outputs                                             # (T, B, N), read-only view
     g = k.backward(tr, d_outputs)                          # every parameter, "x", "y0", "c0"
 
+Sizes: M (input), N (hidden units) and, for a cell with a second node size (LSTMP's
+projection, `proj_size`), P. Every array of a vector has the width of that vector's size:
+`Kernel.size(name)` ("N" or "P") for a state, output or stored value (the layout's
+"sizes" lists those of size P), a matrix the sizes of its paper shape (W_rm: P×N). The
+sizes of a call are read from the arrays: M from x, N and P from the parameters (the
+first dimension of the parameter shapes that say N or P); `init_params` takes P as
+`proj_size` (required for a cell with P, refused for one without).
+
 Both backends — the compiled Cython kernel and the NumPy reference generated from the
 same plan — share one calling convention (see generated/<cell>/kernel.pyx), so this
 module validates and allocates everything once for both. Every argument is checked in
@@ -157,6 +165,7 @@ class Trace:
     S: tuple = field(repr=False)
     A: tuple = field(repr=False)
     sizes: tuple = field(repr=False)      # (T, B, M, N)
+    dims: dict = field(default_factory=dict, repr=False)   # {"M": M, "N": N, "P": P}
 
 
 class Kernel:
@@ -186,6 +195,12 @@ class Kernel:
         self.operands = L["operands"]
         self.groups = L["groups"]
         self.stored = [s["name"] for s in L["stored"]]
+        #: the vectors (states, outputs, stored values) whose size is not N: {name: "P"}
+        self.sizes = dict(L.get("sizes", {}))
+        #: the size of the rows of each operand's blocks (that of the nodes it feeds)
+        self.rows = [self.parameters[op["blocks"][0][1]][0] for op in self.operands]
+        #: the cell has a second node size P (init_params then needs proj_size)
+        self.has_proj_size = any("P" in shape for shape in self.parameters.values())
         # where each matrix lives: [(operand index, block index)]
         self.blocks: dict[str, list[tuple[int, int]]] = {}
         for i, op in enumerate(self.operands):
@@ -196,34 +211,49 @@ class Kernel:
         return (f"<derive Kernel {self.cell} {self.dtype.name} backend={self.backend} "
                 f"path={self.path}>")
 
+    def size(self, name: str) -> str:
+        """The size ("N" or "P") of a state, output or stored value."""
+        return self.sizes.get(name, "N")
+
     # --- parameters --------------------------------------------------------------------------
-    def init_params(self, input_size: int, hidden_size: int, seed: int = 0) -> dict:
+    def init_params(self, input_size: int, hidden_size: int, seed: int = 0,
+                    proj_size: int | None = None) -> dict:
         """Random parameters in the paper's shapes: uniform in ±1/√N (like torch).
 
+        proj_size is P, the second node size of a cell that has one (LSTMP: the size of
+        its output y; nn.LSTM's proj_size): required for such a cell, refused otherwise.
         Matrices are views into fused buffers (one per operand, laid out as the kernel
         fuses them); vectors are separate arrays.
         """
         M, N = _size("input_size", input_size), _size("hidden_size", hidden_size)
+        if self.has_proj_size != (proj_size is not None):
+            raise ValueError(f"{self.cell}: proj_size (the size P) is "
+                             + ("required" if self.has_proj_size
+                                else "not a size of this cell"))
+        dims = {"M": M, "N": N}
+        if self.has_proj_size:
+            dims["P"] = _size("proj_size", proj_size)
         rng = np.random.default_rng(seed)
         bound = 1.0 / np.sqrt(N)
-        sizes = {"M": M, "N": N}
         fused = []
-        for op in self.operands:
+        for op, rows in zip(self.operands, self.rows):
             k = len(op["blocks"])
-            fused.append(rng.uniform(-bound, bound, (k * N, sizes[op["size"]]))
+            fused.append(rng.uniform(-bound, bound, (k * dims[rows], dims[op["size"]]))
                          .astype(self.dtype))
         params = {}
         for name, shape in self.parameters.items():
             if len(shape) == 1:
-                params[name] = rng.uniform(-bound, bound, N).astype(self.dtype)
+                params[name] = rng.uniform(-bound, bound, dims[shape[0]]).astype(self.dtype)
             else:
+                n = dims[shape[0]]
                 i, k = self.blocks[name][0]
-                params[name] = fused[i][k * N:(k + 1) * N]
+                params[name] = fused[i][k * n:(k + 1) * n]
                 for i2, k2 in self.blocks[name][1:]:   # a matrix used in several blocks
-                    fused[i2][k2 * N:(k2 + 1) * N] = params[name]
+                    fused[i2][k2 * n:(k2 + 1) * n] = params[name]
         return params
 
-    def _check_params(self, params, M: int) -> int:
+    def _check_params(self, params, M: int) -> dict:
+        """The sizes {"M", "N"(, "P")} of a call, after checking every parameter's shape."""
         if not isinstance(params, dict):
             raise ValueError(f"params must be a dict of parameter name -> array "
                              f"({', '.join(self.parameters)}), not {type(params).__name__}")
@@ -236,31 +266,35 @@ class Kernel:
                 parts.append(f"unknown {', '.join(map(str, extra))}")
             raise ValueError(f"params of {self.cell}: {'; '.join(parts)} (expected "
                              f"{', '.join(self.parameters)})")
-        first = next(iter(self.parameters))
-        a = params[first]
-        if not isinstance(a, np.ndarray) or a.ndim < 1:
-            raise ValueError(f"params[{first!r}] must be a numpy array of shape "
-                             f"{_shape_text(self.parameters[first])}")
-        N = a.shape[0]
-        if N < 1:
-            raise ValueError(f"params[{first!r}] is empty: the hidden size N must be >= 1")
-        sizes = {"N": N, "M": M}
+        dims, source = {"M": M}, {"M": "x"}
         for name, shape in self.parameters.items():
-            want = tuple(sizes[s] for s in shape)
+            if shape[0] in dims:
+                continue
+            a = params[name]
+            if not isinstance(a, np.ndarray) or a.ndim < 1:
+                raise ValueError(f"params[{name!r}] must be a numpy array of shape "
+                                 f"{_shape_text(shape)}")
+            if a.shape[0] < 1:
+                raise ValueError(f"params[{name!r}] is empty: the size {shape[0]} must be "
+                                 f">= 1")
+            dims[shape[0]], source[shape[0]] = a.shape[0], name
+        given = " and ".join(f"{k}={v} (from {source[k]})" for k, v in dims.items())
+        for name, shape in self.parameters.items():
+            want = tuple(dims[s] for s in shape)
             _check_array(f"params[{name!r}]", params[name], want, self.dtype,
-                         f"{_shape_text(shape)} with N={N} (from {first}) and M={M} "
-                         f"(from x)")
-        return N
+                         f"{_shape_text(shape)} with {given}")
+        return dims
 
-    def _fused(self, params, N: int, M: int) -> tuple:
+    def _fused(self, params, N: int, M: int, P: int | None = None) -> tuple:
         """The fused weights of each operand, its blocks packed into a new array (the
         trace's own copy, one per call whatever the caller's arrays are)."""
-        sizes = {"N": N, "M": M}
+        dims = {"M": M, "N": N, "P": P}
         out = []
-        for op in self.operands:
-            W = np.empty((len(op["blocks"]) * N, sizes[op["size"]]), self.dtype)
+        for op, rows in zip(self.operands, self.rows):
+            n = dims[rows]
+            W = np.empty((len(op["blocks"]) * n, dims[op["size"]]), self.dtype)
             for j, (_node, matrix) in enumerate(op["blocks"]):
-                W[j * N:(j + 1) * N] = params[matrix]
+                W[j * n:(j + 1) * n] = params[matrix]
             out.append(W)
         return tuple(out)
 
@@ -276,18 +310,19 @@ class Kernel:
         if T < 1 or B < 1 or M < 1:
             raise ValueError(f"x must have shape (T, B, M) with T, B, M >= 1, not {x.shape}")
         _check_array("x", x, (T, B, M), self.dtype, "(T, B, M)")
-        N = self._check_params(params, M)
+        dims = self._check_params(params, M)
+        N = dims["N"]
         if T * B > _INT32 or max(len(o["blocks"]) for o in self.operands) * N > _INT32:
             raise ValueError(f"x of shape {x.shape} with N={N} is too large for 32-bit BLAS")
         S = []
-        for s, v in self._per_state("state0", state0, B, N, contiguous=False).items():
-            buf = np.empty((T + 1, B, N), self.dtype)
+        for s, v in self._per_state("state0", state0, B, dims, contiguous=False).items():
+            buf = np.empty((T + 1, B, dims[self.size(s)]), self.dtype)
             buf[0] = 0 if v is None else v
             S.append(buf)
         x = x.copy()  # the trace's own values: see the module docstring
-        W = self._fused(params, N, M)
+        W = self._fused(params, N, M, dims.get("P"))
         V = tuple(params[v].copy() for v in self.vectors)
-        A = tuple(np.empty((T, B, N), self.dtype) for _ in self.stored)
+        A = tuple(np.empty((T, B, dims[self.size(a)]), self.dtype) for a in self.stored)
         S = tuple(S)
         self.forward_buffers(x, W, V, S, A)
         outputs = {}
@@ -302,11 +337,12 @@ class Kernel:
             view.flags.writeable = False
             finals[s] = view
         out = outputs[self.outputs[0]] if len(self.outputs) == 1 else outputs
-        return Trace(out, finals, self, x, W, V, S, A, (T, B, M, N))
+        return Trace(out, finals, self, x, W, V, S, A, (T, B, M, N), dims)
 
-    def _per_state(self, name, given, B, N, contiguous=True) -> dict:
+    def _per_state(self, name, given, B, dims: dict, contiguous=True) -> dict:
         """{state: (B, N) array or None (not given)} from `given`, None or a dict of some
-        of the states, checked (a ValueError naming `name` and what was expected)."""
+        of the states, checked (a ValueError naming `name` and what was expected); a
+        state of size P: (B, P)."""
         if given is not None and not isinstance(given, dict):
             raise ValueError(f"{name} must be None or a dict of state name -> (B, N) array "
                              f"({', '.join(self.states)}), not {type(given).__name__}")
@@ -316,7 +352,8 @@ class Kernel:
             raise ValueError(f"{name} has unknown states {', '.join(map(str, extra))} "
                              f"(the states of {self.cell}: {', '.join(self.states)})")
         for s, v in given.items():
-            _check_array(f"{name}[{s!r}]", v, (B, N), self.dtype, "(B, N)", contiguous)
+            _check_array(f"{name}[{s!r}]", v, (B, dims[self.size(s)]), self.dtype,
+                         f"(B, {self.size(s)})", contiguous)
         return {s: given.get(s) for s in self.states}
 
     # --- backward -----------------------------------------------------------------------------
@@ -331,6 +368,7 @@ class Kernel:
             raise ValueError(f"trace must be what this kernel's forward returned "
                              f"({self.cell}, {self.dtype.name})")
         T, B, M, N = trace.sizes
+        dims = trace.dims
         if len(self.outputs) == 1 and not isinstance(d_outputs, dict):
             d_outputs = {self.outputs[0]: d_outputs}
         if not isinstance(d_outputs, dict):
@@ -344,12 +382,13 @@ class Kernel:
         dY = []
         for o in self.outputs:
             name = "d_outputs" if len(self.outputs) == 1 else f"d_outputs[{o!r}]"
-            _check_array(name, d_outputs[o], (T, B, N), self.dtype, "(T, B, N)")
+            _check_array(name, d_outputs[o], (T, B, dims[self.size(o)]), self.dtype,
+                         f"(T, B, {self.size(o)})")
             dY.append(d_outputs[o])
         C_in = None
         if d_finals is not None:
-            C_in = [np.zeros((B, N), self.dtype) if d is None else d
-                    for d in self._per_state("d_finals", d_finals, B, N).values()]
+            C_in = [np.zeros((B, dims[self.size(s)]), self.dtype) if d is None else d
+                    for s, d in self._per_state("d_finals", d_finals, B, dims).items()]
         g = self.backward_buffers(trace.x, trace.W, trace.V, trace.S, trace.A, dY, C_in=C_in)
         dW, acc, dX, C = g["W"], g["V"], g["x"], g["S"]
         grads = {}
@@ -357,7 +396,8 @@ class Kernel:
             if len(shape) == 1:
                 grads[name] = acc[self.vectors.index(name)]
             else:
-                parts = [dW[i][k * N:(k + 1) * N] for i, k in self.blocks[name]]
+                n = dims[shape[0]]
+                parts = [dW[i][k * n:(k + 1) * n] for i, k in self.blocks[name]]
                 grads[name] = parts[0] if len(parts) == 1 else sum(parts[1:], parts[0].copy())
         grads[self.input] = dX
         for s, c in zip(self.states, C):
@@ -369,16 +409,28 @@ class Kernel:
         """`forward` on buffers the caller allocated and checked, without copies or a Trace.
 
         x (T, B, M); W the fused weights of each operand (self.operands: k·N rows, its
-        blocks in order); V the vector parameters (self.vectors), (N,) each; S one
-        (T+1, B, N) buffer per state holding the initial state in S[k][0]; A one (T, B, N)
-        buffer per stored value (self.stored). Fills S[k][1:] and A. Every array
-        C-contiguous and of this kernel's dtype; the kernel checks the shapes.
+        blocks in order; k·P for an operand feeding nodes of size P, self.rows); V the
+        vector parameters (self.vectors), (N,) each; S one (T+1, B, N) buffer per state
+        holding the initial state in S[k][0]; A one (T, B, N) buffer per stored value
+        (self.stored); a state or stored value of size P (self.size): (…, B, P). Fills
+        S[k][1:] and A. Every array C-contiguous and of this kernel's dtype; the kernel
+        checks the shapes.
         """
         T, B, M = x.shape
-        N = S[0].shape[2]
-        G = tuple(np.empty((T, B, len(o["blocks"]) * N) if o["kind"] == "input"
-                           else (B, len(o["blocks"]) * N), self.dtype) for o in self.operands)
+        dims = self._dims(x, S)
+        N = dims["N"]
+        G = tuple(np.empty((T, B, len(o["blocks"]) * dims[r]) if o["kind"] == "input"
+                           else (B, len(o["blocks"]) * dims[r]), self.dtype)
+                  for o, r in zip(self.operands, self.rows))
         self.module.forward(x, W, V, S, A, G, _threads(self.threads, T, B, M, N))
+
+    def _dims(self, x, S) -> dict:
+        """{"M", "N"(, "P")}: the sizes of a call on caller-owned buffers, from x and
+        the states (a cell with P has a state of each size)."""
+        dims = {"M": x.shape[2]}
+        for s, buf in zip(self.states, S):
+            dims.setdefault(self.size(s), buf.shape[2])
+        return dims
 
     def backward_buffers(self, x, W, V, S, A, dY, needs=None, C_in=None) -> dict:
         """`backward` on the buffers of `forward_buffers`; dY one (T, B, N) per output.
@@ -394,14 +446,16 @@ class Kernel:
         reaches them through the outputs (dY[T-1]): the carries the backward starts from.
         """
         T, B, M = x.shape
-        N = S[0].shape[2]
-        sizes = {"N": N, "M": M}
+        dims = self._dims(x, S)
+        N = dims["N"]
+        rows = {o["group"]: r for o, r in zip(self.operands, self.rows)}
         want = (lambda key: True) if needs is None else (lambda key: key in needs)
-        dG = tuple(np.empty((T, B, len(g["nodes"]) * N), self.dtype) for g in self.groups)
-        C = tuple(np.empty((B, N), self.dtype) for _ in self.states)
+        dG = tuple(np.empty((T, B, len(g["nodes"]) * dims[rows[k]]), self.dtype)
+                   for k, g in enumerate(self.groups))
+        C = tuple(np.empty((B, dims[self.size(s)]), self.dtype) for s in self.states)
         acc = tuple(np.empty(N, self.dtype) for _ in self.vectors)
-        dW = tuple(np.empty((len(o["blocks"]) * N, sizes[o["size"]]), self.dtype)
-                   for o in self.operands)
+        dW = tuple(np.empty((len(o["blocks"]) * dims[r], dims[o["size"]]), self.dtype)
+                   for o, r in zip(self.operands, self.rows))
         dX = np.empty((T, B, M), self.dtype)   # not touched (nor paged in) unless wanted
         want_dW = tuple(want(f"W{k}") for k in range(len(dW)))
         want_acc = tuple(want(f"V{k}") for k in range(len(acc)))

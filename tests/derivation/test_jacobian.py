@@ -36,17 +36,17 @@ y = "tanh(m) * k"
 
 
 def numeric_jacobian(cell, h=1e-6, seed=3):
-    """(symbolic blocks, central-difference blocks), (B, N, N) each, at one random step,
-    and the Env of that step."""
+    """(symbolic blocks, central-difference blocks), (B, n, k) each (the sizes of the two
+    states: N, or P for LSTMP's y), at one random step, and the Env of that step."""
     d = derive.derive(cell)
-    prob = numeric.random_problem(d.cell, T=1, B=3, M=4, N=5, seed=seed, scale=0.9)
+    prob = numeric.random_problem(d.cell, T=1, B=3, M=4, N=5, P=2, seed=seed, scale=0.9)
     env = numeric.forward(prob)
     jac = jacobian(d)
     symbolic = {(s, r): evaluate_block(jac.block(s, r), env, 0)
                 for s in d.cell.states for r in d.cell.states}
     central = {}
     for r in d.cell.states:
-        for l in range(prob.N):
+        for l in range(env.size(r)):
             plus = {k: v.copy() for k, v in prob.initial.items()}
             minus = {k: v.copy() for k, v in prob.initial.items()}
             plus[r][:, l] += h
@@ -55,7 +55,7 @@ def numeric_jacobian(cell, h=1e-6, seed=3):
             down = numeric.forward(prob, initial=minus)
             for s in d.cell.states:
                 col = (up.values[(s, 0)] - down.values[(s, 0)]) / (2 * h)
-                central.setdefault((s, r), np.zeros((prob.B, prob.N, prob.N)))[:, :, l] = col
+                central.setdefault((s, r), np.zeros((prob.B, env.size(s), env.size(r))))[:, :, l] = col
     return symbolic, central, env
 
 

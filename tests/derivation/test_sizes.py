@@ -3,79 +3,58 @@ an input used element-wise (its size is then the node's).
 
 The spec infers every node's size from its parameters; the derivation and its numeric
 evaluation (derive.numeric, `derive check --backend derivation`) work in N, M and P;
-the compiled kernels refuse such cells with a one-line error naming the node.
+the compiled kernels take P (tests/kernel/test_lstmp.py).
 """
 
 import numpy as np
 import pytest
 from catalog import cell_path
+from lstmp_torch import torch_lstmp
 
 import derive
 from derive import numeric
+from derive.cell.catalog import resolve
 from derive.cell.spec import parse_spec
 from derive.check import gradient_check
-from derive.errors import SpecError, UserError
+from derive.errors import SpecError
 
 T, B, M, N, P = 5, 3, 6, 5, 3
 
 
 def test_sizes_are_inferred_from_the_parameters():
-    cell = derive.load_cell(cell_path("lstmp"))
+    cell = derive.load_cell("lstmp")
     assert {n: cell.size(n) for n in ("y", "m", "c", "z_bar", "x")} == {
         "y": "P", "m": "N", "c": "N", "z_bar": "N", "x": "M"}
 
 
 def test_a_node_mixing_two_sizes_is_a_spec_error_naming_it():
-    text = cell_path("lstmp")
-    source = open(text).read().replace('y     = "W_rm @ m"', 'y     = "W_rm @ m + b_z"')
+    source = resolve("lstmp").text.replace('y     = "W_rm @ m"', 'y     = "W_rm @ m + b_z"')
     with pytest.raises(SpecError, match="node y: combines vectors of sizes N and P"):
         parse_spec(source, "bad.toml")
 
 
 def test_the_lstmp_derivation_passes_finite_differences_with_p_unlike_n_and_m():
-    report = gradient_check(cell_path("lstmp"), backend="derivation")
+    report = gradient_check("lstmp", backend="derivation")
     assert report.passed, report.table()
     shapes = {r.name: r.shape for r in report.rows}
     assert shapes["W_rm"] == (3, 4) and shapes["R_z"] == (4, 3) and shapes["y0"] == (3, 3)
 
 
-def test_kernels_refuse_a_second_size_naming_the_node():
-    with pytest.raises(UserError, match="node 'y' has size P"):
-        derive.load_kernel(cell_path("lstmp"), backend="numpy")
-
-
 def test_the_lstmp_derivation_equals_torch_lstm_with_proj_size(rng):
     """derive.numeric on the LSTMP derivation = nn.LSTM(M, N, proj_size=P), float64."""
     torch = pytest.importorskip("torch")
-    cell = derive.load_cell(cell_path("lstmp"))
+    cell = derive.load_cell("lstmp")
     d = derive.derive(cell)
     problem = numeric.random_problem(cell, T=T, B=B, M=M, N=N, P=P, seed=4)
-    params = problem.params
-    net = torch.nn.LSTM(M, N, proj_size=P).double()
-    gates = "ifzo"   # torch's order: input, forget, cell (g), output
-    with torch.no_grad():
-        net.weight_ih_l0.copy_(torch.from_numpy(np.concatenate([params[f"W_{g}"] for g in gates])))
-        net.weight_hh_l0.copy_(torch.from_numpy(np.concatenate([params[f"R_{g}"] for g in gates])))
-        net.weight_hr_l0.copy_(torch.from_numpy(params["W_rm"]))
-        net.bias_ih_l0.copy_(torch.from_numpy(np.concatenate([params[f"b_{g}"] for g in gates])))
-        net.bias_hh_l0.zero_()
-    tx = torch.from_numpy(problem.x["x"]).requires_grad_(True)
-    h0 = torch.from_numpy(problem.initial["y"][None]).requires_grad_(True)
-    c0 = torch.from_numpy(problem.initial["c"][None]).requires_grad_(True)
-    out, _ = net(tx, (h0, c0))
-    (out * torch.from_numpy(problem.projection["y"])).sum().backward()
+    out, want = torch_lstmp(torch, problem.params, problem.x["x"], problem.initial["y"],
+                            problem.initial["c"], problem.projection["y"])
     env = numeric.forward(problem)
     ours = np.stack([env.values[("y", t)] for t in range(T)])
-    np.testing.assert_allclose(ours, out.detach().numpy(), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(ours, out, rtol=0, atol=1e-10)
     g = numeric.backward(d, problem, env)
-    want = {"x": tx.grad, "y0": h0.grad[0], "c0": c0.grad[0], "W_rm": net.weight_hr_l0.grad}
-    for k, q in enumerate(gates):
-        rows = slice(k * N, (k + 1) * N)
-        want.update({f"W_{q}": net.weight_ih_l0.grad[rows], f"R_{q}": net.weight_hh_l0.grad[rows],
-                     f"b_{q}": net.bias_ih_l0.grad[rows]})
     assert set(want) == set(g)
     for name, value in want.items():
-        np.testing.assert_allclose(g[name], value.numpy(), rtol=0, atol=1e-10, err_msg=name)
+        np.testing.assert_allclose(g[name], value, rtol=0, atol=1e-10, err_msg=name)
 
 
 def test_an_input_used_element_wise_has_the_size_of_its_node_and_the_derivation_checks():

@@ -87,7 +87,7 @@ def test_every_level_matches_the_reference(level, monkeypatch, rng):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("cell", ["lstm_np", "gru"])
+@pytest.mark.parametrize("cell", ["lstm_np", "gru", "lstmp"])
 @pytest.mark.parametrize("level", isa.LEVELS, ids=isa.NAMES)
 def test_every_level_matches_the_reference_slow(cell, level, monkeypatch, rng):
     _check_level(cell, level, monkeypatch, rng)

@@ -17,6 +17,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from conftest import SHIPPED  # noqa: E402
+
+#: the shipped cells derive.torch's operators take: one hidden size N (LSTMP's proj_size,
+#: a second size P, is derive.torch.LSTM(proj_size=…), the `torchproj` branch's work)
+OPERATOR_CELLS = [c for c in SHIPPED if c != "lstmp"]
 from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
 
 import derive  # noqa: E402
@@ -51,7 +55,7 @@ def _operator_fn(ops, final_states):
     return fn
 
 
-@pytest.mark.parametrize("cell", SHIPPED)
+@pytest.mark.parametrize("cell", OPERATOR_CELLS)
 def test_operator_passes_gradcheck(cell):
     """Every shipped cell; the final states that are also outputs are used, the others
     (lstm's c_n) left unused: an undefined gradient counts as zero."""
@@ -71,7 +75,7 @@ def test_final_states_used_or_not(final_states):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("cell", SHIPPED)
+@pytest.mark.parametrize("cell", OPERATOR_CELLS)
 def test_operator_passes_gradcheck_with_every_final_state(cell):
     ops = dt.operators(cell)
     args = [a.requires_grad_() for a in _flatten(_operator_args(ops, _gen(3)))]

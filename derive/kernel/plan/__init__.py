@@ -61,6 +61,7 @@ from derive.kernel.plan.operands import (
     check_supported,
     operands_and_groups,
     phases,
+    unsupported,
 )
 from derive.kernel.plan.storage import (
     FUNCTIONS,
@@ -101,7 +102,8 @@ def plan(d: "Derivation | str") -> Plan:
     backward, aux = _with_auxiliaries(bwd, bwd.phases(adjoints, count), symbols)
     stored = stored_values(cell, alloc.values, aux, backward, symbols,
                            _kept_across_phases(cell, operands, phase))
-    buffers = all_buffers(fixed, stored)
+    buffers = all_buffers(fixed, stored, {s.name: _size(cell, symbols.refs, s.expr)
+                                          if s.is_aux else cell.size(s.name) for s in stored})
     forward, comments = forward_programs(cell, alloc, stored,
                                          {(b.storage, b.name): b for b in buffers}, phase)
     result = Plan(cell, cell.inputs[0], cell.states, cell.outputs, params, vectors,
@@ -109,7 +111,32 @@ def plan(d: "Derivation | str") -> Plan:
                   tuple(finish(f, symbols) for f in forward), backward, symbols.refs,
                   carried, {**comments, **bwd.comments})
     _check_backward_reads(result)
+    _check_phase_sizes(result)
     return result
+
+
+def _size(cell, refs: dict, expr) -> str:
+    """The size (N or P) of an auxiliary value: that of the values it reads."""
+    return next((cell.size(refs[s].name) for s in sorted(expr.free_symbols, key=str)
+                 if refs[s].kind in (Kind.VALUE, Kind.PREVIOUS)), "N")
+
+
+def _check_phase_sizes(p: Plan) -> None:
+    """Every phase's program reads and writes vectors of one size (its loop runs over
+    the N or P entries of a row); otherwise a one-line UserError."""
+    sized = {Kind.PREVIOUS, Kind.VALUE, Kind.INCOMING, Kind.CARRY, Kind.ADJOINT}
+    for program in p.forward + p.backward:
+        sizes = {w.buffer.size: w.buffer.name for w in program.writes}
+        for sym in program.reads:
+            ref = p.refs[sym]
+            if ref.kind in sized:
+                sizes.setdefault(p.cell.size(ref.name), ref.name)
+            elif ref.kind is Kind.PROJECTION:
+                sizes.setdefault(p.operand(ref.name).rows, ref.name)
+        if len(sizes) > 1:
+            raise unsupported(p.cell, f"one phase of a step would combine "
+                                      f"{' and '.join(f'{v!r} (size {k})' for k, v in sorted(sizes.items()))}; "
+                                      f"a phase works on vectors of one size")
 
 
 def _with_auxiliaries(bwd: Backward, writes: list, symbols: Symbols

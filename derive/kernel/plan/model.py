@@ -80,9 +80,10 @@ class Storage(Enum):
 class Buffer:
     """One array of a kernel call: `storage`[index], holding `name`'s values.
 
-    blocks: how many N-wide blocks a row holds (k of a projection or delta group, else 1);
-    steps: T (per step), T + 1 (states), or 0 (no time axis); size: "M" or "N", the
-    width of a row (of a block).
+    blocks: how many blocks a row holds (k of a projection or delta group, else 1);
+    size: the width of one block, "N" or "P" (a cell's second node size: the nodes,
+    states and deltas of size P live in arrays of P-wide rows; the weights of an
+    operand have `size`-row blocks).
     """
 
     storage: Storage
@@ -90,6 +91,7 @@ class Buffer:
     index: int
     shape: tuple[str, ...]
     blocks: int = 1
+    size: str = "N"
 
     @property
     def field(self) -> str:
@@ -124,11 +126,12 @@ class Operand:
 
     name: str
     role: Role
-    size: str                 # "M" | "N": the length of the vector
+    size: str                 # "M" | "N" | "P": the length of the vector
     blocks: tuple[Block, ...]
     group: int                # index of the dG buffer holding its blocks' deltas
     phase: int = 0            # NODE: the forward phase that computes it (its product runs
                               # after that phase; the backward's Σ Wᵀ δ before it)
+    rows: str = "N"           # the size of its blocks' nodes (each block: rows × size)
 
     @property
     def matrices(self) -> tuple[str, ...]:
@@ -291,4 +294,13 @@ class Plan:
             "stored": [{"name": s.name, "kind": "aux" if s.is_aux else "node"}
                        for s in self.stored],
             "carry_set": [s in self.carried for s in self.states],
+            **({"sizes": self.sizes} if self.sizes else {}),
         }
+
+    @property
+    def sizes(self) -> dict[str, str]:
+        """The states, outputs and stored values whose rows are not of size N (P)."""
+        out = {b.name: b.size for b in self.buffers
+               if b.storage in (Storage.STATE, Storage.STORED, Storage.INCOMING)
+               and b.size != "N"}
+        return dict(sorted(out.items()))

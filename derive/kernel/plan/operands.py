@@ -29,16 +29,40 @@ def unsupported(cell, message: str) -> UserError:
 
 
 def check_supported(cell) -> None:
-    """One input, used only through matrices; every node of size N; a node of the same
+    """One input, used only through matrices; the nodes of one phase of one size (N or
+    P), an operand feeding nodes of one size, vector parameters of size N; a node of the same
     step multiplied by a matrix is not also a state multiplied at t-1 (the two would be
     one operand name); no reduction (mean) over the hidden units."""
     if len(cell.inputs) != 1:
         raise unsupported(cell, f"the cell has {len(cell.inputs)} inputs "
                                 f"({', '.join(cell.inputs)}); kernels take one input x")
+    phase = phases(cell)
     for name in cell.nodes:
-        if cell.size(name) != "N":
-            raise unsupported(cell, f"node {name!r} has size {cell.size(name)}; kernels "
-                                    f"take vectors of the sizes N and M only")
+        if cell.size(name) not in ("N", "P"):  # pragma: no cover - the spec infers N, P
+            raise unsupported(cell, f"node {name!r} has size {cell.size(name)}")
+        other = next((n for n in cell.nodes if phase[n] == phase[name]
+                      and cell.size(n) != cell.size(name)), None)
+        if other is not None:
+            raise unsupported(cell, f"nodes {other!r} (size {cell.size(other)}) and "
+                                    f"{name!r} (size {cell.size(name)}) are computed in "
+                                    f"the same phase; a phase has nodes of one size")
+    if any(cell.size(n) == "P" for n in cell.nodes) and {cell.size(s) for s in
+                                                          cell.states} != {"N", "P"}:
+        raise unsupported(cell, "a cell with nodes of size P needs a state of size N "
+                                "and one of size P (a kernel call reads N and P from them)")
+    for pname, param in cell.parameters.items():
+        if len(param.shape) == 1 and param.shape[0] != "N":
+            raise unsupported(cell, f"vector parameter {pname!r} has size {param.shape[0]}; "
+                                    f"kernels take vector parameters of size N")
+    sizes: dict[tuple[str, int], set] = {}
+    for node in cell.nodes.values():
+        for p in node.projections:
+            sizes.setdefault((p.operand, p.shift), set()).add(cell.size(node.name))
+    for (operand, _shift), fed in sizes.items():
+        if len(fed) > 1:
+            raise unsupported(cell, f"{operand!r} is multiplied into nodes of sizes "
+                                    f"{' and '.join(sorted(fed))}; one operand feeds "
+                                    f"nodes of one size")
     at_previous = {p.operand for n in cell.nodes.values() for p in n.projections
                    if p.shift == -1}
     for node in cell.nodes.values():
@@ -90,8 +114,9 @@ def operands_and_groups(cell) -> tuple[tuple[Operand, ...], tuple[Group, ...]]:
         key = tuple(b.node for b in bl)
         if key not in keys:
             keys.append(key)
-        operands.append(Operand(name, role, size, bl, keys.index(key),
-                                phase[name] if role is Role.NODE else 0))
+        operands.append(Operand(name, role, cell.size(name) if role is not Role.INPUT
+                                else size, bl, keys.index(key),
+                                phase[name] if role is Role.NODE else 0, cell.size(key[0])))
     groups = tuple(Group(i, key, tuple(o.name for o in operands if o.group == i))
                    for i, key in enumerate(keys))
     return tuple(operands), groups

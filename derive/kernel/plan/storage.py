@@ -34,13 +34,15 @@ FUNCTIONS = (S.sigmoid, sp.tanh, sp.exp, sp.log, S.relu, S.softplus, S.sqrt)
 
 
 def make_buffer(storage: Storage, name: str, index: int, blocks: int = 1,
-                size: str = "N", per_step: bool = True) -> Buffer:
-    """A Buffer with its shape spelled out (k = blocks, size = M or N); without its time
-    axis unless per_step (the projections of a state operand: one step at a time)."""
+                size: str = "M", per_step: bool = True, rows: str = "N") -> Buffer:
+    """A Buffer with its shape spelled out (k = blocks, `size` the length of an operand
+    for WEIGHTS, `rows` the size of a block: N or P); without its time axis unless
+    per_step (the projections of a state operand: one step at a time)."""
     dims = storage.value[1] if per_step else storage.value[1][1:]
-    width = f"{blocks} * N" if blocks > 1 else "N"
-    shape = tuple(d.replace("size", size).replace("k * N", width) for d in dims)
-    return Buffer(storage, name, index, shape, blocks)
+    width = f"{blocks} * {rows}" if blocks > 1 else rows
+    spelled = {"k * N": width, "N": rows, "size": size}
+    shape = tuple(spelled.get(d, d) for d in dims)
+    return Buffer(storage, name, index, shape, blocks, rows)
 
 
 def auxiliaries(statements: list[Statement], symbols: Symbols) -> dict[sp.Expr, sp.Symbol]:
@@ -78,24 +80,29 @@ def fixed_buffers(cell, operands: tuple[Operand, ...], groups: tuple[Group, ...]
     out = [make_buffer(Storage.INPUT, cell.inputs[0], 0),
            make_buffer(Storage.INPUT_GRADIENT, cell.inputs[0], 0)]
     for k, o in enumerate(operands):
-        out += [make_buffer(Storage.WEIGHTS, o.name, k, o.k, o.size),
-                make_buffer(Storage.WEIGHT_GRADIENT, o.name, k, o.k, o.size),
+        out += [make_buffer(Storage.WEIGHTS, o.name, k, o.k, o.size, rows=o.rows),
+                make_buffer(Storage.WEIGHT_GRADIENT, o.name, k, o.k, o.size, rows=o.rows),
                 make_buffer(Storage.PROJECTION, o.name, k, o.k,
-                            per_step=o.role is Role.INPUT)]
+                            per_step=o.role is Role.INPUT, rows=o.rows)]
     for k, v in enumerate(vectors):
         out += [make_buffer(Storage.VECTOR, v, k), make_buffer(Storage.ACCUMULATOR, v, k)]
     for k, s in enumerate(cell.states):
-        out += [make_buffer(Storage.STATE, s, k), make_buffer(Storage.CARRY, s, k)]
-    out += [make_buffer(Storage.INCOMING, o, k) for k, o in enumerate(cell.outputs)]
-    out += [make_buffer(Storage.DELTAS, " ".join(g.nodes), g.index, len(g.nodes))
-            for g in groups]
-    out += [make_buffer(Storage.ADJOINT, o.name, k) for k, o in
+        out += [make_buffer(Storage.STATE, s, k, rows=cell.size(s)),
+                make_buffer(Storage.CARRY, s, k, rows=cell.size(s))]
+    out += [make_buffer(Storage.INCOMING, o, k, rows=cell.size(o))
+            for k, o in enumerate(cell.outputs)]
+    out += [make_buffer(Storage.DELTAS, " ".join(g.nodes), g.index, len(g.nodes),
+                        rows=cell.size(g.nodes[0])) for g in groups]
+    out += [make_buffer(Storage.ADJOINT, o.name, k, rows=cell.size(o.name)) for k, o in
             enumerate(o for o in operands if o.role is Role.NODE)]
     return tuple(out)
 
 
-def all_buffers(fixed: tuple[Buffer, ...], stored: tuple[Stored, ...]) -> tuple[Buffer, ...]:
-    """The arrays in the order of the calling convention (by argument, then index)."""
+def all_buffers(fixed: tuple[Buffer, ...], stored: tuple[Stored, ...],
+                sizes: dict[str, str]) -> tuple[Buffer, ...]:
+    """The arrays in the order of the calling convention (by argument, then index);
+    sizes: the size of each stored value's rows."""
     order = list(Storage)
-    out = list(fixed) + [make_buffer(Storage.STORED, s.name, k) for k, s in enumerate(stored)]
+    out = list(fixed) + [make_buffer(Storage.STORED, s.name, k, rows=sizes[s.name])
+                         for k, s in enumerate(stored)]
     return tuple(sorted(out, key=lambda b: (order.index(b.storage), b.index)))
