@@ -52,7 +52,9 @@ element-wise step).
 Threads: OpenMP owns them, BLAS runs single-threaded inside each. Batch rows are
 independent, so each thread runs the whole time loop on its own rows (its recurrent
 products, then its element-wise step) with no synchronisation between steps; the large
-GEMMs before and after the time loop are split by rows between the threads.
+GEMMs before and after the time loop are split by rows between the threads. Each entry
+point is one parallel region whose phases are separated by barriers (a region's start
+wakes the threads: one wake-up per call instead of one per phase).
 
 Phases: a node of the same step is multiplied by a matrix, so one step runs as 2
 element-wise phases with that node's product between them (forward: G_v = v[t] · W_vᵀ
@@ -74,7 +76,30 @@ from libc.math cimport expf, exp, tanhf, tanh, logf, log, powf, pow, sqrtf, sqrt
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, threadid
+
+
+# --- threads -----------------------------------------------------------------------------
+# Each pass is one OpenMP parallel region (`with parallel()`), its phases separated by
+# barriers: starting a region wakes the team's sleeping threads, which costs a
+# scheduler wake-up per region (milliseconds on a loaded machine), while a barrier
+# between running threads costs microseconds. derive_team() is the size of the team
+# OpenMP actually started (at most the threads asked for); every thread of it reaches
+# every barrier. Without OpenMP (the fallback build) the region runs once, serially.
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    static void derive_barrier(void) { _Pragma("omp barrier") }
+    static Py_ssize_t derive_team(void) { return omp_get_num_threads(); }
+    #else
+    static void derive_barrier(void) {}
+    static Py_ssize_t derive_team(void) { return 1; }
+    #endif
+    """
+    void derive_barrier() nogil
+    Py_ssize_t derive_team() nogil
 
 
 # --- element-wise functions -------------------------------------------------------------
@@ -1072,7 +1097,7 @@ def forward(const floating[:, :, ::1] X, tuple W, tuple V, tuple S, tuple A, tup
     cdef floating[:, ::1] _G_y = G[1]    # y
     cdef floating[:, ::1] _G_m = G[2]    # m
     cdef int nt = max(1, min(threads, B))
-    cdef Py_ssize_t c
+    cdef Py_ssize_t c, n
     cdef _Buffers p
     memset(&p, 0, sizeof(p))
     p.T, p.B, p.M, p.N = T, B, M, N
@@ -1103,17 +1128,18 @@ def forward(const floating[:, :, ::1] X, tuple W, tuple V, tuple S, tuple A, tup
             raise MemoryError()
         if p.P_m == NULL:
             raise MemoryError()
-        with nogil:
-            for c in prange(nt, schedule="static", chunksize=1, num_threads=nt):
-                if floating is float:
-                    _prepare_f32(&p, c, nt)
-                else:
-                    _prepare_f64(&p, c, nt)
-            for c in prange(nt, schedule="static", chunksize=1, num_threads=nt):
-                if floating is float:
-                    _forward_rows_f32(&p, B * c // nt, B * (c + 1) // nt)
-                else:
-                    _forward_rows_f64(&p, B * c // nt, B * (c + 1) // nt)
+        with nogil, parallel(num_threads=nt):    # thread c of a team of n
+            c = threadid()
+            n = derive_team()
+            if floating is float:                # part c of the input GEMM and panels
+                _prepare_f32(&p, c, n)
+            else:
+                _prepare_f64(&p, c, n)
+            derive_barrier()
+            if floating is float:                # then all steps on its batch rows
+                _forward_rows_f32(&p, B * c // n, B * (c + 1) // n)
+            else:
+                _forward_rows_f64(&p, B * c // n, B * (c + 1) // n)
     finally:
         free(p.P_y)
         free(p.P_m)
@@ -1171,7 +1197,7 @@ def backward(const floating[:, :, ::1] X, tuple W, tuple V, tuple S, tuple A, tu
     cdef floating[:, ::1] _dW_y = dW[1]    # y
     cdef floating[:, ::1] _dW_m = dW[2]    # m
     cdef int nt = max(1, min(threads, B))
-    cdef Py_ssize_t c, nvec = 4, ntasks
+    cdef Py_ssize_t c, n, task, nvec = 4, ntasks
     cdef Py_ssize_t tasks[4]
     cdef const floating[:, ::1] _final
     cdef bint sum_0 = want_acc is None or want_acc[0]
@@ -1243,30 +1269,35 @@ def backward(const floating[:, :, ::1] X, tuple W, tuple V, tuple S, tuple A, tu
         if want_dX:
             tasks[ntasks] = 3
             ntasks += 1
-        with nogil:
-            for c in prange(nt, schedule="static", chunksize=1, num_threads=nt):
+        with nogil, parallel(num_threads=nt):    # thread c of a team of n
+            c = threadid()
+            n = derive_team()
+            if floating is float:                # part c of the panels
+                _pack_backward_f32(&p, c, n)
+            else:
+                _pack_backward_f64(&p, c, n)
+            derive_barrier()
+            if floating is float:                # all steps on its batch rows
+                _backward_rows_f32(&p, B * c // n, B * (c + 1) // n, parts + c * nvec * N)
+            else:
+                _backward_rows_f64(&p, B * c // n, B * (c + 1) // n, parts + c * nvec * N)
+            derive_barrier()
+            if c == 0:                           # the wanted vector gradients: nt partial sums
+                if sum_0:
+                    _sum_parts(parts, nvec * N, nt, N, &_acc_b_z[0])
+                if sum_1:
+                    _sum_parts(parts + N, nvec * N, nt, N, &_acc_b_i[0])
+                if sum_2:
+                    _sum_parts(parts + 2 * N, nvec * N, nt, N, &_acc_b_f[0])
+                if sum_3:
+                    _sum_parts(parts + 3 * N, nvec * N, nt, N, &_acc_b_o[0])
+            task = c                             # part c of each wanted product after the loop
+            while task < ntasks * n:
                 if floating is float:
-                    _pack_backward_f32(&p, c, nt)
+                    _finish_f32(&p, tasks[task // n] * n + task % n, n)
                 else:
-                    _pack_backward_f64(&p, c, nt)
-            for c in prange(nt, schedule="static", chunksize=1, num_threads=nt):
-                if floating is float:
-                    _backward_rows_f32(&p, B * c // nt, B * (c + 1) // nt, parts + c * nvec * N)
-                else:
-                    _backward_rows_f64(&p, B * c // nt, B * (c + 1) // nt, parts + c * nvec * N)
-            if sum_0:
-                _sum_parts(parts, nvec * N, nt, N, &_acc_b_z[0])
-            if sum_1:
-                _sum_parts(parts + N, nvec * N, nt, N, &_acc_b_i[0])
-            if sum_2:
-                _sum_parts(parts + 2 * N, nvec * N, nt, N, &_acc_b_f[0])
-            if sum_3:
-                _sum_parts(parts + 3 * N, nvec * N, nt, N, &_acc_b_o[0])
-            for c in prange(ntasks * nt, schedule="static", chunksize=1, num_threads=nt):
-                if floating is float:
-                    _finish_f32(&p, tasks[c // nt] * nt + c % nt, nt)
-                else:
-                    _finish_f64(&p, tasks[c // nt] * nt + c % nt, nt)
+                    _finish_f64(&p, tasks[task // n] * n + task % n, n)
+                task = task + n
     finally:
         free(parts)
         free(p.P_y)
