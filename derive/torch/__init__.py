@@ -5,6 +5,7 @@
             dropout=0.0, bidirectional=False)      # drop-in for nn.LSTM (cell lstm_np)
     dt.GRU(...), dt.RNN(...)                       # drop-ins for nn.GRU (gru), nn.RNN (rnn)
     dt.Recurrent(cell, input_size, hidden_size, ...)   # any cell, its own parameter names
+    dt.Recurrent("lstmp", M, N, proj_size=P)       # a cell with a second node size P
     dt.operators(cell)                             # the cell's custom operators (ops.py)
 
 An optional extra (`pip install "derive[torch]"`): `import derive` never imports torch.

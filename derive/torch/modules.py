@@ -5,7 +5,7 @@
     GRU(...same...)                                                    # cell gru
     RNN(input_size, hidden_size, num_layers=1, nonlinearity="tanh", ...)   # cell rnn
     Recurrent(cell, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-              dropout=0.0, bidirectional=False)                        # any cell
+              dropout=0.0, bidirectional=False, proj_size=None)        # any cell
 
 The drop-ins have PyTorch's parameters (weight_ih_l0, weight_hh_l0, bias_ih_l0,
 bias_hh_l0, …_reverse; gate order i,f,g,o for LSTM and r,z,n for GRU), so a state_dict
@@ -31,7 +31,10 @@ Recurrent has the cell's own parameter names with PyTorch's suffixes (W_z_l0, R_
 p_f_l0_reverse, …), initialised like `Kernel.init_params` (uniform in ±1/√N), takes an
 initial state as a dict {state: (num_layers·num_directions, B, N)} and returns
 `output, final_states`: the cell's (first) output over the sequence, (T, B, D·N), and a
-dict {state: (num_layers·num_directions, B, N)} of the final states.
+dict {state: (num_layers·num_directions, B, N)} of the final states. A cell with a second
+node size P (lstmp: nn.LSTM's proj_size) needs proj_size=P (refused for any other cell):
+its parameters, states and output have their own sizes (lstmp: R_z_l0 (N, P), W_rm_l0
+(P, N), the state and output y of size P, c of size N; layer 2's input D·P).
 """
 
 from __future__ import annotations
@@ -87,10 +90,11 @@ class _Stack(nn.Module):
                 yield layer, d, f"_l{layer}" + ("_reverse" if d else "")
 
     def _layer_input(self, layer) -> int:
-        return self.input_size if layer == 0 else self._state_size("y") * self.num_directions
+        return (self.input_size if layer == 0
+                else self._state_size(self.ops.outputs[0]) * self.num_directions)
 
     def _state_size(self, state) -> int:
-        """The size of a state (and of the output if it is the output): N here."""
+        """The size of a state or output: N here."""
         return self.hidden_size
 
     def extra_repr(self):
@@ -101,6 +105,8 @@ class _Stack(nn.Module):
                               ("bidirectional", False)):
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)}"
+        if getattr(self, "proj_size", None):   # LSTM's and Recurrent's P
+            s += f", proj_size={self.proj_size}"
         return s + f", cell={self.ops.name}"
 
     def reset_parameters(self):
@@ -262,19 +268,32 @@ class Recurrent(_Stack):
     forward(input, hx=None) -> (output, final_states): input (T, B, M) ((B, T, M) with
     batch_first; (T, M) unbatched; or a PackedSequence); hx None or a dict
     {state: (num_layers·num_directions, B, N)}; output (T, B, D·N) (the cell's first
-    output); final_states {state: (num_layers·num_directions, B, N)}.
+    output); final_states {state: (num_layers·num_directions, B, N)}. proj_size: P, for
+    a cell with a second node size (its states, outputs and parameters of size P have
+    it); required for such a cell, refused for the others (ValueError).
     """
 
     def __init__(self, cell, input_size, hidden_size, num_layers=1, bias=True,
-                 batch_first=False, dropout=0.0, bidirectional=False):
+                 batch_first=False, dropout=0.0, bidirectional=False, proj_size=None):
         super().__init__(cell, input_size, hidden_size, num_layers, bias, batch_first,
                          dropout, bidirectional)
+        self.dims = {"N": self.hidden_size}
+        self.proj_size = None
+        if self.ops.has_proj_size:
+            if (isinstance(proj_size, bool) or not isinstance(proj_size, numbers.Integral)
+                    or proj_size < 1):
+                raise ValueError(f"{self.ops.name} has a second node size P: proj_size must "
+                                 f"be a positive integer, not {proj_size!r}")
+            self.proj_size = self.dims["P"] = int(proj_size)
+        elif proj_size is not None:
+            raise ValueError(f"proj_size is not a size of {self.ops.name} (it has one node "
+                             f"size N, hidden_size): leave it out, not {proj_size!r}")
         kernel = self.ops.kernel(torch.float64)
         self.shapes = dict(kernel.parameters)
         # bias=False drops the biases (b, b_★), not the other vectors (peepholes p_★)
         self.biases = {v for v in self.ops.vectors
                        if v == "b" or v.startswith("b_")} if not bias else set()
-        sizes = {"N": self.hidden_size}
+        sizes = dict(self.dims)
         for layer, _d, suffix in self._suffixes():
             sizes["M"] = self._layer_input(layer)
             for name, shape in self.shapes.items():
@@ -283,6 +302,9 @@ class Recurrent(_Stack):
                 self.register_parameter(name + suffix, nn.Parameter(
                     torch.empty(tuple(sizes[s] for s in shape))))
         self.reset_parameters()
+
+    def _state_size(self, state):
+        return self.dims[self.ops.size[state]]
 
     def _cell_params(self, suffix, dtype):
         return {name: getattr(self, name + suffix) if name not in self.biases
@@ -359,11 +381,6 @@ class _TorchStack(_Stack):
     def _states_in(self, hx):
         return {"y": ("hx", hx)}
 
-    def extra_repr(self):
-        s = super().extra_repr()
-        return s.replace(", cell=", f", proj_size={self.proj_size}, cell=") if self.proj_size \
-            else s
-
     def forward(self, input, hx=None):
         out, finals, _ = self._run(input, hx)
         return out, finals["y"]
@@ -380,8 +397,8 @@ class LSTM(_TorchStack):
     Step 1 reads the given h_0 (size P, not an m), so it runs here in PyTorch (one step;
     once per segment of a PackedSequence). Autograd carries the gradients through R' and
     the projection; the result equals nn.LSTM(proj_size=P) to rounding (tested, 1e-10 in
-    float64). (Interim: the kernels do not take a second size P yet, so the LSTMP cell
-    itself is not compiled; its recurrent product costs 4N·N here instead of 4N·P.)
+    float64). (Its recurrent product costs 4N·N here instead of 4N·P: the LSTMP cell's
+    own kernel, which takes P, runs as Recurrent("lstmp", M, N, proj_size=P).)
     """
 
     cell, gates = "lstm_np", 4

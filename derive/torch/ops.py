@@ -19,6 +19,15 @@ and views of them (final states). The stored values and the sequences of the sta
 are not outputs are not differentiable (they exist for the backward operator): a
 gradient reaches such a state through F_j only.
 
+Sizes: M from x; N and, for a cell with a second node size (LSTMP: nn.LSTM's
+proj_size), P. Every array of a vector has that vector's size (`Kernel.size`: "N" or
+"P"), so "N" above reads "P" for those of size P: lstmp's state y is s0 (B, P), S (T, B,
+P), its c (B, N); an operand feeding nodes of size P has k·P rows (`Kernel.rows`:
+lstmp's W_rm (P, N)), an operand of size P has P columns (R_★ in (4·N, P)). `run`
+(`check`) reads N and P from the fused weights' rows and columns (an initial state for
+a size no weight has) and checks every argument against them; the operators read them
+from the initial states (a cell with P has a state of each size).
+
 The kernel takes each state as one (T+1, B, N) buffer, row 0 the initial state: S_k is
 rows 1…T of that buffer, so the outputs are tensors of their own for autograd (their
 gradient arrives as it is, with no (T+1, B, N) zeros-and-copy for a view), and the
@@ -82,6 +91,13 @@ class CellOperators:
         self.vectors = k.vectors
         self.blocks = tuple(tuple(m for _node, m in o["blocks"]) for o in k.operands)
         self.sizes = tuple(o["size"] for o in k.operands)
+        #: the size of the rows of each operand's blocks ("N" or "P")
+        self.rows = tuple(k.rows)
+        #: the size ("N" or "P") of each state, output and stored value
+        self.size = {v: k.size(v) for v in (*k.states, *k.outputs, *k.stored)}
+        #: the size of each vector parameter (N)
+        self.vector_sizes = tuple(k.parameters[v][0] for v in k.vectors)
+        self.has_proj_size = k.has_proj_size
         nW, nV, nS, nA = len(self.operands), len(self.vectors), len(self.states), len(self.stored)
         self.n_inputs = 1 + nW + nV + nS
         self.stored_outputs = tuple(o for o in self.outputs if o not in self.states)
@@ -150,15 +166,22 @@ class CellOperators:
         x, W, V, s0 = self._forward_args(args)
         kernel = self.kernel(x.dtype)
         T, B, _ = x.shape
-        N = s0[0].shape[1]
-        S = [torch.empty((T + 1, B, N), dtype=x.dtype) for _ in self.states]
+        n = self._dims(s0)
+        S = [torch.empty((T + 1, B, n[self.size[s]]), dtype=x.dtype) for s in self.states]
         for buf, s in zip(S, s0):
             buf[0].copy_(s)
-        A = [torch.empty((T, B, N), dtype=x.dtype) for _ in self.stored]
+        A = [torch.empty((T, B, n[self.size[a]]), dtype=x.dtype) for a in self.stored]
         kernel.forward_buffers(_np(x), tuple(map(_np, W)), tuple(map(_np, V)),
                                tuple(map(_np, S)), tuple(map(_np, A)))
         return self._result((*(buf[1:] for buf in S), *A,
                              *(S[k][T].clone() for k in self.hidden)))
+
+    def _dims(self, states) -> dict:
+        """{"N": N(, "P": P)} from one tensor per state, its size in the last dimension."""
+        dims = {}
+        for s, v in zip(self.states, states):
+            dims.setdefault(self.size[s], v.shape[-1])
+        return dims
 
     def _result(self, outputs: tuple):
         return outputs[0] if self.n_outputs == 1 else outputs
@@ -166,29 +189,30 @@ class CellOperators:
     def _forward_fake(self, *args):
         x, _W, _V, s0 = self._forward_args(args)
         T, B, _ = x.shape
-        N = s0[0].shape[1]
-        return self._result((*(x.new_empty((T + 1, B, N))[1:] for _ in self.states),
-                             *(x.new_empty((T, B, N)) for _ in self.stored),
-                             *(x.new_empty((B, N)) for _ in self.hidden)))
+        n = self._dims(s0)
+        return self._result((*(x.new_empty((T + 1, B, n[self.size[s]]))[1:]
+                               for s in self.states),
+                             *(x.new_empty((T, B, n[self.size[a]])) for a in self.stored),
+                             *(x.new_empty((B, n[self.size[self.states[k]]]))
+                               for k in self.hidden)))
 
     # --- backward ----------------------------------------------------------------------------
     def _backward_impl(self, *args):
         x, W, V, s0, S, A, dS, dA, dF, needs = self._backward_args(args)
         T, B, M = x.shape
-        N = S[0].shape[2]
+        n = self._dims(s0)
         S = [_with_initial(s, s_0) for s, s_0 in zip(S, s0)]
-        zeros = lambda: np.zeros((T, B, N), DTYPES[x.dtype])  # noqa: E731
         dY = []
         for o in self.outputs:
             if o in self.states:
                 d = dS[self.states.index(o)]
-                dY.append(zeros() if d is None else _np(d))
             else:
                 d = dA[self.stored_outputs.index(o)]
-                dY.append(zeros() if d is None else _np(d))
+            dY.append(np.zeros((T, B, n[self.size[o]]), DTYPES[x.dtype]) if d is None
+                      else _np(d))
         C_in = None
         if any(d is not None for d in dF):  # the carries the backward starts from
-            C_in = [np.zeros((B, N), DTYPES[x.dtype]) for _ in self.states]
+            C_in = [np.zeros((B, n[self.size[s]]), DTYPES[x.dtype]) for s in self.states]
             for k, d in zip(self.hidden, dF):
                 if d is not None:
                     C_in[k] = _np(d)
@@ -230,11 +254,13 @@ class CellOperators:
 
     # --- the differentiable call -------------------------------------------------------------
     def run(self, x, W, V, state0):
-        """Run the cell over x (T, B, M) from state0 ({state: (B, N)}, zeros if missing).
+        """Run the cell over x (T, B, M) from state0 ({state: (B, N)}, zeros if missing;
+        a state of size P: (B, P)).
 
         W: the fused weights per operand, V: the vector parameters (see the module
-        docstring). Returns ({output: (T, B, N)}, {state: (B, N)}), views of what the
-        forward operator returned. Checks every argument first (ValueError naming it).
+        docstring). Returns ({output: (T, B, N)}, {state: (B, N)}) (P for those of size
+        P), views of what the forward operator returned. Checks every argument first
+        (ValueError naming it and the sizes).
         """
         x, W, V, s0 = self.check(x, W, V, state0)
         res = self.forward(x, *W, *V, *s0)
@@ -248,7 +274,11 @@ class CellOperators:
         return outputs, finals
 
     def check(self, x, W, V, state0):
-        """The arguments of `run`, checked, contiguous and with every initial state."""
+        """The arguments of `run`, checked, contiguous and with every initial state.
+
+        N and P (a cell with P) come from the first weight whose rows or columns have that
+        size (else from an initial state of that size); every shape is checked against them.
+        """
         check_tensor("x", x, "(T, B, M)")
         if x.dtype not in DTYPES:
             raise ValueError(f"x must have dtype float32 or float64, not {x.dtype}")
@@ -260,41 +290,56 @@ class CellOperators:
             raise ValueError(f"{self.name} takes {len(self.operands)} fused weights "
                              f"({', '.join(self.operands)}) and {len(self.vectors)} vectors "
                              f"({', '.join(self.vectors)}), not {len(W)} and {len(V)}")
-        N = None
-        for i, w in enumerate(W):
-            check_tensor(f"W{i}", w, "(k·N, size)", x.dtype)
-            if w.dim() != 2 or w.shape[0] % len(self.blocks[i]):
+        dims, source = {"M": M}, {"M": "x"}
+        for i, w in enumerate(W):   # the sizes: from the weights' rows and columns
+            k, rows = len(self.blocks[i]), self.rows[i]
+            check_tensor(f"W{i}", w, f"(k·{rows}, size)", x.dtype)
+            if w.dim() != 2 or w.shape[0] % k:
                 raise ValueError(f"W{i} (operand {self.operands[i]}: "
                                  f"{', '.join(self.blocks[i])}) must be a matrix of "
-                                 f"{len(self.blocks[i])}·N rows, not {tuple(w.shape)}")
-            n = w.shape[0] // len(self.blocks[i])
-            N = n if N is None else N
-            want = (len(self.blocks[i]) * N, {"M": M, "N": N}[self.sizes[i]])
-            if tuple(w.shape) != want:
-                raise ValueError(f"W{i} (operand {self.operands[i]}: "
-                                 f"{', '.join(self.blocks[i])}) must have shape {want} "
-                                 f"with N={N} and M={M} (from x), not {tuple(w.shape)}")
-        for name, v in zip(self.vectors, V):
-            check_tensor(name, v, "(N,)", x.dtype, (N,))
+                                 f"{k}·{rows} rows, not {tuple(w.shape)}")
+            for size, n in ((rows, w.shape[0] // k), (self.sizes[i], w.shape[1])):
+                if size not in dims:
+                    dims[size], source[size] = n, f"W{i}"
         state0 = {} if state0 is None else state0
         unknown = [s for s in state0 if s not in self.states]
         if unknown:
             raise ValueError(f"state0 has unknown states {', '.join(map(str, unknown))} "
                              f"(the states of {self.name}: {', '.join(self.states)})")
+        for s in self.states:   # a size no weight has: from an initial state
+            v, size = state0.get(s), self.size[s]
+            if size not in dims and isinstance(v, torch.Tensor) and v.dim() == 2:
+                dims[size], source[size] = v.shape[1], f"initial state {s}"
+        missing = [n for n in (("N", "P") if self.has_proj_size else ("N",))
+                   if n not in dims]
+        if missing:
+            raise ValueError(f"{self.name}: the size {', '.join(missing)} is given by no "
+                             f"weight nor initial state")
+        given = " and ".join(f"{k}={v} (from {source[k]})" for k, v in dims.items())
+        for i, w in enumerate(W):
+            want = (len(self.blocks[i]) * dims[self.rows[i]], dims[self.sizes[i]])
+            if tuple(w.shape) != want:
+                raise ValueError(f"W{i} (operand {self.operands[i]}: "
+                                 f"{', '.join(self.blocks[i])}) must have shape {want} "
+                                 f"(k·{self.rows[i]}, {self.sizes[i]}) with {given}, not "
+                                 f"{tuple(w.shape)}")
+        for name, size, v in zip(self.vectors, self.vector_sizes, V):
+            check_tensor(name, v, f"({size},)", x.dtype, (dims[size],))
         s0 = []
         for s in self.states:
-            v = state0.get(s)
+            v, size = state0.get(s), self.size[s]
             if v is None:
-                v = x.new_zeros((B, N))
-            check_tensor(f"initial state {s}", v, "(B, N)", x.dtype, (B, N))
+                v = x.new_zeros((B, dims[size]))
+            check_tensor(f"initial state {s}", v, f"(B, {size})", x.dtype, (B, dims[size]))
             s0.append(v)
         return (x.contiguous(), [w.contiguous() for w in W], [v.contiguous() for v in V],
                 s0)
 
 
 def _with_initial(S, s0):
-    """The (T+1, B, N) states s0, S[0], …, S[T-1]: the forward's buffer behind S when the
-    row before S in its storage holds s0 (no copy), else a new one (a copy)."""
+    """The (T+1, B, n) states s0, S[0], …, S[T-1] (n: the state's size): the forward's
+    buffer behind S when the row before S in its storage holds s0 (no copy), else a new
+    one (a copy)."""
     T, B, N = S.shape
     if (S.is_contiguous() and S.storage_offset() >= B * N
             and S.untyped_storage().nbytes() >= (S.storage_offset() + S.numel())

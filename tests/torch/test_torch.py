@@ -17,10 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from conftest import SHIPPED  # noqa: E402
-
-#: the shipped cells derive.torch's operators take: one hidden size N (LSTMP's proj_size,
-#: a second size P, is derive.torch.LSTM(proj_size=…), the `torchproj` branch's work)
-OPERATOR_CELLS = [c for c in SHIPPED if c != "lstmp"]
+from lstmp_torch import torch_lstmp  # noqa: E402
 from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
 
 import derive  # noqa: E402
@@ -28,6 +25,7 @@ import derive.torch as dt  # noqa: E402
 
 F64 = torch.float64
 T, B, M, N = 4, 3, 5, 2          # T >= 3, B >= 2, M != N
+SIZES = {"M": M, "N": N, "P": 3}  # the operators' sizes: a cell with P (lstmp) gets P = 3
 
 
 def _gen(seed=0):
@@ -35,12 +33,14 @@ def _gen(seed=0):
 
 
 def _operator_args(ops, g, dtype=F64):
-    """Random x, fused weights, vectors and non-zero initial states of a cell."""
+    """Random x, fused weights, vectors and non-zero initial states of a cell, each at
+    its sizes (SIZES; lstmp: R_★ (4·N, P), W_rm (P, N), y0 (B, P), c0 (B, N))."""
     x = torch.randn(T, B, M, dtype=dtype, generator=g)
-    W = [0.5 * torch.randn(len(b) * N, M if s == "M" else N, dtype=dtype, generator=g)
-         for b, s in zip(ops.blocks, ops.sizes)]
-    V = [0.5 * torch.randn(N, dtype=dtype, generator=g) for _ in ops.vectors]
-    s0 = [0.5 * torch.randn(B, N, dtype=dtype, generator=g) for _ in ops.states]
+    W = [0.5 * torch.randn(len(b) * SIZES[r], SIZES[s], dtype=dtype, generator=g)
+         for b, r, s in zip(ops.blocks, ops.rows, ops.sizes)]
+    V = [0.5 * torch.randn(SIZES[s], dtype=dtype, generator=g) for s in ops.vector_sizes]
+    s0 = [0.5 * torch.randn(B, SIZES[ops.size[s]], dtype=dtype, generator=g)
+          for s in ops.states]
     return x, W, V, s0
 
 
@@ -55,7 +55,7 @@ def _operator_fn(ops, final_states):
     return fn
 
 
-@pytest.mark.parametrize("cell", OPERATOR_CELLS)
+@pytest.mark.parametrize("cell", SHIPPED)
 def test_operator_passes_gradcheck(cell):
     """Every shipped cell; the final states that are also outputs are used, the others
     (lstm's c_n) left unused: an undefined gradient counts as zero."""
@@ -75,7 +75,7 @@ def test_final_states_used_or_not(final_states):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("cell", OPERATOR_CELLS)
+@pytest.mark.parametrize("cell", SHIPPED)
 def test_operator_passes_gradcheck_with_every_final_state(cell):
     ops = dt.operators(cell)
     args = [a.requires_grad_() for a in _flatten(_operator_args(ops, _gen(3)))]
@@ -83,7 +83,7 @@ def test_operator_passes_gradcheck_with_every_final_state(cell):
                                     rtol=1e-6)
 
 
-@pytest.mark.parametrize("cell", ["lstm_np", "gru", "rnn", "lstm"])
+@pytest.mark.parametrize("cell", ["lstm_np", "gru", "rnn", "lstm", "lstmp"])
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 def test_opcheck(cell, dtype):
     ops = dt.operators(cell)
@@ -449,6 +449,67 @@ def test_recurrent_any_cell():
     assert torch.autograd.gradcheck(fn, (x, hx["c"], *params_t), atol=1e-8, rtol=1e-6)
 
 
+def test_recurrent_lstmp_matches_torch_lstm_with_projection():
+    """Recurrent("lstmp", M, N, proj_size=P): the output (size P) and every gradient (x,
+    y0, c0, each parameter) within 1e-10 of nn.LSTM(M, N, proj_size=P) with the mapped
+    weights (tests/lstmp_torch.py), float64, non-zero initial states, random dy."""
+    torch.manual_seed(8)
+    m = dt.Recurrent("lstmp", M, NP, proj_size=P).double()
+    names = dict(m.named_parameters())
+    assert names["R_z_l0"].shape == (NP, P) and names["W_rm_l0"].shape == (P, NP)
+    g = _gen(22)
+    x = torch.randn(T, B, M, dtype=F64, generator=g, requires_grad=True)
+    y0 = torch.randn(1, B, P, dtype=F64, generator=g, requires_grad=True)
+    c0 = torch.randn(1, B, NP, dtype=F64, generator=g, requires_grad=True)
+    dy = torch.randn(T, B, P, dtype=F64, generator=g)
+    out, finals = m(x, {"y": y0, "c": c0})
+    (out * dy).sum().backward()
+    assert out.shape == (T, B, P) and finals["c"].shape == (1, B, NP)
+    assert torch.equal(finals["y"][0], out[-1])
+    params = {n[:-3]: p.detach().numpy() for n, p in names.items()}
+    ref_out, ref = torch_lstmp(torch, params, x.detach().numpy(), y0[0].detach().numpy(),
+                               c0[0].detach().numpy(), dy.numpy())
+    assert np.abs(out.detach().numpy() - ref_out).max() <= 1e-10
+    mine = {"x": x.grad, "y0": y0.grad[0], "c0": c0.grad[0],
+            **{n[:-3]: p.grad for n, p in names.items()}}
+    assert set(mine) == set(ref)
+    for name, r in ref.items():
+        assert np.abs(mine[name].numpy() - r).max() <= 1e-10, name
+
+
+def test_recurrent_lstmp_stacked_passes_gradcheck():
+    """2 layers, bidirectional: layer 2 reads 2·P features; states y (4, B, P), c (4, B, N)."""
+    torch.manual_seed(9)
+    m = dt.Recurrent("lstmp", M, NP, num_layers=2, bidirectional=True, proj_size=P).double()
+    names = dict(m.named_parameters())
+    assert names["W_z_l1_reverse"].shape == (NP, 2 * P) and "proj_size=3" in repr(m)
+    g = _gen(23)
+    x = torch.randn(T, B, M, dtype=F64, generator=g, requires_grad=True)
+    y0 = torch.randn(4, B, P, dtype=F64, generator=g, requires_grad=True)
+    c0 = torch.randn(4, B, NP, dtype=F64, generator=g, requires_grad=True)
+    out, finals = m(x, {"y": y0, "c": c0})
+    assert out.shape == (T, B, 2 * P) and finals["y"].shape == (4, B, P)
+    params = [p.detach().clone().requires_grad_() for p in m.parameters()]
+
+    def fn(x, y0, c0, *ps):
+        out, finals = torch.func.functional_call(m, dict(zip(names, ps)),
+                                                 (x, {"y": y0, "c": c0}))
+        return out, finals["y"], finals["c"]
+    assert torch.autograd.gradcheck(fn, (x, y0, c0, *params), atol=1e-8, rtol=1e-6,
+                                    fast_mode=True)
+
+
+@pytest.mark.parametrize("cell,proj_size,message", [
+    ("lstmp", None, "lstmp has a second node size P: proj_size must be a positive integer, "
+                    "not None"),
+    ("lstmp", 0, "proj_size must be a positive integer, not 0"),
+    ("lstmp", 2.5, "proj_size must be a positive integer, not 2.5"),
+    ("lstm_np", 3, r"proj_size is not a size of lstm_np \(it has one node size N"),
+])
+def test_recurrent_proj_size_only_for_a_cell_with_p(cell, proj_size, message):
+    with pytest.raises(ValueError, match=message):
+        dt.Recurrent(cell, M, NP, proj_size=proj_size)
+
 # --- torch.compile ------------------------------------------------------------------------------
 
 class _Model(torch.nn.Module):
@@ -528,6 +589,22 @@ def test_bad_operator_arguments_name_the_argument():
         ops.run(x, W, V, {"h": s0[0]})
     with pytest.raises(ValueError, match="dtype float32 or float64"):
         ops.run(x.to(torch.int64), W, V, None)
+
+
+def test_bad_operator_arguments_of_a_cell_with_p_name_the_sizes():
+    """lstmp: N and P read from the weights (W_x's rows, R_★'s columns), every other
+    weight and the initial states checked against them."""
+    ops = dt.operators("lstmp")
+    x, W, V, s0 = _operator_args(ops, _gen(21))
+    assert ops.operands == ("x", "y", "m") and ops.rows == ("N", "N", "P")
+    with pytest.raises(ValueError, match=r"^W2 \(operand m: W_rm\) must have shape \(3, 2\) "
+                                         r"\(k·P, N\) with M=5 \(from x\) and N=2 \(from W0\) "
+                                         r"and P=3 \(from W1\), not \(2, 2\)$"):
+        ops.run(x, [W[0], W[1], W[2][:2]], V, None)
+    with pytest.raises(ValueError, match=r"initial state y must have shape \(3, 3\) \(B, P\)"):
+        ops.run(x, W, V, {"y": s0[1]})
+    outputs, finals = ops.run(x, W, V, None)
+    assert outputs["y"].shape == (T, B, 3) and finals["c"].shape == (B, N)
 
 
 def test_unsupported_options_are_clear_errors():
