@@ -17,8 +17,8 @@ c_n)` for LSTM, `output, h_n` otherwise. The map to the cells (the same math, ch
     GRU   r,z,n    ->  gru      W_r, W_u, W_h (and R_★); b_r = b_ir + b_hr,
                                 b_u = b_iz + b_hz, b_h = b_in, b_hr = b_hn (inside r·(…))
     RNN            ->  rnn      W = weight_ih, R = weight_hh, b = b_ih + b_hh
-    LSTM, proj_size=P -> lstm_np with R' = weight_hh · weight_hr from step 2 on, output
-                   h = weight_hr · m (see LSTM); h_0, h_n and the output have size P
+    LSTM, proj_size=P -> lstmp  as LSTM, and W_rm = weight_hr; h_0, h_n and the output
+                                have size P
 
 Inputs: (T, B, M), or (B, T, M) with batch_first, or unbatched (T, M); a PackedSequence
 of unequal lengths, each row run for its own length (padded steps give zeros and send no
@@ -123,15 +123,10 @@ class _Stack(nn.Module):
         raise NotImplementedError
 
     def _weights(self, suffix, dtype):
-        """What `_call` takes for one layer and direction: (fused weights, vectors)."""
+        """The fused weights and the vectors of one layer and direction (`ops.run`'s W, V)."""
         p = self._cell_params(suffix, dtype)
         W = [p[b[0]] if len(b) == 1 else torch.cat([p[m] for m in b]) for b in self.ops.blocks]
         return W, [p[v] for v in self.ops.vectors]
-
-    def _call(self, x, weights, s0):
-        """The cell over x (T, B, M) from s0: ({output: (T, B, ·)}, {state: (B, ·)})."""
-        W, V = weights
-        return self.ops.run(x, W, V, s0)
 
     # --- forward -----------------------------------------------------------------------------
     def _dtype(self):
@@ -219,7 +214,7 @@ class _Stack(nn.Module):
         """
         T, B, _ = x.shape
         if lengths is None or all(n == T for n in lengths):
-            y, fin = self._call(x.flip(0) if reverse else x, weights, s0)
+            y, fin = self.ops.run(x.flip(0) if reverse else x, *weights, s0)
             return ({o: v.flip(0) for o, v in y.items()} if reverse else y), fin
         L = torch.tensor(lengths)
         if reverse:   # step t of row b reads x[L_b - 1 - t] (padded steps stay in place)
@@ -247,7 +242,8 @@ class _Stack(nn.Module):
         state, start = s0, 0
         for end in sorted(set(lengths)):
             n = sum(1 for m in lengths if m >= end)      # the rows active in [start, end)
-            y, fin = self._call(x[start:end, :n], weights, {s: v[:n] for s, v in state.items()})
+            y, fin = self.ops.run(x[start:end, :n], *weights,
+                                   {s: v[:n] for s, v in state.items()})
             for o, v in y.items():
                 ys[o].append(F.pad(v, (0, 0, 0, B - n)))
             done = sum(1 for m in lengths if m > end)   # rows [done, n) end here
@@ -342,14 +338,14 @@ class _TorchStack(_Stack):
                              f"not {device}")
         if dtype is not None and dtype not in DTYPES:
             raise ValueError(f"dtype must be torch.float32 or torch.float64, not {dtype}")
-        super().__init__(self.cell, input_size, hidden_size, num_layers, bias, batch_first,
-                         dropout, bidirectional)
         if isinstance(proj_size, bool) or not isinstance(proj_size, numbers.Integral):
             raise ValueError(f"proj_size must be an integer (0: no projection), not "
                              f"{proj_size!r}")
         if proj_size < 0:
             raise ValueError(f"proj_size should be a positive integer or zero to disable "
                              f"projections, not {proj_size}")
+        super().__init__(self.projected_cell if proj_size else self.cell, input_size,
+                         hidden_size, num_layers, bias, batch_first, dropout, bidirectional)
         if proj_size >= self.hidden_size:
             raise ValueError(f"proj_size has to be smaller than hidden_size (proj_size="
                              f"{proj_size}, hidden_size={self.hidden_size})")
@@ -389,58 +385,24 @@ class _TorchStack(_Stack):
 class LSTM(_TorchStack):
     """Drop-in for torch.nn.LSTM on the cell lstm_np (see the module docstring).
 
-    With proj_size=P (0 < P < N; Sak et al. 2014, nn.LSTM's math): the output and the
-    recurrent state are h_t = W_hr m_t (size P), m_t = o_t ⊙ tanh(c_t), and the gates read
-    R h_{t-1} (weight_hh (4N, P), weight_hr (P, N)). For t ≥ 2, R h_{t-1} = (R W_hr) m_{t-1}:
-    that is lstm_np with R' = R W_hr (4N, N) and the state y = m, so the operator runs
-    steps 2…T from (m_1, c_1), and h = m W_hrᵀ for every step is one product afterwards.
-    Step 1 reads the given h_0 (size P, not an m), so it runs here in PyTorch (one step;
-    once per segment of a PackedSequence). Autograd carries the gradients through R' and
-    the projection; the result equals nn.LSTM(proj_size=P) to rounding (tested, 1e-10 in
-    float64). (Its recurrent product costs 4N·N here instead of 4N·P: the LSTMP cell's
-    own kernel, which takes P, runs as Recurrent("lstmp", M, N, proj_size=P).)
+    With proj_size=P (0 < P < N; Sak et al. 2014, nn.LSTM's math) it runs on the cell
+    lstmp: the output and the recurrent state are h_t = W_hr m_t (size P), m_t = o_t ⊙
+    tanh(c_t), and the gates read R h_{t-1} (weight_hh (4N, P), weight_hr (P, N) = W_rm).
     """
 
-    cell, gates = "lstm_np", 4
+    cell, projected_cell, gates = "lstm_np", "lstmp", 4
 
     def _state_size(self, state):
         return self.proj_size if state == "y" and self.proj_size else self.hidden_size
 
-    def _weights(self, suffix, dtype):
-        """lstm_np's weights; with a projection also (step 1's weights, W_hr), R' = R W_hr."""
-        W, V = super()._weights(suffix, dtype)
-        if not self.proj_size:
-            return W, V
-        W_hr = getattr(self, "weight_hr" + suffix)
-        y = self.ops.operands.index("y")
-        first = (getattr(self, "weight_ih" + suffix), getattr(self, "weight_hh" + suffix),
-                 getattr(self, "bias_ih" + suffix) + getattr(self, "bias_hh" + suffix)
-                 if self.bias else None)
-        W = [w @ W_hr if k == y else w for k, w in enumerate(W)]
-        return W, V, first, W_hr
-
-    def _call(self, x, weights, s0):
-        if not self.proj_size:
-            return super()._call(x, weights, s0)
-        W, V, (w_ih, w_hh, b), W_hr = weights
-        B = x.shape[1]
-        h0 = s0.get("y", x.new_zeros((B, self.proj_size)))
-        c0 = s0.get("c", x.new_zeros((B, self.hidden_size)))
-        gates = x[0] @ w_ih.T + h0 @ w_hh.T        # step 1: nn.LSTM's gate order i, f, g, o
-        i, f, g, o = (gates if b is None else gates + b).chunk(4, 1)
-        c = torch.sigmoid(f) * c0 + torch.sigmoid(i) * torch.tanh(g)
-        m = (torch.sigmoid(o) * torch.tanh(c)).unsqueeze(0)
-        if x.shape[0] > 1:                          # steps 2…T: lstm_np with R' = R W_hr
-            rest, finals = self.ops.run(x[1:], W, V, {"y": m[0], "c": c})
-            m, c = torch.cat([m, rest["y"]]), finals["c"]
-        h = m @ W_hr.T
-        return {"y": h}, {"y": h[-1], "c": c}
-
     def _cell_params(self, suffix, dtype):
         (Wi, Wf, Wz, Wo), (Ri, Rf, Rz, Ro), b_ih, b_hh = self._torch_params(suffix, dtype)
         bi, bf, bz, bo = (a + b for a, b in zip(b_ih, b_hh))
-        return dict(W_z=Wz, W_i=Wi, W_f=Wf, W_o=Wo, R_z=Rz, R_i=Ri, R_f=Rf, R_o=Ro,
-                    b_z=bz, b_i=bi, b_f=bf, b_o=bo)
+        p = dict(W_z=Wz, W_i=Wi, W_f=Wf, W_o=Wo, R_z=Rz, R_i=Ri, R_f=Rf, R_o=Ro,
+                 b_z=bz, b_i=bi, b_f=bf, b_o=bo)
+        if self.proj_size:
+            p["W_rm"] = getattr(self, "weight_hr" + suffix)
+        return p
 
     def _states_in(self, hx):
         if hx is None:

@@ -339,9 +339,8 @@ def test_lstm_with_projection_state_dict_moves_both_ways():
 
 
 def test_lstm_with_projection_on_a_packed_sequence():
-    """Unequal lengths (one of length 1: a row that ends in the step run outside the
-    kernel), unsorted, 2 layers, bidirectional: parity with nn.LSTM(proj_size), padded
-    steps receive no gradient."""
+    """Unequal lengths (one of length 1: a segment of a single step), unsorted, 2 layers,
+    bidirectional: parity with nn.LSTM(proj_size), padded steps receive no gradient."""
     torch.manual_seed(8)
     ref, mine = _pair("LSTM", NP, num_layers=2, bidirectional=True, proj_size=P)
     g = _gen(19)
