@@ -235,11 +235,8 @@ class Kernel:
             dims["P"] = _size("proj_size", proj_size)
         rng = np.random.default_rng(seed)
         bound = 1.0 / np.sqrt(N)
-        fused = []
-        for op, rows in zip(self.operands, self.rows):
-            k = len(op["blocks"])
-            fused.append(rng.uniform(-bound, bound, (k * dims[rows], dims[op["size"]]))
-                         .astype(self.dtype))
+        fused = [rng.uniform(-bound, bound, shape).astype(self.dtype)
+                 for shape in self._weight_shapes(dims)]
         params = {}
         for name, shape in self.parameters.items():
             if len(shape) == 1:
@@ -285,14 +282,20 @@ class Kernel:
                          f"{_shape_text(shape)} with {given}")
         return dims
 
+    def _weight_shapes(self, dims: dict) -> list[tuple[int, int]]:
+        """The shape of each operand's fused weights (and of their gradient): k blocks of
+        the size of the nodes it feeds (self.rows) by the size of the operand."""
+        return [(len(op["blocks"]) * dims[rows], dims[op["size"]])
+                for op, rows in zip(self.operands, self.rows)]
+
     def _fused(self, params, N: int, M: int, P: int | None = None) -> tuple:
         """The fused weights of each operand, its blocks packed into a new array (the
         trace's own copy, one per call whatever the caller's arrays are)."""
         dims = {"M": M, "N": N, "P": P}
         out = []
-        for op, rows in zip(self.operands, self.rows):
+        for op, rows, shape in zip(self.operands, self.rows, self._weight_shapes(dims)):
             n = dims[rows]
-            W = np.empty((len(op["blocks"]) * n, dims[op["size"]]), self.dtype)
+            W = np.empty(shape, self.dtype)
             for j, (_node, matrix) in enumerate(op["blocks"]):
                 W[j * n:(j + 1) * n] = params[matrix]
             out.append(W)
@@ -454,8 +457,7 @@ class Kernel:
                    for k, g in enumerate(self.groups))
         C = tuple(np.empty((B, dims[self.size(s)]), self.dtype) for s in self.states)
         acc = tuple(np.empty(N, self.dtype) for _ in self.vectors)
-        dW = tuple(np.empty((len(o["blocks"]) * dims[r], dims[o["size"]]), self.dtype)
-                   for o, r in zip(self.operands, self.rows))
+        dW = tuple(np.empty(shape, self.dtype) for shape in self._weight_shapes(dims))
         dX = np.empty((T, B, M), self.dtype)   # not touched (nor paged in) unless wanted
         want_dW = tuple(want(f"W{k}") for k in range(len(dW)))
         want_acc = tuple(want(f"V{k}") for k in range(len(acc)))
