@@ -286,6 +286,13 @@ def _entry_arrays(p: Plan, entry: str) -> list[tuple]:
             for b in p.arrays(storage)]
 
 
+def _numpy_phases(p: Plan, phases: tuple[Phase, ...], forward: bool) -> list[dict]:
+    """Each phase of one pass as the reference template lays it out: its program and
+    the products before it."""
+    return [dict(_numpy_program(p, ph.step), products=products)
+            for ph, products in zip(phases, _numpy_products(p, phases, forward))]
+
+
 def _numpy_products(p: Plan, phases: tuple[Phase, ...], forward: bool) -> list[list]:
     """The products before each phase as NumPy lines: (comment, code) per call."""
     dG = {g.index: p.buffer(Storage.DELTAS, " ".join(g.nodes)).field for g in p.groups}
@@ -329,12 +336,6 @@ def reference_context(p: Plan) -> dict:
                       else f"_A_{o.name}.reshape(T * B, {o.size})")
         weights.append({"name": o.name, "width": f"{o.k} * {o.rows}", "dG": dG[o.group],
                         "operand_values": values})
-    phases = []
-    for ph, products in zip(k.forward, _numpy_products(p, k.forward, True)):
-        phases.append(dict(_numpy_program(p, ph.step), products=products))
-    back = []
-    for ph, products in zip(k.backward, _numpy_products(p, k.backward, False)):
-        back.append(dict(_numpy_program(p, ph.step), products=products))
     return {
         "doc": _docstring(p), "kernel_api": KERNEL_API, "layout": _layout_text(p),
         "forward_arrays": _entry_arrays(p, "forward"),
@@ -344,7 +345,8 @@ def reference_context(p: Plan) -> dict:
         "scratch": [(b.field, b.size) for b in p.arrays(Storage.ADJOINT)],
         "second": _second(p), "input_width": f"{x.k} * {x.rows}",
         "input": x, "input_dG": dG[x.group], "recurrent": recurrent, "weights": weights,
-        "forward": phases, "backward": back,
+        "forward": _numpy_phases(p, k.forward, True),
+        "backward": _numpy_phases(p, k.backward, False),
     }
 
 
