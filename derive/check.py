@@ -146,7 +146,7 @@ def of_kernel(kernel) -> Subject:
         return {k: np.ascontiguousarray(v, dtype=dt) for k, v in arrays.items()}
 
     def forward(problem):
-        return kernel.forward(cast(problem.inputs)[kernel.input], cast(problem.params),
+        return kernel.forward(cast(problem.inputs), cast(problem.params),
                               cast(problem.initial))
 
     def outputs(problem):
@@ -161,7 +161,9 @@ def of_kernel(kernel) -> Subject:
 
     return Subject(kernel.cell, kernel.backend, dt.name,
                    {n: tuple(s) for n, s in kernel.parameters.items()},
-                   {kernel.input: "M"}, tuple(kernel.states), tuple(kernel.outputs),
+                   {x: size if size in ("N", "P") else "M"     # M_<input>: one M here
+                    for x, size in kernel.input_sizes.items()},
+                   tuple(kernel.states), tuple(kernel.outputs),
                    outputs, gradients, sizes=dict(kernel.sizes))
 
 

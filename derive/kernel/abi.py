@@ -5,4 +5,4 @@ module only when the numbers agree (and the build cache keys on it).
 """
 
 #: version of the calling convention between generated modules and the runtime
-KERNEL_API = 3
+KERNEL_API = 4

@@ -37,6 +37,7 @@ from derive.kernel.lower import (
     StepFunction,
     Task,
     lower,
+    stepped_input_gradients,
 )
 from derive.kernel.plan import Kind, Plan, Program, Role, Storage
 from derive.kernel.plan import plan as make_plan
@@ -109,7 +110,8 @@ def _statements(p: Plan, program: Program, printer) -> list[dict]:
 
 def _pointer(ptr: Pointer, ctype: str) -> str:
     base = "part" if ptr.partial else f"<{ctype}*>p.{ptr.field}"
-    return f"{base} + {ptr.offset}" if ptr.offset else base
+    at = f"{base} + {ptr.offset}" if ptr.offset else base
+    return f"({at} if p.{ptr.field} != NULL else NULL)" if ptr.optional else at
 
 
 def _call(call: Call, ctype: str, suffix: str) -> str:
@@ -149,7 +151,10 @@ def _step(p: Plan, f: StepFunction, ctype: str, suffix: str) -> dict:
     writes = []
     for w, place in zip(f.program.writes, f.writes):
         op = "+=" if w.accumulates else "="
-        writes.append(f"{_element(place)} {op} {printer.doprint(w.value)}")
+        code = f"{_element(place)} {op} {printer.doprint(w.value)}"
+        if place.param.argument.optional:      # NULL: nobody wants this input gradient
+            code = f"if _{place.param.name} != NULL: {code}"
+        writes.append(code)
     return {
         "name": f"_{f.name}_step_{suffix}",
         "size": f.size,
@@ -186,14 +191,16 @@ def _entry(p: Plan, entry: str) -> dict:
             views.append({"field": b.field, "comment": b.name,
                           "view": f"{const}floating[{_dims(len(b.shape))}]",
                           "source": f"{storage.argument}[{b.index}]",
-                          "first": ", ".join(["0"] * len(b.shape))})
+                          "first": ", ".join(["0"] * len(b.shape)),
+                          "wanted": (_wanted(("dX", b.index))
+                                     if storage is Storage.INPUT_GRADIENT else "")})
     return {"checks": checks, "views": views}
 
 
 def _wanted(gradient: tuple[str, int]) -> str:
     """The backward's flag for a product after the loop (see the template's docstring)."""
     kind, k = gradient
-    return "want_dX" if kind == "dX" else f"want_dW is None or want_dW[{k}]"
+    return f"want_{kind} is None or want_{kind}[{k}]"
 
 
 def _carry_check(p: Plan) -> str:
@@ -208,6 +215,18 @@ def _second(p: Plan) -> dict | None:
     if "P" not in sizes:
         return None
     return {"n": sizes.index("N"), "p": sizes.index("P")}
+
+
+def _widths(p: Plan) -> list[tuple[str, int]]:
+    """The sizes of the inputs of size M (M, or M_<input> each), with their input's
+    index: a call reads them from the inputs' arrays."""
+    return [(p.input_size(x), k) for k, x in enumerate(p.inputs)
+            if p.input_size(x) not in ("N", "P")]
+
+
+def _sizes_of_call(p: Plan) -> list[str]:
+    """The sizes of a call, in the order of the struct of the arrays: T, B, M…, N(, P)."""
+    return ["T", "B", *(w for w, _ in _widths(p)), "N"] + (["P"] if _second(p) else [])
 
 
 def kernel_context(p: Plan) -> dict:
@@ -243,7 +262,10 @@ def kernel_context(p: Plan) -> dict:
         "vectors": len(p.vectors), "finish_tasks": len(k.finish),
         "finish_wanted": [_wanted(t.gradient) for t in k.finish],
         "carry_check": _carry_check(p), "weights": len(p.operands),
-        "max_k": max(o.k for o in p.operands), "phases": p.phases,
+        "max_k": max((o.k for o in p.operands), default=1), "phases": p.phases,
+        "sizes": _sizes_of_call(p), "widths": _widths(p), "inputs": len(p.inputs),
+        "unpack": ", ".join(f"{d} = p.{d}" for d in ["N", *(w for w, _ in _widths(p)),
+                                                     "T", "B"] + (["P"] if _second(p) else [])),
     }
 
 
@@ -275,6 +297,9 @@ def _numpy_program(p: Plan, f: StepFunction) -> dict:
             writes.append(f"_{w.buffer.field} += _batch_sum({value}, B)")
         elif w.buffer.storage is Storage.CARRY:
             writes.append(f"_{w.buffer.field}[...] = {value}")
+        elif w.buffer.storage is Storage.INPUT_GRADIENT:
+            writes.append(f"if want_dX[{w.buffer.index}]: "
+                          f"{_numpy_place(place)} = {value}")
         else:
             writes.append(f"{_numpy_place(place)} = {value}")
     return {"setup": setup, "statements": _statements(p, f.program, printer),
@@ -315,7 +340,6 @@ def _numpy_products(p: Plan, phases: tuple[Phase, ...], forward: bool) -> list[l
 def reference_context(p: Plan) -> dict:
     """Everything templates/reference.py.j2 lays out."""
     k = lower(p)
-    x = next(o for o in p.operands if o.role is Role.INPUT)
     dG = {g.index: p.buffer(Storage.DELTAS, " ".join(g.nodes)).field for g in p.groups}
     recurrent = []
     for o, call in zip(k.state_operands, k.per_step_backward):
@@ -325,10 +349,22 @@ def reference_context(p: Plan) -> dict:
             "comment": call.comment,
             "carry": (f"_C_{o.name} += {product}" if o.name in p.carried else
                       f"np.matmul(_{dG[o.group]}[t], _W_{o.name}, out=_C_{o.name})")})
-    weights = []
+    weights, inputs = [], []
+    stepped = stepped_input_gradients(p)
     for o in p.operands:
         if o.role is Role.INPUT:
-            values = "X.reshape(T * B, M)"
+            X = p.buffer(Storage.INPUT, o.name)
+            values = f"_{X.field}.reshape(T * B, {o.size})"
+            width, dX = f"{o.k} * {o.rows}", f"_d{X.field}"
+            product = f"_{dG[o.group]}.reshape(T * B, {width}) @ _W_{o.name}"
+            inputs.append({
+                "index": X.index,
+                "projection": f"np.matmul({values}, _W_{o.name}.T, out=_G_{o.name}"
+                              f".reshape(T * B, {width}))",
+                "gradient": (f"{dX} += ({product}).reshape(T, B, {o.size})"
+                             if o.name in stepped else
+                             f"np.matmul({product.split(' @ ')[0]}, _W_{o.name}, "
+                             f"out={dX}.reshape(T * B, {o.size}))")})
         elif o.role is Role.STATE:
             values = f"_S_{o.name}[:T].reshape(T * B, {o.size})"
         else:
@@ -343,8 +379,8 @@ def reference_context(p: Plan) -> dict:
         "accumulators": [b.field for b in p.arrays(Storage.ACCUMULATOR)],
         "carries": [b.field for b in p.arrays(Storage.CARRY)],
         "scratch": [(b.field, b.size) for b in p.arrays(Storage.ADJOINT)],
-        "second": _second(p), "input_width": f"{x.k} * {x.rows}",
-        "input": x, "input_dG": dG[x.group], "recurrent": recurrent, "weights": weights,
+        "second": _second(p), "widths": _widths(p), "inputs": inputs,
+        "recurrent": recurrent, "weights": weights,
         "forward": _numpy_phases(p, k.forward, True),
         "backward": _numpy_phases(p, k.backward, False),
     }

@@ -60,11 +60,14 @@ TILES = tuple(tuple(Tile(ct, sx, LANES[lv.name][ct], lv.macro) for lv in reverse
 @dataclass(frozen=True)
 class Pointer:
     """Element `offset` of a kernel array (`field`: a Buffer's field, or the packed
-    panels P_<operand>), or of a thread's slice of partial sums (`partial`)."""
+    panels P_<operand>), or of a thread's slice of partial sums (`partial`). `optional`:
+    the array may be absent (NULL: an input gradient nobody wants), the pointer then
+    NULL too (the step skips its writes)."""
 
     field: str
     offset: str = ""
     partial: bool = False
+    optional: bool = False
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,8 @@ class Param:
     @property
     def argument(self) -> Pointer:
         return Pointer(self.buffer.field, _offset(self.buffer, self.step),
-                       self.buffer.storage is Storage.ACCUMULATOR)
+                       self.buffer.storage is Storage.ACCUMULATOR,
+                       self.buffer.storage is Storage.INPUT_GRADIENT)
 
 
 @dataclass(frozen=True)
@@ -151,6 +155,8 @@ def _place(p: Plan, ref: Ref) -> tuple[Buffer, Step, int]:
         return p.buffer(Storage.PROJECTION, name), Step.CURRENT, ref.block
     if kind is Kind.PREVIOUS:
         return p.buffer(Storage.STATE, name), Step.PREVIOUS, 0
+    if kind is Kind.INPUT:
+        return p.buffer(Storage.INPUT, name), Step.CURRENT, 0
     if kind is Kind.VECTOR:
         return p.buffer(Storage.VECTOR, name), Step.CURRENT, 0
     if kind is Kind.INCOMING:
@@ -193,7 +199,7 @@ class Call:
 class Task:
     """A product split by rows between threads: chunk c of nt of `rows` rows. `gradient`
     names what a product after the backward loop computes, for the backward's flags:
-    ("dW", k) the weight gradient of operand k, ("dX", 0) the input gradient."""
+    ("dW", k) the weight gradient of operand k, ("dX", k) the gradient of input k."""
 
     rows: str
     call: Call
@@ -203,13 +209,14 @@ class Task:
 
 #: the arrays each entry point receives (in order) and the ones it writes
 ENTRY_ARRAYS = {
-    "forward": ((Storage.WEIGHTS, Storage.VECTOR, Storage.STATE, Storage.STORED,
-                 Storage.PROJECTION), {Storage.STATE, Storage.STORED, Storage.PROJECTION}),
-    "backward": ((Storage.WEIGHTS, Storage.VECTOR, Storage.STATE, Storage.STORED,
-                  Storage.INCOMING, Storage.DELTAS, Storage.CARRY, Storage.ACCUMULATOR,
-                  Storage.WEIGHT_GRADIENT),
+    "forward": ((Storage.INPUT, Storage.WEIGHTS, Storage.VECTOR, Storage.STATE,
+                 Storage.STORED, Storage.PROJECTION),
+                {Storage.STATE, Storage.STORED, Storage.PROJECTION}),
+    "backward": ((Storage.INPUT, Storage.WEIGHTS, Storage.VECTOR, Storage.STATE,
+                  Storage.STORED, Storage.INCOMING, Storage.DELTAS, Storage.CARRY,
+                  Storage.ACCUMULATOR, Storage.WEIGHT_GRADIENT, Storage.INPUT_GRADIENT),
                  {Storage.DELTAS, Storage.CARRY, Storage.ACCUMULATOR,
-                  Storage.WEIGHT_GRADIENT}),
+                  Storage.WEIGHT_GRADIENT, Storage.INPUT_GRADIENT}),
 }
 
 
@@ -305,7 +312,7 @@ def _adjoint_call(p: Plan, o, dG: str) -> Call:
 
 def lower(p: Plan) -> Kernel:
     """The kernel of a plan: the step functions and every product around them."""
-    x = next(o for o in p.operands if o.role is Role.INPUT)
+    inputs = [o for o in p.operands if o.role is Role.INPUT]
     states = [o for o in p.operands if o.role is Role.STATE]
     stepped = states + [o for o in p.operands if o.role is Role.NODE]
     G = {o.name: p.buffer(Storage.PROJECTION, o.name).field for o in p.operands}
@@ -313,12 +320,7 @@ def lower(p: Plan) -> Kernel:
     dG = {g.index: p.buffer(Storage.DELTAS, " ".join(g.nodes)).field for g in p.groups}
     S = {s: p.buffer(Storage.STATE, s).field for s in p.states}
     C = {s: p.buffer(Storage.CARRY, s).field for s in p.states}
-    xw = block_width(x.k, x.rows)
-    prepare = (Task("T * B", Call("_gemm", ("False", "True", "r1 - r0", xw, "M", "1",
-                                            Pointer("X", "r0 * M"), "M", Pointer(W[x.name]),
-                                            "M", "0", Pointer(G[x.name], f"r0 * {xw}"), xw)),
-                    f"the input projections of all steps: G_{x.name} (T·B × {xw}) = X · "
-                    f"W_{x.name}ᵀ"),)
+    prepare = tuple(_input_task(p, x, W[x.name], G[x.name]) for x in inputs)
     pack_fwd = tuple(Call("derive_pack", (o.size, block_width(o.k, o.rows), Pointer(W[o.name]),
                                           "1", o.size, Pointer(f"P_{o.name}"), "c", "nt"),
                           f"W_{o.name}ᵀ ({o.size} × {block_width(o.k, o.rows)}) for G_{o.name} = "
@@ -342,22 +344,50 @@ def lower(p: Plan) -> Kernel:
         "1" if o.name in p.carried else "0"),
         f"d{o.name}[t-1] {'+' if o.name in p.carried else ''}= Σ Rᵀ δ over "
         f"{' '.join(o.matrices)}: dG{o.group}[t] · W_{o.name}", True) for o in states)
-    finish = tuple(_weight_task(p, k, o, dG[o.group]) for k, o in enumerate(p.operands)) + (
-        Task("T * B", Call("_gemm", ("False", "False", "r1 - r0", "M", xw, "1",
-                                     Pointer(dG[x.group], f"r0 * {xw}"), xw, Pointer(W[x.name]),
-                                     "M", "0", Pointer("dX", "r0 * M"), "M")),
-             f"dX = dG{x.group} · W_{x.name}", ("dX", 0)),)
+    finish = (tuple(_weight_task(p, k, o, dG[o.group]) for k, o in enumerate(p.operands))
+              + tuple(_input_gradient_task(p, x, W[x.name], dG[x.group]) for x in inputs))
     forward, backward = _phases(p, per_fwd)
     return Kernel(p, forward, backward, prepare, pack_fwd, pack_bwd, per_bwd, finish,
                   tuple((f"P_{o.name}", o.size, block_width(o.k, o.rows)) for o in stepped),
                   tuple((f"P_{o.name}", block_width(o.k, o.rows), o.size) for o in stepped))
 
 
+def stepped_input_gradients(p: Plan) -> frozenset[str]:
+    """The inputs whose dX the backward step writes (the element-wise part of δx of an
+    input used element-wise): the GEMM after the loop adds to it."""
+    return frozenset(w.buffer.name for program in p.backward for w in program.writes
+                     if w.buffer.storage is Storage.INPUT_GRADIENT)
+
+
+def _input_task(p: Plan, x, W: str, G: str) -> Task:
+    """The projections of input operand x over all steps: G_x = X_x · W_xᵀ, by rows."""
+    w, m, X = block_width(x.k, x.rows), x.size, p.buffer(Storage.INPUT, x.name).field
+    return Task("T * B", Call("_gemm", ("False", "True", "r1 - r0", w, m, "1",
+                                        Pointer(X, f"r0 * {m}"), m, Pointer(W), m, "0",
+                                        Pointer(G, f"r0 * {w}"), w)),
+                f"the input projections of all steps: G_{x.name} (T·B × {w}) = {X} · "
+                f"W_{x.name}ᵀ")
+
+
+def _input_gradient_task(p: Plan, x, W: str, dG: str) -> Task:
+    """δx = dG · W_x over all steps, by rows (added to the steps' element-wise part of
+    δx for an input used element-wise too)."""
+    w, m = block_width(x.k, x.rows), x.size
+    dX = p.buffer(Storage.INPUT_GRADIENT, x.name)
+    adds = x.name in stepped_input_gradients(p)
+    return Task("T * B", Call("_gemm", ("False", "False", "r1 - r0", m, w, "1",
+                                        Pointer(dG, f"r0 * {w}"), w, Pointer(W), m,
+                                        "1" if adds else "0",
+                                        Pointer(dX.field, f"r0 * {m}"), m)),
+                f"{dX.field} {'+' if adds else ''}= {dG} · W_{x.name}",
+                ("dX", dX.index))
+
+
 def _weight_task(p: Plan, k: int, o, dG: str) -> Task:
     """d[matrices of o] = dGᵀ · o's values over all steps, split by rows (o: operand k)."""
     w = block_width(o.k, o.rows)
     if o.role is Role.INPUT:
-        values = Pointer("X")
+        values = Pointer(p.buffer(Storage.INPUT, o.name).field)
     else:   # a state's values at t-1 (rows 0 … T-1), a node's at t (a state's: 1 … T)
         field, _row_t = _values(p, o)
         values = Pointer(field, f"B * {o.size}" if (o.role is Role.NODE

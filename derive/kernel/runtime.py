@@ -14,6 +14,15 @@ sizes of a call are read from the arrays: M from x, N and P from the parameters 
 first dimension of the parameter shapes that say N or P); `init_params` takes P as
 `proj_size` (required for a cell with P, refused for one without).
 
+Inputs: a cell may have several (`Kernel.inputs`, in the spec's order). `forward` takes
+x as one (T, B, M) array for a cell with one input, or a dict {input: (T, B, size)} (any
+cell); `backward` returns the gradient of each input under its name ("x", "u", …).
+Each input has its own size (`Kernel.input_sizes`): "M" (M_<input> where several inputs
+have size M: each read from its own array, and matched by the matrices that multiply
+it), or "N" ("P") for an input used element-wise (a highway term (1 - r) ⊙ x: the size
+of its node). `init_params(input_size=…)` takes one int for every input or a dict
+{input: size}; an input used element-wise must have its node's size (hidden_size).
+
 Both backends — the compiled Cython kernel and the NumPy reference generated from the
 same plan — share one calling convention (see generated/<cell>/kernel.pyx), so this
 module validates and allocates everything once for both. Every argument is checked in
@@ -159,13 +168,18 @@ class Trace:
     outputs: object                       # (T, B, N) array, or {output: array}
     states: dict[str, np.ndarray]         # final state of each state, (B, N)
     kernel: "Kernel" = field(repr=False)
-    x: np.ndarray = field(repr=False)
+    X: tuple = field(repr=False)          # the inputs, one (T, B, size) array each
     W: tuple = field(repr=False)
     V: tuple = field(repr=False)
     S: tuple = field(repr=False)
     A: tuple = field(repr=False)
-    sizes: tuple = field(repr=False)      # (T, B, M, N)
+    sizes: tuple = field(repr=False)      # (T, B, M, N), M: the first input's size
     dims: dict = field(default_factory=dict, repr=False)   # {"M": M, "N": N, "P": P}
+
+    @property
+    def x(self) -> np.ndarray:
+        """The (first) input's array."""
+        return self.X[0]
 
 
 class Kernel:
@@ -188,6 +202,10 @@ class Kernel:
         self.layout = L
         self.cell = L["cell"]
         self.input = L["input"]
+        #: the size of each input, in order: "M" (M_<input> where several inputs have
+        #: size M), or "N" / "P" for an input used element-wise
+        self.input_sizes = {x: size for x, size in L["inputs"]}
+        self.inputs = tuple(self.input_sizes)
         self.states = tuple(L["states"])
         self.outputs = tuple(L["outputs"])
         self.parameters = {n: tuple(s) for n, s in L["parameters"]}
@@ -206,6 +224,11 @@ class Kernel:
         for i, op in enumerate(self.operands):
             for k, (_node, matrix) in enumerate(op["blocks"]):
                 self.blocks.setdefault(matrix, []).append((i, k))
+        #: each parameter's shape in the sizes of a call: the paper's, a matrix's columns
+        #: the size of the operand it multiplies (M_u for U of U @ u)
+        self.shapes = {n: s if len(s) == 1 else
+                       (s[0], self.operands[self.blocks[n][0][0]]["size"])
+                       for n, s in self.parameters.items()}
 
     def __repr__(self):
         return (f"<derive Kernel {self.cell} {self.dtype.name} backend={self.backend} "
@@ -216,23 +239,27 @@ class Kernel:
         return self.sizes.get(name, "N")
 
     # --- parameters --------------------------------------------------------------------------
-    def init_params(self, input_size: int, hidden_size: int, seed: int = 0,
+    def init_params(self, input_size: "int | dict", hidden_size: int, seed: int = 0,
                     proj_size: int | None = None) -> dict:
         """Random parameters in the paper's shapes: uniform in ±1/√N (like torch).
 
+        input_size: the size of every input (an int), or a dict {input: size} naming
+        each input (`self.inputs`); an input used element-wise has the size of its
+        node (`self.input_sizes`: N, so hidden_size; P, so proj_size).
         proj_size is P, the second node size of a cell that has one (LSTMP: the size of
         its output y; nn.LSTM's proj_size): required for such a cell, refused otherwise.
         Matrices are views into fused buffers (one per operand, laid out as the kernel
         fuses them); vectors are separate arrays.
         """
-        M, N = _size("input_size", input_size), _size("hidden_size", hidden_size)
+        N = _size("hidden_size", hidden_size)
         if self.has_proj_size != (proj_size is not None):
             raise ValueError(f"{self.cell}: proj_size (the size P) is "
                              + ("required" if self.has_proj_size
                                 else "not a size of this cell"))
-        dims = {"M": M, "N": N}
+        dims = {"N": N}
         if self.has_proj_size:
             dims["P"] = _size("proj_size", proj_size)
+        dims.update(self._input_dims(input_size, dims))
         rng = np.random.default_rng(seed)
         bound = 1.0 / np.sqrt(N)
         fused = [rng.uniform(-bound, bound, shape).astype(self.dtype)
@@ -249,8 +276,33 @@ class Kernel:
                     fused[i2][k2 * n:(k2 + 1) * n] = params[name]
         return params
 
-    def _check_params(self, params, M: int) -> dict:
-        """The sizes {"M", "N"(, "P")} of a call, after checking every parameter's shape."""
+    def _input_dims(self, input_size, dims: dict) -> dict:
+        """{size name: size} of the inputs from init_params's input_size (see there)."""
+        if isinstance(input_size, dict):
+            missing, extra = _missing_and_unknown(input_size, self.inputs)
+            if missing or extra:
+                raise ValueError(f"input_size must give the size of each input of "
+                                 f"{self.cell} ({', '.join(self.inputs)}): "
+                                 + "; ".join(p for p in (
+                                     missing and f"missing {', '.join(missing)}",
+                                     extra and f"unknown {', '.join(map(str, extra))}") if p))
+            given = {x: _size(f"input_size[{x!r}]", input_size[x]) for x in self.inputs}
+        else:
+            given = dict.fromkeys(self.inputs, _size("input_size", input_size))
+        out = {}
+        for x, n in given.items():
+            size = self.input_sizes[x]
+            if size in dims and dims[size] != n:
+                raise ValueError(f"input {x!r} of {self.cell} is used element-wise: its "
+                                 f"size is {size} ({'hidden_size' if size == 'N' else 'proj_size'}"
+                                 f"={dims[size]}), not input_size={n}")
+            out[size] = n
+        return out
+
+    def _check_params(self, params, X: dict) -> dict:
+        """The sizes {"M", "N"(, "P")} of a call (M_<input> for each of several inputs of
+        size M), after checking every parameter's shape and every input's (X: the
+        inputs' arrays, each already of three dimensions)."""
         if not isinstance(params, dict):
             raise ValueError(f"params must be a dict of parameter name -> array "
                              f"({', '.join(self.parameters)}), not {type(params).__name__}")
@@ -263,7 +315,10 @@ class Kernel:
                 parts.append(f"unknown {', '.join(map(str, extra))}")
             raise ValueError(f"params of {self.cell}: {'; '.join(parts)} (expected "
                              f"{', '.join(self.parameters)})")
-        dims, source = {"M": M}, {"M": "x"}
+        dims, source = {}, {}
+        for x, a in X.items():      # M (M_<input>) from the inputs of that size
+            if self.input_sizes[x] not in ("N", "P"):
+                dims[self.input_sizes[x]], source[self.input_sizes[x]] = a.shape[2], x
         for name, shape in self.parameters.items():
             if shape[0] in dims:
                 continue
@@ -275,12 +330,61 @@ class Kernel:
                 raise ValueError(f"params[{name!r}] is empty: the size {shape[0]} must be "
                                  f">= 1")
             dims[shape[0]], source[shape[0]] = a.shape[0], name
+        for x, a in X.items():      # N (P) of a cell whose parameters do not say it
+            if self.input_sizes[x] not in dims:
+                dims[self.input_sizes[x]], source[self.input_sizes[x]] = a.shape[2], x
         given = " and ".join(f"{k}={v} (from {source[k]})" for k, v in dims.items())
-        for name, shape in self.parameters.items():
+        for name, shape in self.shapes.items():
             want = tuple(dims[s] for s in shape)
             _check_array(f"params[{name!r}]", params[name], want, self.dtype,
                          f"{_shape_text(shape)} with {given}")
+            for i, _k in self.blocks.get(name, [])[1:]:    # a matrix of two inputs
+                size = self.operands[i]["size"]
+                if dims[size] != want[1]:
+                    raise ValueError(f"params[{name!r}] multiplies inputs of sizes "
+                                     f"{shape[1]}={want[1]} and {size}={dims[size]}; "
+                                     f"give those inputs one size")
+        T, B = next(iter(X.values())).shape[:2]
+        for x, a in X.items():
+            size = self.input_sizes[x]
+            _check_array(self._input_label(x), a, (T, B, dims[size]), self.dtype,
+                         f"(T, B, {size}) with {given}")
         return dims
+
+    def _input_label(self, x: str) -> str:
+        """How an input is named in errors: x (one input), x['u'] (several)."""
+        return "x" if len(self.inputs) == 1 else f"x[{x!r}]"
+
+    def _inputs(self, x) -> dict:
+        """{input: array} from forward's x (one array for a one-input cell, or a dict of
+        every input), each a numpy array of three dimensions with T, B >= 1 and its
+        size >= 1 (ValueError naming it otherwise); the shapes are checked later."""
+        if isinstance(x, dict):
+            missing, extra = _missing_and_unknown(x, self.inputs)
+            if missing or extra:
+                raise ValueError(f"x must hold exactly the inputs of {self.cell} "
+                                 f"({', '.join(self.inputs)}) (missing: "
+                                 f"{', '.join(missing) or '-'}; unknown: "
+                                 f"{', '.join(map(str, extra)) or '-'})")
+            X = {n: x[n] for n in self.inputs}
+        elif len(self.inputs) == 1:
+            X = {self.inputs[0]: x}
+        else:
+            raise ValueError(f"x must be a dict {{input: (T, B, size) array}}: {self.cell} "
+                             f"has {len(self.inputs)} inputs ({', '.join(self.inputs)}), "
+                             f"not a {type(x).__name__}")
+        for n, a in X.items():
+            label, size = self._input_label(n), self.input_sizes[n]
+            if not isinstance(a, np.ndarray):
+                raise ValueError(f"{label} must be a numpy array of shape (T, B, {size}) and "
+                                 f"dtype {self.dtype.name}, not {type(a).__name__}")
+            if a.ndim != 3:
+                raise ValueError(f"{label} must have shape (T, B, {size}) (3 dimensions), "
+                                 f"not {a.shape}")
+            if min(a.shape) < 1:
+                raise ValueError(f"{label} must have shape (T, B, {size}) with T, B, {size} "
+                                 f">= 1, not {a.shape}")
+        return X
 
     def _weight_shapes(self, dims: dict) -> list[tuple[int, int]]:
         """The shape of each operand's fused weights (and of their gradient): k blocks of
@@ -288,10 +392,9 @@ class Kernel:
         return [(len(op["blocks"]) * dims[rows], dims[op["size"]])
                 for op, rows in zip(self.operands, self.rows)]
 
-    def _fused(self, params, N: int, M: int, P: int | None = None) -> tuple:
+    def _fused(self, params, dims: dict) -> tuple:
         """The fused weights of each operand, its blocks packed into a new array (the
         trace's own copy, one per call whatever the caller's arrays are)."""
-        dims = {"M": M, "N": N, "P": P}
         out = []
         for op, rows, shape in zip(self.operands, self.rows, self._weight_shapes(dims)):
             n = dims[rows]
@@ -303,31 +406,29 @@ class Kernel:
 
     # --- forward ------------------------------------------------------------------------------
     def forward(self, x, params, state0=None) -> Trace:
-        """Run the cell over x (T, B, M) from state0 ({state: (B, N)}, zeros if None)."""
-        if not isinstance(x, np.ndarray):
-            raise ValueError(f"x must be a numpy array of shape (T, B, M) and dtype "
-                             f"{self.dtype.name}, not {type(x).__name__}")
-        if x.ndim != 3:
-            raise ValueError(f"x must have shape (T, B, M) (3 dimensions), not {x.shape}")
-        T, B, M = x.shape
-        if T < 1 or B < 1 or M < 1:
-            raise ValueError(f"x must have shape (T, B, M) with T, B, M >= 1, not {x.shape}")
-        _check_array("x", x, (T, B, M), self.dtype, "(T, B, M)")
-        dims = self._check_params(params, M)
+        """Run the cell over x (T, B, M) from state0 ({state: (B, N)}, zeros if None).
+
+        x: one array for a cell with one input, or a dict {input: (T, B, size) array}
+        naming every input (see the module docstring)."""
+        X = self._inputs(x)
+        dims = self._check_params(params, X)
+        T, B, M = X[self.inputs[0]].shape
         N = dims["N"]
-        if T * B > _INT32 or max(len(o["blocks"]) for o in self.operands) * N > _INT32:
-            raise ValueError(f"x of shape {x.shape} with N={N} is too large for 32-bit BLAS")
+        if T * B > _INT32 or max((len(o["blocks"]) for o in self.operands),
+                                 default=1) * N > _INT32:
+            raise ValueError(f"x of shape {(T, B, M)} with N={N} is too large for 32-bit "
+                             f"BLAS")
         S = []
         for s, v in self._per_state("state0", state0, B, dims, contiguous=False).items():
             buf = np.empty((T + 1, B, dims[self.size(s)]), self.dtype)
             buf[0] = 0 if v is None else v
             S.append(buf)
-        x = x.copy()  # the trace's own values: see the module docstring
-        W = self._fused(params, N, M, dims.get("P"))
+        X = tuple(a.copy() for a in X.values())  # the trace's own values: see the module docstring
+        W = self._fused(params, dims)
         V = tuple(params[v].copy() for v in self.vectors)
         A = tuple(np.empty((T, B, dims[self.size(a)]), self.dtype) for a in self.stored)
         S = tuple(S)
-        self.forward_buffers(x, W, V, S, A)
+        self.forward_buffers(X, W, V, S, A)
         outputs = {}
         for o in self.outputs:
             arr = S[self.states.index(o)][1:] if o in self.states else A[self.stored.index(o)]
@@ -340,7 +441,7 @@ class Kernel:
             view.flags.writeable = False
             finals[s] = view
         out = outputs[self.outputs[0]] if len(self.outputs) == 1 else outputs
-        return Trace(out, finals, self, x, W, V, S, A, (T, B, M, N), dims)
+        return Trace(out, finals, self, X, W, V, S, A, (T, B, M, N), dims)
 
     def _per_state(self, name, given, B, dims: dict, contiguous=True) -> dict:
         """{state: (B, N) array or None (not given)} from `given`, None or a dict of some
@@ -361,7 +462,8 @@ class Kernel:
 
     # --- backward -----------------------------------------------------------------------------
     def backward(self, trace: Trace, d_outputs, d_finals=None) -> dict:
-        """Gradients of every parameter, the input and each initial state ("<state>0").
+        """Gradients of every parameter, each input (by its name) and each initial
+        state ("<state>0").
 
         d_outputs: the gradient of each output (T, B, N); d_finals: None or {state:
         (B, N)}, gradients of final states (trace.states) besides the outputs' last step
@@ -392,8 +494,8 @@ class Kernel:
         if d_finals is not None:
             C_in = [np.zeros((B, dims[self.size(s)]), self.dtype) if d is None else d
                     for s, d in self._per_state("d_finals", d_finals, B, dims).items()]
-        g = self.backward_buffers(trace.x, trace.W, trace.V, trace.S, trace.A, dY, C_in=C_in)
-        dW, acc, dX, C = g["W"], g["V"], g["x"], g["S"]
+        g = self.backward_buffers(trace.X, trace.W, trace.V, trace.S, trace.A, dY, C_in=C_in)
+        dW, acc, dX, C = g["W"], g["V"], g["X"], g["S"]
         grads = {}
         for name, shape in self.parameters.items():
             if len(shape) == 1:
@@ -402,16 +504,17 @@ class Kernel:
                 n = dims[shape[0]]
                 parts = [dW[i][k * n:(k + 1) * n] for i, k in self.blocks[name]]
                 grads[name] = parts[0] if len(parts) == 1 else sum(parts[1:], parts[0].copy())
-        grads[self.input] = dX
+        grads.update(zip(self.inputs, dX))
         for s, c in zip(self.states, C):
             grads[f"{s}0"] = c
         return grads
 
     # --- caller-owned buffers (derive.torch) ----------------------------------------------------
-    def forward_buffers(self, x, W, V, S, A) -> None:
+    def forward_buffers(self, X, W, V, S, A) -> None:
         """`forward` on buffers the caller allocated and checked, without copies or a Trace.
 
-        x (T, B, M); W the fused weights of each operand (self.operands: k·N rows, its
+        X the inputs (self.inputs), a tuple of one (T, B, M) array each (an input used
+        element-wise: (T, B, N), self.input_sizes); W the fused weights of each operand (self.operands: k·N rows, its
         blocks in order; k·P for an operand feeding nodes of size P, self.rows); V the
         vector parameters (self.vectors), (N,) each; S one (T+1, B, N) buffer per state
         holding the initial state in S[k][0]; A one (T, B, N) buffer per stored value
@@ -419,37 +522,41 @@ class Kernel:
         S[k][1:] and A. Every array C-contiguous and of this kernel's dtype; the kernel
         checks the shapes.
         """
-        T, B, M = x.shape
-        dims = self._dims(x, S)
+        T, B = X[0].shape[:2]
+        dims = self._dims(X, S)
         N = dims["N"]
         G = tuple(np.empty((T, B, len(o["blocks"]) * dims[r]) if o["kind"] == "input"
                            else (B, len(o["blocks"]) * dims[r]), self.dtype)
                   for o, r in zip(self.operands, self.rows))
-        self.module.forward(x, W, V, S, A, G, _threads(self.threads, T, B, M, N))
+        self.module.forward(tuple(X), W, V, S, A, G,
+                            _threads(self.threads, T, B, _width(X), N))
 
-    def _dims(self, x, S) -> dict:
-        """{"M", "N"(, "P")}: the sizes of a call on caller-owned buffers, from x and
-        the states (a cell with P has a state of each size)."""
-        dims = {"M": x.shape[2]}
+    def _dims(self, X, S) -> dict:
+        """{"M", "N"(, "P")}: the sizes of a call on caller-owned buffers, from the
+        inputs and the states (a cell with P has a state of each size)."""
+        dims = {}
         for s, buf in zip(self.states, S):
             dims.setdefault(self.size(s), buf.shape[2])
+        for x, a in zip(self.inputs, X):
+            dims.setdefault(self.input_sizes[x], a.shape[2])
         return dims
 
-    def backward_buffers(self, x, W, V, S, A, dY, needs=None, C_in=None) -> dict:
+    def backward_buffers(self, X, W, V, S, A, dY, needs=None, C_in=None) -> dict:
         """`backward` on the buffers of `forward_buffers`; dY one (T, B, N) per output.
 
-        Returns {"W": fused weight gradients per operand, "V": vector gradients, "x": dX,
-        "S": gradient of each initial state}, entries not in `needs` set to None. `needs`
-        names what the caller wants ("x", "W<k>" for operand k, "V<k>", "S<k>"; None:
-        everything); the kernel skips the products of the others (the δx product when
-        "x" is not needed, the weight-gradient product of an operand whose "W<k>" is not)
+        Returns {"W": fused weight gradients per operand, "V": vector gradients, "X": the
+        gradient of each input, "S": gradient of each initial state}, entries not in
+        `needs` set to None. `needs` names what the caller wants ("X<k>" for input k,
+        "W<k>" for operand k, "V<k>", "S<k>"; None: everything); the kernel skips the
+        products of the others (the δx product and the element-wise part of δx when
+        "X<k>" is not needed, the weight-gradient product of an operand whose "W<k>" is not)
         and the summing of unwanted vector gradients. The initial-state gradients are
         always computed (they are the carries of the time loop). C_in: None, or one
         (B, N) array per state, the gradients of the final states S[k][T] besides what
         reaches them through the outputs (dY[T-1]): the carries the backward starts from.
         """
-        T, B, M = x.shape
-        dims = self._dims(x, S)
+        T, B = X[0].shape[:2]
+        dims = self._dims(X, S)
         N = dims["N"]
         rows = {o["group"]: r for o, r in zip(self.operands, self.rows)}
         want = (lambda key: True) if needs is None else (lambda key: key in needs)
@@ -458,16 +565,18 @@ class Kernel:
         C = tuple(np.empty((B, dims[self.size(s)]), self.dtype) for s in self.states)
         acc = tuple(np.empty(N, self.dtype) for _ in self.vectors)
         dW = tuple(np.empty(shape, self.dtype) for shape in self._weight_shapes(dims))
-        dX = np.empty((T, B, M), self.dtype)   # not touched (nor paged in) unless wanted
+        # not touched (nor paged in) unless wanted
+        dX = tuple(np.empty(a.shape, self.dtype) for a in X)
+        want_dX = tuple(want(f"X{k}") for k in range(len(dX)))
         want_dW = tuple(want(f"W{k}") for k in range(len(dW)))
         want_acc = tuple(want(f"V{k}") for k in range(len(acc)))
-        self.module.backward(x, W, V, S, A, tuple(dY), dG, C, acc, dW, dX,
-                             _threads(self.threads, T, B, M, N),
-                             None if C_in is None else tuple(C_in), want("x"), want_dW,
+        self.module.backward(tuple(X), W, V, S, A, tuple(dY), dG, C, acc, dW, dX,
+                             _threads(self.threads, T, B, _width(X), N),
+                             None if C_in is None else tuple(C_in), want_dX, want_dW,
                              want_acc)
         return {"W": [g if w else None for g, w in zip(dW, want_dW)],
                 "V": [g if w else None for g, w in zip(acc, want_acc)],
-                "x": dX if want("x") else None,
+                "X": [g if w else None for g, w in zip(dX, want_dX)],
                 "S": [g if want(f"S{k}") else None for k, g in enumerate(C)]}
 
 
@@ -522,6 +631,11 @@ def default_threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
         return max(1, os.cpu_count() or 1)
+
+
+def _width(X) -> int:
+    """The inputs' sizes together (the M of a call's cost)."""
+    return sum(a.shape[2] for a in X)
 
 
 def _size(name, value) -> int:

@@ -34,7 +34,10 @@ initial state as a dict {state: (num_layers·num_directions, B, N)} and returns
 dict {state: (num_layers·num_directions, B, N)} of the final states. A cell with a second
 node size P (lstmp: nn.LSTM's proj_size) needs proj_size=P (refused for any other cell):
 its parameters, states and output have their own sizes (lstmp: R_z_l0 (N, P), W_rm_l0
-(P, N), the state and output y of size P, c of size N; layer 2's input D·P).
+(P, N), the state and output y of size P, c of size N; layer 2's input D·P). A cell that
+uses its input element-wise (a highway term (1 - r) ⊙ x) needs every layer's input of
+its node's size: input_size = hidden_size (and one direction if it has several layers).
+Cells with several inputs are refused (ValueError): run them with derive.load_kernel.
 """
 
 from __future__ import annotations
@@ -284,6 +287,12 @@ class Recurrent(_Stack):
         elif proj_size is not None:
             raise ValueError(f"proj_size is not a size of {self.ops.name} (it has one node "
                              f"size N, hidden_size): leave it out, not {proj_size!r}")
+        size = self.ops.input_size     # an input used element-wise: its node's size
+        for layer in range(self.num_layers) if size in self.dims else ():
+            if self._layer_input(layer) != self.dims[size]:
+                raise ValueError(f"{self.ops.name} uses its input element-wise, so every "
+                                 f"layer's input has its size {size}={self.dims[size]}; "
+                                 f"layer {layer} gets {self._layer_input(layer)}")
         kernel = self.ops.kernel(torch.float64)
         self.shapes = dict(kernel.parameters)
         # bias=False drops the biases (b, b_★), not the other vectors (peepholes p_★)

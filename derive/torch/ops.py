@@ -9,7 +9,8 @@
     derive::<cell>_<hash>_backward(x, W0.., V0.., s0_0.., S_0.., A_0.., dS_0.., dA_0..,
         dF_0.., needs) -> (dx, dW0.., dV0.., ds0_0..)
 
-x (T, B, M) the input; W<k> the fused weights of operand k of the kernel's layout (k·N rows,
+x (T, B, M) the input (derive.torch runs cells with one input; an input used element-wise
+has its node's size, N: x (T, B, N)); W<k> the fused weights of operand k of the kernel's layout (k·N rows,
 its blocks in order, e.g. lstm_np: [W_z; W_i; W_f; W_o] for x, [R_z; …] for y); V<k> the
 vector parameters (N,); s0_<k> the initial state k (B, N). The forward returns what the
 backward needs: every state over the sequence S_k (T, B, N) (steps 1…T, row T-1 the final
@@ -17,7 +18,8 @@ state) and the kernel's stored values A_k (T, B, N); then F_j (B, N), a copy of 
 value of each state that is not an output (lstm_np's c). `run` returns them (outputs)
 and views of them (final states). The stored values and the sequences of the states that
 are not outputs are not differentiable (they exist for the backward operator): a
-gradient reaches such a state through F_j only.
+gradient reaches such a state through F_j only (an output that is not a state, like the
+SRU's h, is a stored value, differentiable).
 
 Sizes: M from x; N and, for a cell with a second node size (LSTMP: nn.LSTM's
 proj_size), P. Every array of a vector has that vector's size (`Kernel.size`: "N" or
@@ -80,10 +82,16 @@ class CellOperators:
     """The forward and backward operators of one cell (float32 and float64, CPU)."""
 
     def __init__(self, cell, kernel64):
+        k = kernel64
+        if len(k.inputs) != 1:
+            raise ValueError(f"derive.torch runs cells with one input; {k.cell} has "
+                             f"{len(k.inputs)} ({', '.join(k.inputs)}): use "
+                             f"derive.load_kernel for it")
         self.cell = cell
         self.kernels = {"float64": kernel64}
-        k = kernel64
         self.name = k.cell
+        #: the size of the input: "M", or "N" ("P") for an input used element-wise
+        self.input_size = k.input_sizes[k.input]
         self.states = k.states
         self.outputs = k.outputs
         self.stored = tuple(k.stored)
@@ -171,7 +179,7 @@ class CellOperators:
         for buf, s in zip(S, s0):
             buf[0].copy_(s)
         A = [torch.empty((T, B, n[self.size[a]]), dtype=x.dtype) for a in self.stored]
-        kernel.forward_buffers(_np(x), tuple(map(_np, W)), tuple(map(_np, V)),
+        kernel.forward_buffers((_np(x),), tuple(map(_np, W)), tuple(map(_np, V)),
                                tuple(map(_np, S)), tuple(map(_np, A)))
         return self._result((*(buf[1:] for buf in S), *A,
                              *(S[k][T].clone() for k in self.hidden)))
@@ -216,12 +224,12 @@ class CellOperators:
             for k, d in zip(self.hidden, dF):
                 if d is not None:
                     C_in[k] = _np(d)
-        keys = (["x"] + [f"W{i}" for i in range(len(W))] + [f"V{i}" for i in range(len(V))]
+        keys = (["X0"] + [f"W{i}" for i in range(len(W))] + [f"V{i}" for i in range(len(V))]
                 + [f"S{i}" for i in range(len(S))])
         g = self.kernel(x.dtype).backward_buffers(
-            _np(x), tuple(map(_np, W)), tuple(map(_np, V)), tuple(map(_np, S)),
+            (_np(x),), tuple(map(_np, W)), tuple(map(_np, V)), tuple(map(_np, S)),
             tuple(map(_np, A)), dY, needs={k for k, n in zip(keys, needs) if n}, C_in=C_in)
-        grads = [g["x"], *g["W"], *g["V"], *g["S"]]
+        grads = [g["X"][0], *g["W"], *g["V"], *g["S"]]
         return tuple(torch.from_numpy(a) if a is not None else x.new_empty((0,))
                      for a in grads)
 
@@ -237,7 +245,8 @@ class CellOperators:
         output = (output,) if self.n_outputs == 1 else output
         ctx.save_for_backward(x, *W, *V, *s0, *output[:nS + len(self.stored)])
         ctx.mark_non_differentiable(*(output[k] for k in self.hidden),
-                                    *output[nS:nS + len(self.stored)])
+                                    *(output[nS + i] for i, a in enumerate(self.stored)
+                                      if a not in self.outputs))
         ctx.set_materialize_grads(False)
 
     def _autograd_backward(self, ctx, *grads):
@@ -279,18 +288,19 @@ class CellOperators:
         N and P (a cell with P) come from the first weight whose rows or columns have that
         size (else from an initial state of that size); every shape is checked against them.
         """
-        check_tensor("x", x, "(T, B, M)")
+        m = self.input_size
+        check_tensor("x", x, f"(T, B, {m})")
         if x.dtype not in DTYPES:
             raise ValueError(f"x must have dtype float32 or float64, not {x.dtype}")
         if x.dim() != 3 or min(x.shape) < 1:
-            raise ValueError(f"x must have shape (T, B, M) with T, B, M >= 1, not "
+            raise ValueError(f"x must have shape (T, B, {m}) with T, B, {m} >= 1, not "
                              f"{tuple(x.shape)}")
         T, B, M = x.shape
         if len(W) != len(self.operands) or len(V) != len(self.vectors):
             raise ValueError(f"{self.name} takes {len(self.operands)} fused weights "
                              f"({', '.join(self.operands)}) and {len(self.vectors)} vectors "
                              f"({', '.join(self.vectors)}), not {len(W)} and {len(V)}")
-        dims, source = {"M": M}, {"M": "x"}
+        dims, source = {m: M}, {m: "x"}
         for i, w in enumerate(W):   # the sizes: from the weights' rows and columns
             k, rows = len(self.blocks[i]), self.rows[i]
             check_tensor(f"W{i}", w, f"(k·{rows}, size)", x.dtype)

@@ -215,13 +215,32 @@ def _check(name, arrays, shapes):
             raise ValueError(f"{name}[{k}] must have shape {want}, not {tuple(a.shape)}")
 
 
+def _first(X):
+    """The first input's array (the one the typed entry points dispatch on)."""
+    if not isinstance(X, tuple) or len(X) < 1:
+        raise ValueError("X must be a tuple of the inputs, one (T, B, size) array each")
+    return X[0]
+
+
 def _sizes(X, S, max_k):
-    """(T, B, M, N): the sizes of a call, from the input and the first state."""
+    """(T, B, N): the sizes of a call, from the first input and the first state."""
     if len(S) < 1 or len(S[0].shape) != 3:
         raise ValueError("S must hold the states, each of shape (T + 1, B, N)")
-    T, B, M, N = X.shape[0], X.shape[1], X.shape[2], S[0].shape[2]
-    if T < 1 or B < 1 or M < 1 or N < 1:
-        raise ValueError(f"sizes must be at least 1, not T={T}, B={B}, M={M}, N={N}")
-    if T * B > 2147483647 or max_k * N > 2147483647 or M > 2147483647:
+    if len(X[0].shape) != 3:
+        raise ValueError("X must hold the inputs, each of shape (T, B, size)")
+    T, B, N = X[0].shape[0], X[0].shape[1], S[0].shape[2]
+    if T < 1 or B < 1 or N < 1:
+        raise ValueError(f"sizes must be at least 1, not T={T}, B={B}, N={N}")
+    if T * B > 2147483647 or max_k * N > 2147483647:
         raise ValueError("arrays too large for 32-bit BLAS indices")
-    return T, B, M, N
+    return T, B, N
+
+
+def _width(X, k):
+    """The size of input k (its last dimension), for an input of size M."""
+    if len(X) <= k or len(X[k].shape) != 3:
+        raise ValueError(f"X[{k}] must be an input of shape (T, B, size)")
+    M = X[k].shape[2]
+    if M < 1 or M > 2147483647:
+        raise ValueError(f"X[{k}]: its size must be between 1 and 2**31 - 1, not {M}")
+    return M

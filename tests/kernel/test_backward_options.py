@@ -70,7 +70,9 @@ def test_unknown_or_misshapen_final_gradients_are_rejected(rng):
     with pytest.raises(ValueError, match="C_in\\[1\\] must have shape"):
         k.module.backward(*_arrays(k, tr, {"y": dy}), 1, (np.zeros((B, N)), np.zeros((B, 1))))
     with pytest.raises(ValueError, match="want_dW must hold 2 flags"):
-        k.module.backward(*_arrays(k, tr, {"y": dy}), 1, None, True, (True,))
+        k.module.backward(*_arrays(k, tr, {"y": dy}), 1, None, None, (True,))
+    with pytest.raises(ValueError, match="want_dX must hold 1 flags"):
+        k.module.backward(*_arrays(k, tr, {"y": dy}), 1, None, (True, True))
 
 
 def _arrays(k, tr, dy, fill=0.0):
@@ -81,9 +83,9 @@ def _arrays(k, tr, dy, fill=0.0):
     acc = tuple(np.full(Nn, fill) for _ in k.vectors)
     dW = tuple(np.full((len(o["blocks"]) * Nn, {"N": Nn, "M": Mm}[o["size"]]), fill)
                for o in k.operands)
-    dX = np.full((Tt, Bb, Mm), fill)
+    dX = (np.full((Tt, Bb, Mm), fill),)
     dY = tuple(dy[o] for o in k.outputs)
-    return tr.x, tr.W, tr.V, tr.S, tr.A, dY, dG, C, acc, dW, dX
+    return tr.X, tr.W, tr.V, tr.S, tr.A, dY, dG, C, acc, dW, dX
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -99,15 +101,15 @@ def test_skipped_products_leave_their_outputs_untouched(rng, cell, backend, thre
     k.module.backward(*full, threads, d_finals)
     nW, nV = len(k.operands), len(k.vectors)
     for want_dX, want_dW, want_acc in [
-            (False, None, None), (True, (False,) * nW, (False,) * nV),
-            (False, (False,) + (True,) * (nW - 1), (True,) * nV),
-            (False, (True,) + (False,) * (nW - 1), (False,) + (True,) * (nV - 1) if nV
+            ((False,), None, None), ((True,), (False,) * nW, (False,) * nV),
+            ((False,), (False,) + (True,) * (nW - 1), (True,) * nV),
+            ((False,), (True,) + (False,) * (nW - 1), (False,) + (True,) * (nV - 1) if nV
              else ())]:
         part = _arrays(k, tr, dy, fill=7.0)
         k.module.backward(*part, threads, d_finals, want_dX, want_dW, want_acc)
-        flags = ([want_dX] + list(want_dW or (True,) * nW) + list(want_acc or (True,) * nV))
-        outputs = list(zip([part[10]] + list(part[9]) + list(part[8]),
-                           [full[10]] + list(full[9]) + list(full[8])))
+        flags = (list(want_dX) + list(want_dW or (True,) * nW) + list(want_acc or (True,) * nV))
+        outputs = list(zip(list(part[10]) + list(part[9]) + list(part[8]),
+                           list(full[10]) + list(full[9]) + list(full[8])))
         for flag, (got, want) in zip(flags, outputs):
             if flag:
                 np.testing.assert_array_equal(got, want)

@@ -7,7 +7,8 @@ the plan out. The passes, in order (one module each):
 1. `operands` — phases, operands (the vectors matrices multiply) and groups (shared dG
    buffers);
 2. `forward` — forward allocation: the program symbols of one step's values;
-3. `backward` — backward deltas: δ of every node, the projection deltas into dG;
+3. `backward` — backward deltas: δ of every node, the projection deltas into dG, the
+   element-wise part of δx of an input used element-wise;
 4. `backward` — carries: the element-wise part of δs[t-1], written at step t;
 5. `backward` — accumulators: the vector parameters' gradients over batch and time;
    then the backward writes split into phases;
@@ -29,9 +30,17 @@ GEMMs after the time loop (the node's values are stored per step). A row reducti
 the hidden units (mean(v), layer normalisation) is meant to become the second kind of
 boundary (see `Plan`).
 
-Cells with several inputs, cells that use an input element-wise and cells with a
-reduction over the hidden units (mean) are valid specs that the kernels do not
-support yet: `plan()` raises a UserError naming the node.
+**Inputs.** Each input is an array X[k] of its own (dX[k] its gradient). An input
+multiplied by matrices is an operand (its projections of all T steps: one GEMM before
+the time loop; δx = dG · Wcat: one GEMM after it). An input used element-wise (a highway
+term (1 - r) ⊙ x; its size is that of its node, N or P) is read by the step programs
+from X[k][t] (the forward stores nothing for it), and the backward step writes the
+element-wise part of δx[t] into dX[k][t], to which the GEMM after the loop adds (an
+input used only element-wise has no GEMM). Several inputs of size M each have their own
+size (M_<input> in the generated code), read from their arrays.
+
+Cells with a reduction over the hidden units (mean) are valid specs that the kernels
+do not support yet: `plan()` raises a UserError naming the node.
 """
 
 from __future__ import annotations
@@ -95,6 +104,7 @@ def plan(d: "Derivation | str") -> Plan:
     by_name = {(b.storage, b.name): b for b in fixed}
     bwd = Backward(d, alloc.subs, symbols)
     bwd.deltas(groups, by_name, operands)
+    bwd.input_gradients(operands, by_name)
     carried = bwd.carry_writes(operands, by_name)
     bwd.accumulators(vectors, by_name)
     adjoints = {symbols.of(Ref(Kind.ADJOINT, o.name), f"adjoint_{o.name}"): o.phase
@@ -124,7 +134,7 @@ def _size(cell, refs: dict, expr) -> str:
 def _check_phase_sizes(p: Plan) -> None:
     """Every phase's program reads and writes vectors of one size (its loop runs over
     the N or P entries of a row); otherwise a one-line UserError."""
-    sized = {Kind.PREVIOUS, Kind.VALUE, Kind.INCOMING, Kind.CARRY, Kind.ADJOINT}
+    sized = {Kind.PREVIOUS, Kind.VALUE, Kind.INCOMING, Kind.CARRY, Kind.ADJOINT, Kind.INPUT}
     for program in p.forward + p.backward:
         sizes = {w.buffer.size: w.buffer.name for w in program.writes}
         for sym in program.reads:
@@ -163,7 +173,7 @@ def _kept_across_phases(cell, operands: tuple[Operand, ...], phase: dict) -> set
 def _check_backward_reads(p: Plan) -> None:
     """The backward reads only what the forward stores (no values at t+1), and each
     phase only the adjoints made before it (backward[k] is phase K - k)."""
-    ok = {Kind.PREVIOUS, Kind.VECTOR, Kind.INCOMING, Kind.CARRY, Kind.AUX}
+    ok = {Kind.PREVIOUS, Kind.VECTOR, Kind.INCOMING, Kind.CARRY, Kind.AUX, Kind.INPUT}
     stored = {s.symbol for s in p.stored}
     for k, program in enumerate(p.backward):
         for sym in program.reads:

@@ -5,7 +5,8 @@ buffer per state: carry_s holds the step-(t+1) part of δsᵗ, that is
 `shift_time(d.initial[s], +1)`; its element-wise part is written by step t+1's loop and
 its matrix part (Σ Rᵀ δūᵗ⁺¹) is added by one product per state, carry_s += dG[t+1] ·
 Wcat_s. So δsᵗ = (its step-t flows and Δᵗ) + carry_s, and after step 0 the carry *is*
-the initial-state gradient δs⁰. The program writes each projection node's delta into
+the initial-state gradient δs⁰. An input used element-wise gets the element-wise part
+of its δxᵗ written into dX[t] by the step (the matrix part: one GEMM after the loop). The program writes each projection node's delta into
 dG of every group that has it, the new carries, and accumulates the gradients of the
 vector parameters (peepholes, biases) over the batch and time.
 
@@ -94,6 +95,28 @@ class Backward:
                 self.writes.append(Write(buffers[Storage.DELTAS, " ".join(g.nodes)],
                                          self.delta[node], k, f"dG{g.index}[t][{k}] = "
                                                               f"d{node}[t]"))
+
+    def input_gradients(self, operands: tuple[Operand, ...], buffers: Buffers) -> None:
+        """Pass 3b: the element-wise part of δx[t] of every input used element-wise,
+        written into its dX[t] (the GEMM dX += dG · Wcat of an input operand adds the
+        matrix part Σ Wᵀ δ after the time loop)."""
+        inputs = [o for o in operands if o.role is Role.INPUT]
+        for x in self.cell.inputs:
+            flows = self.d.deltas[x].flows
+            if any(f.shift != 0 for f in flows):  # pragma: no cover - inputs are read at t
+                raise AssertionError(f"δ{x} receives terms from another step")
+            terms = [f.term for f in flows]
+            _check_matrix_part(x, terms, inputs)
+            ew = sp.Add(*[t for t in terms if not isinstance(t, S.MatTVec)])
+            if ew == 0:
+                continue
+            target = self.symbols.temp(f"d{x}_step")
+            matrix = f" (dG · W_{x} is added after the loop)" if any(
+                o.name == x for o in inputs) else ""
+            comment = f"d{x}[t] gets: {text(ew)}{matrix}"
+            self.comments[f"d{x}"] = comment
+            self.statements.append(Statement(target, ew.xreplace(self.subs), comment))
+            self.writes.append(Write(buffers[Storage.INPUT_GRADIENT, x], target, 0, comment))
 
     def carry_writes(self, operands: tuple[Operand, ...], buffers: Buffers) -> frozenset:
         """Pass 4: the element-wise part of δs at t-1, written at step t, for every state

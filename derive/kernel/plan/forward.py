@@ -1,8 +1,8 @@
 """Pass 2 — forward allocation, and the forward program of one step.
 
 Allocation gives every value a step reads or computes its program symbol: the blocks
-of the projection results, the states at t-1, the vector parameters and the node
-values at t. The forward program of each phase computes the nodes of that phase after
+of the projection results, the states at t-1, the inputs at t (read where a node uses
+one element-wise), the vector parameters and the node values at t. The forward program of each phase computes the nodes of that phase after
 the projections, in spec order, then the auxiliary values the backward reads (in the
 phase of the latest node they read), and writes the new states and the stored values
 it computed. A later phase reads an earlier phase's values from their arrays (the
@@ -32,7 +32,8 @@ from derive.printing.text import text
 class Allocation:
     """The program symbols of one step's forward values.
 
-    subs: derivation symbol -> program symbol (x[t-1] states, parameters, node values);
+    subs: derivation symbol -> program symbol (states at t-1, inputs at t, parameters,
+    node values);
     values: node -> its symbol at t; projections: node -> the projection blocks it sums.
     """
 
@@ -46,6 +47,8 @@ class Allocation:
         self.subs: dict[sp.Symbol, sp.Symbol] = {}
         for s in cell.states:
             self.subs[S.value(s, -1)] = symbols.of(Ref(Kind.PREVIOUS, s), f"{s}_prev")
+        for x in cell.inputs:       # read by the programs where x is used element-wise
+            self.subs[S.value(x, 0)] = symbols.of(Ref(Kind.INPUT, x), x)
         for v in vectors:
             self.subs[S.param(v)] = symbols.of(Ref(Kind.VECTOR, v), v)
         self.values = {n: symbols.of(Ref(Kind.VALUE, n), n) for n in cell.nodes}

@@ -16,9 +16,11 @@ import sympy as sp
 
 
 class Role(Enum):
-    """How an operand enters the step: the input at t, or a state at t-1."""
+    """How an operand enters the step: an input at t, or a state at t-1."""
 
-    INPUT = "input"      # its projections of all T steps: one GEMM before the time loop
+    INPUT = "input"      # its projections of all T steps: one GEMM before the time loop;
+                         # its δ (dG · Wcat) one GEMM after it (added to the element-wise
+                         # part of δx that the steps write, for an input used element-wise)
     STATE = "state"      # its projections: one (small) product per step
     NODE = "node"        # a node of the same step: one (small) product per step, between
                          # the phase that computes it and the next (a multi-phase cell)
@@ -29,6 +31,7 @@ class Kind(Enum):
 
     PROJECTION = "projection"   # block `block` of operand `name`'s projection result
     PREVIOUS = "previous"       # state `name` at t-1
+    INPUT = "input"             # input `name` at t, read element-wise (a highway term)
     VALUE = "value"             # node `name` at t (computed in the forward, read back)
     AUX = "aux"                 # an auxiliary value the forward stores (like tanh(c[t]))
     VECTOR = "vector"           # the vector parameter `name`
@@ -53,10 +56,11 @@ class Storage(Enum):
     """The arrays of a kernel call (the calling convention of generated/<cell>/kernel.pyx).
 
     value: (argument of forward/backward, its shape in T, B, M, N, k = blocks and size =
-    the operand's length).
+    the operand's length; for X and dX the input's size: M, or M_<input> in a cell with
+    several inputs of size M, or N (P) for an input used element-wise).
     """
 
-    INPUT = ("X", ("T", "B", "M"))
+    INPUT = ("X", ("T", "B", "size"))                  # one array per input
     WEIGHTS = ("W", ("k * N", "size"))                 # fused matrices of an operand
     VECTOR = ("V", ("N",))
     STATE = ("S", ("T + 1", "B", "N"))                 # index 0: the initial state
@@ -67,7 +71,7 @@ class Storage(Enum):
     CARRY = ("C", ("B", "N"))                          # the initial-state gradients at the end
     ACCUMULATOR = ("acc", ("N",))                      # gradients of the vector parameters
     WEIGHT_GRADIENT = ("dW", ("k * N", "size"))
-    INPUT_GRADIENT = ("dX", ("T", "B", "M"))
+    INPUT_GRADIENT = ("dX", ("T", "B", "size"))
     ADJOINT = ("D", ("B", "N"))                        # scratch of the kernel (not an
                                                        # argument): a node operand's Σ Wᵀ δ
 
@@ -95,9 +99,7 @@ class Buffer:
 
     @property
     def field(self) -> str:
-        """The identifier of this array in generated code (`S_c`, `dG0`, `X`)."""
-        if self.storage in (Storage.INPUT, Storage.INPUT_GRADIENT):
-            return self.storage.argument
+        """The identifier of this array in generated code (`S_c`, `dG0`, `X_x`)."""
         if self.storage is Storage.DELTAS:
             return f"dG{self.index}"
         return f"{self.storage.argument}_{self.name}"
@@ -122,11 +124,13 @@ class Block:
 
 @dataclass(frozen=True)
 class Operand:
-    """A vector multiplied by matrices: the input (read at t) or a state (read at t-1)."""
+    """A vector multiplied by matrices: an input (read at t), a state (read at t-1) or a
+    node of the same step."""
 
     name: str
     role: Role
-    size: str                 # "M" | "N" | "P": the length of the vector
+    size: str                 # "M" | "N" | "P": the length of the vector (an input's
+                              # own size name: M_<input> where several have size M)
     blocks: tuple[Block, ...]
     group: int                # index of the dG buffer holding its blocks' deltas
     phase: int = 0            # NODE: the forward phase that computes it (its product runs
@@ -263,11 +267,21 @@ class Plan:
         """How many element-wise phases one step has (1: a single-phase cell)."""
         return len(self.forward)
 
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The cell's inputs, in order: one array X[k] (and dX[k]) each."""
+        return tuple(b.name for b in self.arrays(Storage.INPUT))
+
+    def input_size(self, name: str) -> str:
+        """The size of an input: "M" (M_<input> in a cell with several inputs of size
+        M: each its own), or "N" / "P" for an input used element-wise."""
+        return self.buffer(Storage.INPUT, name).shape[2]
+
     def operand(self, name: str) -> Operand:
         return next(o for o in self.operands if o.name == name)
 
     def buffer(self, storage: Storage, name: str = "") -> Buffer:
-        """The array of `storage` holding `name` (the only one for X and dX)."""
+        """The array of `storage` holding `name` (the first one if `name` is empty)."""
         return next(b for b in self.buffers if b.storage is storage
                     and (b.name == name or not name))
 
@@ -282,6 +296,7 @@ class Plan:
             "title": self.cell.title,
             "spec_hash": self.cell.hash,
             "input": self.input,
+            "inputs": [[x, self.input_size(x)] for x in self.inputs],
             "states": list(self.states),
             "outputs": list(self.outputs),
             "parameters": [[n, list(s)] for n, s in self.parameters.items()],

@@ -1,12 +1,17 @@
 """Pass 1 — phases, operands and groups: which vectors the matrices multiply, fused how.
 
-Every vector that a matrix multiplies (the input x, read at step t; states, read at t-1;
+Every vector that a matrix multiplies (each input, read at step t; states, read at t-1;
 nodes of the same step) becomes an *operand* with its ordered blocks (projection node,
 matrix): its matrices are
 fused into one weight Wcat (k·N × size), so the forward does one GEMM per operand.
 Operands whose blocks feed the same nodes in the same order share one *group*: one
 buffer dG (T, B, k·N) of those nodes' deltas, so that after the time loop
 dWcat = dGᵀ · operand values and δx = dG · Wcat are single large GEMMs.
+
+An input may also be read element-wise (a highway term (1 - r) ⊙ x; its size is then
+that of its node): the step reads x[t] from its array, and the backward step writes the
+element-wise part of δx[t], to which the GEMM δx += dG · Wcat adds after the time loop
+(an input used only element-wise is no operand: its δx is the step's part alone).
 
 A node multiplied by a matrix in its own step (a *node operand*) splits the step into
 *phases*: the phase of a node is 0 unless it multiplies a node of the same step (then one
@@ -29,13 +34,11 @@ def unsupported(cell, message: str) -> UserError:
 
 
 def check_supported(cell) -> None:
-    """One input, used only through matrices; the nodes of one phase of one size (N or
-    P), an operand feeding nodes of one size, vector parameters of size N; a node of the same
-    step multiplied by a matrix is not also a state multiplied at t-1 (the two would be
-    one operand name); no reduction (mean) over the hidden units."""
-    if len(cell.inputs) != 1:
-        raise unsupported(cell, f"the cell has {len(cell.inputs)} inputs "
-                                f"({', '.join(cell.inputs)}); kernels take one input x")
+    """The nodes of one phase of one size (N or P), an operand feeding nodes of one size,
+    vector parameters of size N; a node of the same step multiplied by a matrix is not
+    also a state multiplied at t-1 (the two would be one operand name); no reduction
+    (mean) over the hidden units. Any number of inputs, each used through matrices,
+    element-wise (then of its node's size, N or P) or both."""
     phase = phases(cell)
     for name in cell.nodes:
         if cell.size(name) not in ("N", "P"):  # pragma: no cover - the spec infers N, P
@@ -75,12 +78,6 @@ def check_supported(cell) -> None:
         if node.elementwise.has(S.Mean):
             raise unsupported(cell, f"node {node.name!r} reduces over the hidden units "
                                     f"(mean: reductions are not compiled yet)")
-        for sym in node.elementwise.free_symbols:
-            r = S.ref(sym)
-            if r is not None and r.kind == "value" and r.name in cell.inputs:
-                raise unsupported(cell, f"node {node.name!r} uses the input {r.name!r} "
-                                        f"element-wise (inputs enter only through "
-                                        f"matrix products)")
 
 
 def phases(cell) -> dict[str, int]:
@@ -93,18 +90,28 @@ def phases(cell) -> dict[str, int]:
     return out
 
 
+def input_sizes(cell) -> dict[str, str]:
+    """The size of each input in the kernels: "M" for an input that enters only through
+    matrices (M_<input> when several do: each its own size, read from its array), else
+    the size of the nodes that use it element-wise ("N" or "P", as the spec infers)."""
+    through_matrices = [x for x in cell.inputs if cell.size(x) == "M"]
+    return {x: (cell.size(x) if x not in through_matrices
+                else "M" if len(through_matrices) == 1 else f"M_{x}") for x in cell.inputs}
+
+
 def operands_and_groups(cell) -> tuple[tuple[Operand, ...], tuple[Group, ...]]:
-    """The operands (x first, then the states read through a matrix, in state order,
-    then the node operands by phase and node order), their blocks in node order (then
-    matrix name), and the groups of equal node lists."""
-    x = cell.inputs[0]
+    """The operands (the inputs read through a matrix, in input order, then the states
+    read through a matrix, in state order, then the node operands by phase and node
+    order), their blocks in node order (then matrix name), and the groups of equal node
+    lists."""
+    sizes = input_sizes(cell)
     phase = phases(cell)
     blocks: dict[tuple[str, int], list[Block]] = {}
     for node in cell.nodes.values():
         for p in sorted(node.projections, key=lambda p: p.matrix):
             blocks.setdefault((p.operand, p.shift), []).append(Block(node.name, p.matrix))
-    reads = [(x, 0, Role.INPUT, "M")] + [(s, -1, Role.STATE, "N") for s in cell.states
-                                          if (s, -1) in blocks]
+    reads = [(x, 0, Role.INPUT, sizes[x]) for x in cell.inputs if (x, 0) in blocks]
+    reads += [(s, -1, Role.STATE, "N") for s in cell.states if (s, -1) in blocks]
     reads += [(n, 0, Role.NODE, "N") for n in sorted(cell.nodes, key=lambda n: phase[n])
               if (n, 0) in blocks]
     keys: list[tuple[str, ...]] = []

@@ -25,6 +25,7 @@ from derive.kernel.plan.model import (
     Storage,
     Stored,
 )
+from derive.kernel.plan.operands import input_sizes
 from derive.kernel.plan.symbols import Symbols
 
 #: functions of the element-wise programs (applied to one vector) whose values the
@@ -77,8 +78,10 @@ def stored_values(cell, values: dict[str, sp.Symbol], aux: dict[sp.Expr, sp.Symb
 def fixed_buffers(cell, operands: tuple[Operand, ...], groups: tuple[Group, ...],
                   vectors: tuple[str, ...]) -> tuple[Buffer, ...]:
     """Every array of the calling convention except the stored values A."""
-    out = [make_buffer(Storage.INPUT, cell.inputs[0], 0),
-           make_buffer(Storage.INPUT_GRADIENT, cell.inputs[0], 0)]
+    out = []
+    for k, (x, size) in enumerate(input_sizes(cell).items()):
+        out += [make_buffer(Storage.INPUT, x, k, size=size, rows=size),
+                make_buffer(Storage.INPUT_GRADIENT, x, k, size=size, rows=size)]
     for k, o in enumerate(operands):
         out += [make_buffer(Storage.WEIGHTS, o.name, k, o.k, o.size, rows=o.rows),
                 make_buffer(Storage.WEIGHT_GRADIENT, o.name, k, o.k, o.size, rows=o.rows),
