@@ -155,12 +155,12 @@ def skipped_products(cell, shape, dtype, repeats):
     rng = np.random.default_rng(0)
     tr = k.forward(rng.standard_normal((T, B, M)).astype(dtype), params)
     dY = [rng.standard_normal((T, B, N)).astype(dtype) for _ in k.outputs]
-    every = {"x", *(f"W{i}" for i in range(len(k.operands))),
+    every = {"X0", *(f"W{i}" for i in range(len(k.operands))),
              *(f"V{i}" for i in range(len(k.vectors))), *(f"S{i}" for i in range(len(k.states)))}
-    cases = {"all": every, "no dx": every - {"x"},
+    cases = {"all": every, "no dx": every - {"X0"},
              "states only": {f"S{i}" for i in range(len(k.states))}}
     res = interleaved_ms({name: (lambda: None, lambda n=needs: k.backward_buffers(
-        tr.x, tr.W, tr.V, tr.S, tr.A, dY, needs=n)) for name, needs in cases.items()},
+        tr.X, tr.W, tr.V, tr.S, tr.A, dY, needs=n)) for name, needs in cases.items()},
         repeats)
     return {name: r[1] for name, r in res.items()}
 

@@ -24,12 +24,13 @@ operations per step and the same fused GEMMs, with the same calling convention:
 
 import numpy as np
 
-KERNEL_API = 3
+KERNEL_API = 4
 
 LAYOUT = {'cell': 'indrnn',
           'title': 'IndRNN (ReLU, element-wise recurrence)',
           'spec_hash': '906d15fd848d',
           'input': 'x',
+          'inputs': [['x', 'M']],
           'states': ['h'],
           'outputs': ['h'],
           'parameters': [['W', ['N', 'M']], ['u', ['N']], ['b', ['N']]],
@@ -67,16 +68,18 @@ def _batch_sum(v, B):
 
 def forward(X, W, V, S, A, G, threads=1):
     """Forward pass over the whole sequence and batch; fills S, A and G."""
-    T, B, M = X.shape
+    T, B = X[0].shape[:2]
+    M = X[0].shape[2]
     N = S[0].shape[2]
+    _X_x = X[0]    # x
     _W_x = W[0]    # x
     _V_u = V[0]    # u
     _V_b = V[1]    # b
     _S_h = S[0]    # h
     _G_x = G[0]    # x
     with np.errstate(all="ignore"):
-        # the input projections of all steps, one GEMM
-        np.matmul(X.reshape(T * B, M), _W_x.T, out=_G_x.reshape(T * B, 1 * N))
+        # the input projections of all steps, one GEMM per input operand
+        np.matmul(_X_x.reshape(T * B, M), _W_x.T, out=_G_x.reshape(T * B, 1 * N))
         for t in range(T):
             W_x = _G_x[t][:, :N]
             b = _V_b
@@ -89,14 +92,17 @@ def forward(X, W, V, S, A, G, threads=1):
             _S_h[t + 1] = h
 
 
-def backward(X, W, V, S, A, dY, dG, C, acc, dW, dX, threads=1, C_in=None, want_dX=True,
+def backward(X, W, V, S, A, dY, dG, C, acc, dW, dX, threads=1, C_in=None, want_dX=None,
              want_dW=None, want_acc=None):
     """Backward pass (BPTT) over the whole sequence from the carries C_in (zeros if None);
     fills dG, C and the wanted acc, dW and dX (the others are left untouched)."""
-    T, B, M = X.shape
+    T, B = X[0].shape[:2]
+    M = X[0].shape[2]
     N = S[0].shape[2]
+    want_dX = (True,) * len(X) if want_dX is None else want_dX
     want_dW = (True,) * len(W) if want_dW is None else want_dW
     want_acc = (True,) * len(V) if want_acc is None else want_acc
+    _X_x = X[0]    # x
     _W_x = W[0]    # x
     _V_u = V[0]    # u
     _V_b = V[1]    # b
@@ -107,6 +113,7 @@ def backward(X, W, V, S, A, dY, dG, C, acc, dW, dX, threads=1, C_in=None, want_d
     _acc_u = acc[0]    # u
     _acc_b = acc[1]    # b
     _dW_x = dW[0]    # x
+    _dX_x = dX[0]    # x
     if not want_acc[0]:     # summed into scratch: acc[0] untouched
         _acc_u = np.empty_like(_acc_u)
     _acc_u[...] = 0
@@ -135,7 +142,7 @@ def backward(X, W, V, S, A, dY, dG, C, acc, dW, dX, threads=1, C_in=None, want_d
             _acc_b += _batch_sum(da, B)
         # the wanted weight gradients, one GEMM per operand over all steps
         if want_dW[0]:
-            np.matmul(_dG0.reshape(T * B, 1 * N).T, X.reshape(T * B, M), out=_dW_x)
-        # the input gradient, one GEMM
-        if want_dX:
-            np.matmul(_dG0.reshape(T * B, 1 * N), _W_x, out=dX.reshape(T * B, M))
+            np.matmul(_dG0.reshape(T * B, 1 * N).T, _X_x.reshape(T * B, M), out=_dW_x)
+        # the input gradients, one GEMM per input operand
+        if want_dX[0]:
+            np.matmul(_dG0.reshape(T * B, 1 * N), _W_x, out=_dX_x.reshape(T * B, M))

@@ -39,12 +39,13 @@ operations per step and the same fused GEMMs, with the same calling convention:
 
 import numpy as np
 
-KERNEL_API = 3
+KERNEL_API = 4
 
 LAYOUT = {'cell': 'lstm_fgr',
           'title': 'LSTM with full gate recurrence (FGR)',
           'spec_hash': '5f20e02ffa3e',
           'input': 'x',
+          'inputs': [['x', 'M']],
           'states': ['y', 'c', 'i', 'f', 'o'],
           'outputs': ['y'],
           'parameters': [['W_z', ['N', 'M']],
@@ -132,8 +133,10 @@ def _batch_sum(v, B):
 
 def forward(X, W, V, S, A, G, threads=1):
     """Forward pass over the whole sequence and batch; fills S, A and G."""
-    T, B, M = X.shape
+    T, B = X[0].shape[:2]
+    M = X[0].shape[2]
     N = S[0].shape[2]
+    _X_x = X[0]    # x
     _W_x = W[0]    # x
     _W_y = W[1]    # y
     _W_i = W[2]    # i
@@ -159,8 +162,8 @@ def forward(X, W, V, S, A, G, threads=1):
     _G_f = G[3]    # f
     _G_o = G[4]    # o
     with np.errstate(all="ignore"):
-        # the input projections of all steps, one GEMM
-        np.matmul(X.reshape(T * B, M), _W_x.T, out=_G_x.reshape(T * B, 4 * N))
+        # the input projections of all steps, one GEMM per input operand
+        np.matmul(_X_x.reshape(T * B, M), _W_x.T, out=_G_x.reshape(T * B, 4 * N))
         for t in range(T):
             # z_bar i_bar f_bar o_bar += R_z R_i R_f R_o @ y[t-1]
             np.matmul(_S_y[t], _W_y.T, out=_G_y)
@@ -226,14 +229,17 @@ def forward(X, W, V, S, A, G, threads=1):
             _A_tanh_c[t] = tanh_c
 
 
-def backward(X, W, V, S, A, dY, dG, C, acc, dW, dX, threads=1, C_in=None, want_dX=True,
+def backward(X, W, V, S, A, dY, dG, C, acc, dW, dX, threads=1, C_in=None, want_dX=None,
              want_dW=None, want_acc=None):
     """Backward pass (BPTT) over the whole sequence from the carries C_in (zeros if None);
     fills dG, C and the wanted acc, dW and dX (the others are left untouched)."""
-    T, B, M = X.shape
+    T, B = X[0].shape[:2]
+    M = X[0].shape[2]
     N = S[0].shape[2]
+    want_dX = (True,) * len(X) if want_dX is None else want_dX
     want_dW = (True,) * len(W) if want_dW is None else want_dW
     want_acc = (True,) * len(V) if want_acc is None else want_acc
+    _X_x = X[0]    # x
     _W_x = W[0]    # x
     _W_y = W[1]    # y
     _W_i = W[2]    # i
@@ -273,6 +279,7 @@ def backward(X, W, V, S, A, dY, dG, C, acc, dW, dX, threads=1, C_in=None, want_d
     _dW_i = dW[2]    # i
     _dW_f = dW[3]    # f
     _dW_o = dW[4]    # o
+    _dX_x = dX[0]    # x
     if not want_acc[0]:     # summed into scratch: acc[0] untouched
         _acc_p_i = np.empty_like(_acc_p_i)
     _acc_p_i[...] = 0
@@ -368,7 +375,7 @@ def backward(X, W, V, S, A, dY, dG, C, acc, dW, dX, threads=1, C_in=None, want_d
             np.matmul(_dG1[t], _W_o, out=_C_o)
         # the wanted weight gradients, one GEMM per operand over all steps
         if want_dW[0]:
-            np.matmul(_dG0.reshape(T * B, 4 * N).T, X.reshape(T * B, M), out=_dW_x)
+            np.matmul(_dG0.reshape(T * B, 4 * N).T, _X_x.reshape(T * B, M), out=_dW_x)
         if want_dW[1]:
             np.matmul(_dG0.reshape(T * B, 4 * N).T, _S_y[:T].reshape(T * B, N), out=_dW_y)
         if want_dW[2]:
@@ -377,6 +384,6 @@ def backward(X, W, V, S, A, dY, dG, C, acc, dW, dX, threads=1, C_in=None, want_d
             np.matmul(_dG1.reshape(T * B, 3 * N).T, _S_f[:T].reshape(T * B, N), out=_dW_f)
         if want_dW[4]:
             np.matmul(_dG1.reshape(T * B, 3 * N).T, _S_o[:T].reshape(T * B, N), out=_dW_o)
-        # the input gradient, one GEMM
-        if want_dX:
-            np.matmul(_dG0.reshape(T * B, 4 * N), _W_x, out=dX.reshape(T * B, M))
+        # the input gradients, one GEMM per input operand
+        if want_dX[0]:
+            np.matmul(_dG0.reshape(T * B, 4 * N), _W_x, out=_dX_x.reshape(T * B, M))

@@ -36,12 +36,13 @@ operations per step and the same fused GEMMs, with the same calling convention:
 
 import numpy as np
 
-KERNEL_API = 3
+KERNEL_API = 4
 
 LAYOUT = {'cell': 'lstm_niaf',
           'title': 'LSTM without input activation function (NIAF)',
           'spec_hash': 'ffe26600cda9',
           'input': 'x',
+          'inputs': [['x', 'M']],
           'states': ['y', 'c'],
           'outputs': ['y'],
           'parameters': [['W_z', ['N', 'M']],
@@ -108,8 +109,10 @@ def _batch_sum(v, B):
 
 def forward(X, W, V, S, A, G, threads=1):
     """Forward pass over the whole sequence and batch; fills S, A and G."""
-    T, B, M = X.shape
+    T, B = X[0].shape[:2]
+    M = X[0].shape[2]
     N = S[0].shape[2]
+    _X_x = X[0]    # x
     _W_x = W[0]    # x
     _W_y = W[1]    # y
     _V_p_i = V[0]    # p_i
@@ -129,8 +132,8 @@ def forward(X, W, V, S, A, G, threads=1):
     _G_x = G[0]    # x
     _G_y = G[1]    # y
     with np.errstate(all="ignore"):
-        # the input projections of all steps, one GEMM
-        np.matmul(X.reshape(T * B, M), _W_x.T, out=_G_x.reshape(T * B, 4 * N))
+        # the input projections of all steps, one GEMM per input operand
+        np.matmul(_X_x.reshape(T * B, M), _W_x.T, out=_G_x.reshape(T * B, 4 * N))
         for t in range(T):
             # z_bar i_bar f_bar o_bar += R_z R_i R_f R_o @ y[t-1]
             np.matmul(_S_y[t], _W_y.T, out=_G_y)
@@ -179,14 +182,17 @@ def forward(X, W, V, S, A, G, threads=1):
             _A_tanh_c[t] = tanh_c
 
 
-def backward(X, W, V, S, A, dY, dG, C, acc, dW, dX, threads=1, C_in=None, want_dX=True,
+def backward(X, W, V, S, A, dY, dG, C, acc, dW, dX, threads=1, C_in=None, want_dX=None,
              want_dW=None, want_acc=None):
     """Backward pass (BPTT) over the whole sequence from the carries C_in (zeros if None);
     fills dG, C and the wanted acc, dW and dX (the others are left untouched)."""
-    T, B, M = X.shape
+    T, B = X[0].shape[:2]
+    M = X[0].shape[2]
     N = S[0].shape[2]
+    want_dX = (True,) * len(X) if want_dX is None else want_dX
     want_dW = (True,) * len(W) if want_dW is None else want_dW
     want_acc = (True,) * len(V) if want_acc is None else want_acc
+    _X_x = X[0]    # x
     _W_x = W[0]    # x
     _W_y = W[1]    # y
     _V_p_i = V[0]    # p_i
@@ -216,6 +222,7 @@ def backward(X, W, V, S, A, dY, dG, C, acc, dW, dX, threads=1, C_in=None, want_d
     _acc_b_o = acc[6]    # b_o
     _dW_x = dW[0]    # x
     _dW_y = dW[1]    # y
+    _dX_x = dX[0]    # x
     if not want_acc[0]:     # summed into scratch: acc[0] untouched
         _acc_p_i = np.empty_like(_acc_p_i)
     _acc_p_i[...] = 0
@@ -292,9 +299,9 @@ def backward(X, W, V, S, A, dY, dG, C, acc, dW, dX, threads=1, C_in=None, want_d
             np.matmul(_dG0[t], _W_y, out=_C_y)
         # the wanted weight gradients, one GEMM per operand over all steps
         if want_dW[0]:
-            np.matmul(_dG0.reshape(T * B, 4 * N).T, X.reshape(T * B, M), out=_dW_x)
+            np.matmul(_dG0.reshape(T * B, 4 * N).T, _X_x.reshape(T * B, M), out=_dW_x)
         if want_dW[1]:
             np.matmul(_dG0.reshape(T * B, 4 * N).T, _S_y[:T].reshape(T * B, N), out=_dW_y)
-        # the input gradient, one GEMM
-        if want_dX:
-            np.matmul(_dG0.reshape(T * B, 4 * N), _W_x, out=dX.reshape(T * B, M))
+        # the input gradients, one GEMM per input operand
+        if want_dX[0]:
+            np.matmul(_dG0.reshape(T * B, 4 * N), _W_x, out=_dX_x.reshape(T * B, M))

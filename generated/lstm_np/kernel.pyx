@@ -31,21 +31,24 @@ C-contiguous and of one dtype, float32 or float64):
     forward(X, W, V, S, A, G, threads)
     backward(X, W, V, S, A, dY, dG, C, acc, dW, dX, threads, C_in, want_dX, want_dW, want_acc)
 
-X (T, B, M) the input; W the fused weights of each operand (LAYOUT["operands"]: k·N rows,
-the blocks in order); V the vector parameters (N,); S the states (T+1, B, N), index 0
-the initial state; A the values stored for the backward pass (T, B, N); G the
-projection results (input: T, B, k·N; states: B, k·N); dY the gradients of the outputs
-(T, B, N); dG the deltas of the projection nodes of each group (T, B, k·N); C the
-carries (B, N), which hold the initial-state gradients at the end; acc the gradients of
-the vector parameters (N,); dW the gradients of the fused weights; dX (T, B, M).
+X the inputs, one (T, B, M) array each (LAYOUT["inputs"]: its size M, M_<input> where
+several inputs have size M, or N for an input used element-wise); W the fused weights
+of each operand (LAYOUT["operands"]: k·N rows, the blocks in order); V the vector
+parameters (N,); S the states (T+1, B, N), index 0 the initial state; A the values
+stored for the backward pass (T, B, N); G the projection results (input: T, B, k·N;
+states: B, k·N); dY the gradients of the outputs (T, B, N); dG the deltas of the
+projection nodes of each group (T, B, k·N); C the carries (B, N), which hold the
+initial-state gradients at the end; acc the gradients of the vector parameters (N,);
+dW the gradients of the fused weights; dX the inputs' gradients, one per input, shaped
+like X.
 
 The backward's options: C_in (one (B, N) per state, or None for zeros) the gradients of
 the final states S[k][T] beyond the outputs' dY[T-1], the carries the backward starts
-from; want_dX false skips the input gradient (dX is left untouched: no T·B × k·N × M
-product); want_dW / want_acc (one bool per operand / vector, None for all) skip the
-weight-gradient product of an operand and the summing of a vector's gradient, leaving
-that dW / acc untouched (the per-step partial sums of the vectors still run, inside the
-element-wise step).
+from; want_dX / want_dW / want_acc (one bool per input / operand / vector, None for
+all) skip the gradient of an input (its dX is left untouched: no T·B × k·N × M
+product, no element-wise part written by the steps), the weight-gradient product of an
+operand and the summing of a vector's gradient, leaving that dX / dW / acc untouched
+(the per-step partial sums of the vectors still run, inside the element-wise step).
 
 Threads: OpenMP owns them, BLAS runs single-threaded inside each. Batch rows are
 independent, so each thread runs the whole time loop on its own rows (its recurrent
@@ -272,16 +275,35 @@ def _check(name, arrays, shapes):
             raise ValueError(f"{name}[{k}] must have shape {want}, not {tuple(a.shape)}")
 
 
+def _first(X):
+    """The first input's array (the one the typed entry points dispatch on)."""
+    if not isinstance(X, tuple) or len(X) < 1:
+        raise ValueError("X must be a tuple of the inputs, one (T, B, size) array each")
+    return X[0]
+
+
 def _sizes(X, S, max_k):
-    """(T, B, M, N): the sizes of a call, from the input and the first state."""
+    """(T, B, N): the sizes of a call, from the first input and the first state."""
     if len(S) < 1 or len(S[0].shape) != 3:
         raise ValueError("S must hold the states, each of shape (T + 1, B, N)")
-    T, B, M, N = X.shape[0], X.shape[1], X.shape[2], S[0].shape[2]
-    if T < 1 or B < 1 or M < 1 or N < 1:
-        raise ValueError(f"sizes must be at least 1, not T={T}, B={B}, M={M}, N={N}")
-    if T * B > 2147483647 or max_k * N > 2147483647 or M > 2147483647:
+    if len(X[0].shape) != 3:
+        raise ValueError("X must hold the inputs, each of shape (T, B, size)")
+    T, B, N = X[0].shape[0], X[0].shape[1], S[0].shape[2]
+    if T < 1 or B < 1 or N < 1:
+        raise ValueError(f"sizes must be at least 1, not T={T}, B={B}, N={N}")
+    if T * B > 2147483647 or max_k * N > 2147483647:
         raise ValueError("arrays too large for 32-bit BLAS indices")
-    return T, B, M, N
+    return T, B, N
+
+
+def _width(X, k):
+    """The size of input k (its last dimension), for an input of size M."""
+    if len(X) <= k or len(X[k].shape) != 3:
+        raise ValueError(f"X[{k}] must be an input of shape (T, B, size)")
+    M = X[k].shape[2]
+    if M < 1 or M > 2147483647:
+        raise ValueError(f"X[{k}]: its size must be between 1 and 2**31 - 1, not {M}")
+    return M
 
 
 cdef extern from *:
@@ -381,12 +403,13 @@ cdef extern from *:
     """
 
 
-KERNEL_API = 3
+KERNEL_API = 4
 
 LAYOUT = {'cell': 'lstm_np',
           'title': 'LSTM without peepholes (NP)',
           'spec_hash': 'e87ec7400729',
           'input': 'x',
+          'inputs': [['x', 'M']],
           'states': ['y', 'c'],
           'outputs': ['y'],
           'parameters': [['W_z', ['N', 'M']],
@@ -434,7 +457,7 @@ SPEC_HASH = LAYOUT["spec_hash"]
 
 cdef struct _Buffers:
     Py_ssize_t T, B, M, N
-    void* X    # input x
+    void* X_x    # input x
     void* W_x    # weights x
     void* W_y    # weights y
     void* V_b_z    # vector b_z
@@ -460,7 +483,7 @@ cdef struct _Buffers:
     void* acc_b_o    # accumulator b_o
     void* dW_x    # weight gradient x
     void* dW_y    # weight gradient y
-    void* dX    # input gradient x
+    void* dX_x    # input gradient x
     void* P_y    # packed panels (per-step products)
 
 
@@ -621,9 +644,9 @@ cdef void _backward_step_f32(Py_ssize_t B, Py_ssize_t N,
 cdef void _prepare_f32(_Buffers* p, Py_ssize_t c, Py_ssize_t nt) noexcept nogil:
     # before the forward loop, part c of nt of each product and of each packing
     cdef Py_ssize_t N = p.N, M = p.M, T = p.T, B = p.B, r0, r1
-    # the input projections of all steps: G_x (T·B × 4 * N) = X · W_xᵀ
+    # the input projections of all steps: G_x (T·B × 4 * N) = X_x · W_xᵀ
     r0, r1 = T * B * c // nt, T * B * (c + 1) // nt
-    _gemm(False, True, r1 - r0, 4 * N, M, 1, <float*>p.X + r0 * M, M, <float*>p.W_x, M, 0, <float*>p.G_x + r0 * 4 * N, 4 * N)
+    _gemm(False, True, r1 - r0, 4 * N, M, 1, <float*>p.X_x + r0 * M, M, <float*>p.W_x, M, 0, <float*>p.G_x + r0 * 4 * N, 4 * N)
     derive_pack_f32(N, 4 * N, <float*>p.W_y, 1, N, <float*>p.P_y, c, nt)
 
 
@@ -692,13 +715,13 @@ cdef void _finish_f32(_Buffers* p, Py_ssize_t task, Py_ssize_t nt) noexcept nogi
     cdef Py_ssize_t r0, r1
     if which == 0:    # d[W_z W_i W_f W_o] = dG0ᵀ · x
         r0, r1 = 4 * N * c // nt, 4 * N * (c + 1) // nt
-        _gemm(True, False, r1 - r0, M, T * B, 1, <float*>p.dG0 + r0, 4 * N, <float*>p.X, M, 0, <float*>p.dW_x + r0 * M, M)
+        _gemm(True, False, r1 - r0, M, T * B, 1, <float*>p.dG0 + r0, 4 * N, <float*>p.X_x, M, 0, <float*>p.dW_x + r0 * M, M)
     if which == 1:    # d[R_z R_i R_f R_o] = dG0ᵀ · y[t-1]
         r0, r1 = 4 * N * c // nt, 4 * N * (c + 1) // nt
         _gemm(True, False, r1 - r0, N, T * B, 1, <float*>p.dG0 + r0, 4 * N, <float*>p.S_y, N, 0, <float*>p.dW_y + r0 * N, N)
-    if which == 2:    # dX = dG0 · W_x
+    if which == 2:    # dX_x = dG0 · W_x
         r0, r1 = T * B * c // nt, T * B * (c + 1) // nt
-        _gemm(False, False, r1 - r0, M, 4 * N, 1, <float*>p.dG0 + r0 * 4 * N, 4 * N, <float*>p.W_x, M, 0, <float*>p.dX + r0 * M, M)
+        _gemm(False, False, r1 - r0, M, 4 * N, 1, <float*>p.dG0 + r0 * 4 * N, 4 * N, <float*>p.W_x, M, 0, <float*>p.dX_x + r0 * M, M)
 
 
 cdef void _forward_step_f64(Py_ssize_t B, Py_ssize_t N,
@@ -858,9 +881,9 @@ cdef void _backward_step_f64(Py_ssize_t B, Py_ssize_t N,
 cdef void _prepare_f64(_Buffers* p, Py_ssize_t c, Py_ssize_t nt) noexcept nogil:
     # before the forward loop, part c of nt of each product and of each packing
     cdef Py_ssize_t N = p.N, M = p.M, T = p.T, B = p.B, r0, r1
-    # the input projections of all steps: G_x (T·B × 4 * N) = X · W_xᵀ
+    # the input projections of all steps: G_x (T·B × 4 * N) = X_x · W_xᵀ
     r0, r1 = T * B * c // nt, T * B * (c + 1) // nt
-    _gemm(False, True, r1 - r0, 4 * N, M, 1, <double*>p.X + r0 * M, M, <double*>p.W_x, M, 0, <double*>p.G_x + r0 * 4 * N, 4 * N)
+    _gemm(False, True, r1 - r0, 4 * N, M, 1, <double*>p.X_x + r0 * M, M, <double*>p.W_x, M, 0, <double*>p.G_x + r0 * 4 * N, 4 * N)
     derive_pack_f64(N, 4 * N, <double*>p.W_y, 1, N, <double*>p.P_y, c, nt)
 
 
@@ -929,27 +952,35 @@ cdef void _finish_f64(_Buffers* p, Py_ssize_t task, Py_ssize_t nt) noexcept nogi
     cdef Py_ssize_t r0, r1
     if which == 0:    # d[W_z W_i W_f W_o] = dG0ᵀ · x
         r0, r1 = 4 * N * c // nt, 4 * N * (c + 1) // nt
-        _gemm(True, False, r1 - r0, M, T * B, 1, <double*>p.dG0 + r0, 4 * N, <double*>p.X, M, 0, <double*>p.dW_x + r0 * M, M)
+        _gemm(True, False, r1 - r0, M, T * B, 1, <double*>p.dG0 + r0, 4 * N, <double*>p.X_x, M, 0, <double*>p.dW_x + r0 * M, M)
     if which == 1:    # d[R_z R_i R_f R_o] = dG0ᵀ · y[t-1]
         r0, r1 = 4 * N * c // nt, 4 * N * (c + 1) // nt
         _gemm(True, False, r1 - r0, N, T * B, 1, <double*>p.dG0 + r0, 4 * N, <double*>p.S_y, N, 0, <double*>p.dW_y + r0 * N, N)
-    if which == 2:    # dX = dG0 · W_x
+    if which == 2:    # dX_x = dG0 · W_x
         r0, r1 = T * B * c // nt, T * B * (c + 1) // nt
-        _gemm(False, False, r1 - r0, M, 4 * N, 1, <double*>p.dG0 + r0 * 4 * N, 4 * N, <double*>p.W_x, M, 0, <double*>p.dX + r0 * M, M)
+        _gemm(False, False, r1 - r0, M, 4 * N, 1, <double*>p.dG0 + r0 * 4 * N, 4 * N, <double*>p.W_x, M, 0, <double*>p.dX_x + r0 * M, M)
 
 
 # --- the whole sequence -----------------------------------------------------------------
 
-def forward(const floating[:, :, ::1] X, tuple W, tuple V, tuple S, tuple A, tuple G,
-            int threads=1):
+def forward(tuple X, tuple W, tuple V, tuple S, tuple A, tuple G, int threads=1):
     """Forward pass over the whole sequence and batch; fills S, A and G."""
+    _forward(_first(X), X, W, V, S, A, G, threads)
+
+
+def _forward(const floating[:, :, ::1] X0, tuple X, tuple W, tuple V, tuple S, tuple A,
+             tuple G, int threads):
+    # X0 = X[0]: the array whose dtype picks the float or double version
     cdef Py_ssize_t T, B, M, N
-    T, B, M, N = _sizes(X, S, 4)
+    T, B, N = _sizes(X, S, 4)
+    M = _width(X, 0)
+    _check("X", X, [(T, B, M)])
     _check("W", W, [(4 * N, M), (4 * N, N)])
     _check("V", V, [(N,), (N,), (N,), (N,)])
     _check("S", S, [(T + 1, B, N), (T + 1, B, N)])
     _check("A", A, [(T, B, N), (T, B, N), (T, B, N), (T, B, N), (T, B, N)])
     _check("G", G, [(T, B, 4 * N), (B, 4 * N)])
+    cdef const floating[:, :, ::1] _X_x = X[0]    # x
     cdef const floating[:, ::1] _W_x = W[0]    # x
     cdef const floating[:, ::1] _W_y = W[1]    # y
     cdef const floating[::1] _V_b_z = V[0]    # b_z
@@ -970,7 +1001,7 @@ def forward(const floating[:, :, ::1] X, tuple W, tuple V, tuple S, tuple A, tup
     cdef _Buffers p
     memset(&p, 0, sizeof(p))
     p.T, p.B, p.M, p.N = T, B, M, N
-    p.X = <void*>&X[0, 0, 0]
+    p.X_x = <void*>&_X_x[0, 0, 0]
     p.W_x = <void*>&_W_x[0, 0]
     p.W_y = <void*>&_W_y[0, 0]
     p.V_b_z = <void*>&_V_b_z[0]
@@ -1006,13 +1037,23 @@ def forward(const floating[:, :, ::1] X, tuple W, tuple V, tuple S, tuple A, tup
         free(p.P_y)
 
 
-def backward(const floating[:, :, ::1] X, tuple W, tuple V, tuple S, tuple A, tuple dY,
-             tuple dG, tuple C, tuple acc, tuple dW, floating[:, :, ::1] dX, int threads=1,
-             tuple C_in=None, bint want_dX=True, tuple want_dW=None, tuple want_acc=None):
+def backward(tuple X, tuple W, tuple V, tuple S, tuple A, tuple dY, tuple dG, tuple C,
+             tuple acc, tuple dW, tuple dX, int threads=1, tuple C_in=None,
+             tuple want_dX=None, tuple want_dW=None, tuple want_acc=None):
     """Backward pass (BPTT) over the whole sequence from the carries C_in (zeros if None);
     fills dG, C and the wanted acc, dW and dX."""
+    _backward(_first(X), X, W, V, S, A, dY, dG, C, acc, dW, dX, threads, C_in, want_dX,
+              want_dW, want_acc)
+
+
+def _backward(const floating[:, :, ::1] X0, tuple X, tuple W, tuple V, tuple S, tuple A,
+              tuple dY, tuple dG, tuple C, tuple acc, tuple dW, tuple dX, int threads,
+              tuple C_in, tuple want_dX, tuple want_dW, tuple want_acc):
+    # X0 = X[0]: the array whose dtype picks the float or double version
     cdef Py_ssize_t T, B, M, N
-    T, B, M, N = _sizes(X, S, 4)
+    T, B, N = _sizes(X, S, 4)
+    M = _width(X, 0)
+    _check("X", X, [(T, B, M)])
     _check("W", W, [(4 * N, M), (4 * N, N)])
     _check("V", V, [(N,), (N,), (N,), (N,)])
     _check("S", S, [(T + 1, B, N), (T + 1, B, N)])
@@ -1022,13 +1063,16 @@ def backward(const floating[:, :, ::1] X, tuple W, tuple V, tuple S, tuple A, tu
     _check("C", C, [(B, N), (B, N)])
     _check("acc", acc, [(N,), (N,), (N,), (N,)])
     _check("dW", dW, [(4 * N, M), (4 * N, N)])
-    _check("dX", (dX,), [(T, B, M)])
+    _check("dX", dX, [(T, B, M)])
     if C_in is not None:
         _check("C_in", C_in, [(B, N), (B, N)])
+    if want_dX is not None and len(want_dX) != 1:
+        raise ValueError(f"want_dX must hold 1 flags (one per input), not {len(want_dX)}")
     if want_dW is not None and len(want_dW) != 2:
         raise ValueError(f"want_dW must hold 2 flags (one per operand), not {len(want_dW)}")
     if want_acc is not None and len(want_acc) != 4:
         raise ValueError(f"want_acc must hold 4 flags (one per vector), not {len(want_acc)}")
+    cdef const floating[:, :, ::1] _X_x = X[0]    # x
     cdef const floating[:, ::1] _W_x = W[0]    # x
     cdef const floating[:, ::1] _W_y = W[1]    # y
     cdef const floating[::1] _V_b_z = V[0]    # b_z
@@ -1052,6 +1096,7 @@ def backward(const floating[:, :, ::1] X, tuple W, tuple V, tuple S, tuple A, tu
     cdef floating[::1] _acc_b_o = acc[3]    # b_o
     cdef floating[:, ::1] _dW_x = dW[0]    # x
     cdef floating[:, ::1] _dW_y = dW[1]    # y
+    cdef floating[:, :, ::1] _dX_x = dX[0]    # x
     cdef int nt = max(1, min(threads, B))
     cdef Py_ssize_t c, n, task, nvec = 4, ntasks
     cdef Py_ssize_t tasks[3]
@@ -1063,8 +1108,7 @@ def backward(const floating[:, :, ::1] X, tuple W, tuple V, tuple S, tuple A, tu
     cdef _Buffers p
     memset(&p, 0, sizeof(p))
     p.T, p.B, p.M, p.N = T, B, M, N
-    p.X = <void*>&X[0, 0, 0]
-    p.dX = <void*>&dX[0, 0, 0]
+    p.X_x = <void*>&_X_x[0, 0, 0]
     p.W_x = <void*>&_W_x[0, 0]
     p.W_y = <void*>&_W_y[0, 0]
     p.V_b_z = <void*>&_V_b_z[0]
@@ -1088,6 +1132,7 @@ def backward(const floating[:, :, ::1] X, tuple W, tuple V, tuple S, tuple A, tu
     p.acc_b_o = <void*>&_acc_b_o[0]
     p.dW_x = <void*>&_dW_x[0, 0]
     p.dW_y = <void*>&_dW_y[0, 0]
+    p.dX_x = <void*>&_dX_x[0, 0, 0] if want_dX is None or want_dX[0] else NULL
     p.P_y = _packed(4 * N, N, <floating>0)
     cdef floating* parts = <floating*>calloc(max(1, nt * nvec * N), sizeof(floating))
     try:
@@ -1112,7 +1157,7 @@ def backward(const floating[:, :, ::1] X, tuple W, tuple V, tuple S, tuple A, tu
         if want_dW is None or want_dW[1]:
             tasks[ntasks] = 1
             ntasks += 1
-        if want_dX:
+        if want_dX is None or want_dX[0]:
             tasks[ntasks] = 2
             ntasks += 1
         with nogil, parallel(num_threads=nt):    # thread c of a team of n
