@@ -221,6 +221,10 @@ def analyze_cell(cell, settings: Settings, params_file: str | None = None) -> Ce
     from derive.kernel.runtime import load_kernel
     d = derive(cell)
     kernel = load_kernel(d.cell, dtype="float64")
+    if list(kernel.input_sizes.values()) != ["M"]:
+        raise UserError(f"{d.cell.display_path}: derive analyze takes cells with one input "
+                        f"used through matrices only; {d.cell.name} has "
+                        + ", ".join(f"{x} (size {m})" for x, m in kernel.input_sizes.items()))
     params = load_params(params_file, kernel, settings) if params_file else None
     params, x, delta = problem(kernel, settings, params)
     norms = kernel_gradients(kernel, params, x, delta)

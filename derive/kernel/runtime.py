@@ -423,7 +423,7 @@ class Kernel:
             buf = np.empty((T + 1, B, dims[self.size(s)]), self.dtype)
             buf[0] = 0 if v is None else v
             S.append(buf)
-        X = tuple(a.copy() for a in X.values())  # the trace's own values: see the module docstring
+        X = tuple(a.copy() for a in X.values())  # the trace's own values: module docstring
         W = self._fused(params, dims)
         V = tuple(params[v].copy() for v in self.vectors)
         A = tuple(np.empty((T, B, dims[self.size(a)]), self.dtype) for a in self.stored)

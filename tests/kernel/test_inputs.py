@@ -1,8 +1,8 @@
 """Cells with several inputs and cells that use an input element-wise, on the kernel path.
 
 The test cells: two_inputs (x and u, each through its own matrix), input_elementwise
-(W @ x + x * b: both), input_only_elementwise (R @ y[t-1] + x: no matrix multiplies x)
-and sru (Lei et al. 2018: three projections of x and the highway term (1 - r) * x).
+(W @ x + x * b: both), input_only_elementwise (R @ y[t-1] + x: no matrix multiplies x),
+no_matrices (no matrix at all: no operand, no GEMM) and sru (Lei et al. 2018: three projections of x and the highway term (1 - r) * x).
 Each passes the finite-difference check of its compiled kernel and of its NumPy
 reference (float64), the float32 rounding check, and the kernel equals the reference to
 1e-12; the SRU equals an independent PyTorch autograd implementation written here.
@@ -18,7 +18,7 @@ from derive.check import gradient_check
 from derive.kernel import plan as rewrite
 from derive.kernel.plan import Role, Storage
 
-CELLS = ["two_inputs", "input_elementwise", "input_only_elementwise", "sru"]
+CELLS = ["two_inputs", "input_elementwise", "input_only_elementwise", "no_matrices", "sru"]
 T, B, M, N = 5, 3, 6, 4
 
 
@@ -271,3 +271,13 @@ def test_recurrent_refuses_what_it_cannot_run():
         Recurrent(cell_path("sru"), N, N, num_layers=2, bidirectional=True)
     assert Recurrent(cell_path("sru"), N, N, num_layers=2).num_layers == 2
 
+
+
+@pytest.mark.parametrize("name, sizes", [("two_inputs", r"x \(size M_x\), u \(size M_u\)"),
+                                         ("sru", r"x \(size N\)")])
+def test_derive_analyze_refuses_these_cells_in_one_line(name, sizes):
+    from derive.analyze import Settings, analyze_cell
+    from derive.errors import UserError
+    with pytest.raises(UserError, match=f"derive analyze takes cells with one input used "
+                                        f"through matrices only; .* has {sizes}"):
+        analyze_cell(cell_path(name), Settings(steps=5))

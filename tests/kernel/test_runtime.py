@@ -51,13 +51,13 @@ def test_outputs_are_read_only_views(kernel, rng):
 def test_fused_weights_are_the_traces_own_copy(kernel, rng):
     """forward packs the fused weights into its own copy (the trace owns its weights)."""
     params, x, _ = problem(kernel, rng)
-    fused = kernel._fused(params, N, M)
+    fused = kernel._fused(params, {"M": M, "N": N})
     assert fused[0] is not params["W_z"].base and fused[1] is not params["R_o"].base
     np.testing.assert_array_equal(fused[0], params["W_z"].base)
     np.testing.assert_array_equal(fused[1], params["R_o"].base)
     # any other arrays are packed into a copy, with the same result
     copies = {k: v.copy() for k, v in params.items()}
-    assert kernel._fused(copies, N, M)[0] is not fused[0]
+    assert kernel._fused(copies, {"M": M, "N": N})[0] is not fused[0]
     a = kernel.forward(x, params).outputs
     b = kernel.forward(x, copies).outputs
     np.testing.assert_array_equal(a, b)
