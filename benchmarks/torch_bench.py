@@ -109,7 +109,7 @@ def _kernel_and_operator(cell, shape, dtype):
         k.backward(k.forward(x, params), dy)
 
     ops = dt.operators(cell)
-    W = [torch.from_numpy(k._fused(params, N, M)[i]).requires_grad_() for i in
+    W = [torch.from_numpy(k._fused(params, {"M": M, "N": N})[i]).requires_grad_() for i in
          range(len(ops.blocks))]
     V = [torch.from_numpy(params[v]).requires_grad_() for v in ops.vectors]
     tx, tdy = torch.from_numpy(x).requires_grad_(), torch.from_numpy(dy)

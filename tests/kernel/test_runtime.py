@@ -213,16 +213,21 @@ def test_the_compiled_module_itself_rejects_inconsistent_arrays(rng):
     S = tuple(np.zeros((T + 1, B, N)) for _ in k.states)
     A = tuple(np.zeros((T, B, N)) for _ in k.stored)
     G = (np.zeros((T, B, 4 * N)), np.zeros((B, 4 * N)))
+    X = (x,)
     with pytest.raises(ValueError, match="must have shape"):
-        mod.forward(x, tr.W, tr.V, S, A[:-1] + (np.zeros((T, B, N + 1)),), G)
+        mod.forward(X, tr.W, tr.V, S, A[:-1] + (np.zeros((T, B, N + 1)),), G)
     with pytest.raises(ValueError, match="must hold 2 arrays"):
-        mod.forward(x, tr.W[:1], tr.V, S, A, G)
+        mod.forward(X, tr.W[:1], tr.V, S, A, G)
     with pytest.raises(ValueError):
-        mod.forward(x, tr.W, tr.V, S, A, (G[0], np.zeros((B, 4 * N), np.float32)))
+        mod.forward(X, tr.W, tr.V, S, A, (G[0], np.zeros((B, 4 * N), np.float32)))
     with pytest.raises((ValueError, TypeError)):
-        mod.forward(x.astype(np.float32), tr.W, tr.V, S, A, G)
+        mod.forward((x.astype(np.float32),), tr.W, tr.V, S, A, G)
     with pytest.raises(ValueError, match="sizes must be at least 1"):
-        mod.forward(np.zeros((0, B, M)), tr.W, tr.V, S, A, G)
+        mod.forward((np.zeros((0, B, M)),), tr.W, tr.V, S, A, G)
+    with pytest.raises(ValueError, match="X must hold 1 arrays"):
+        mod.forward((x, x), tr.W, tr.V, S, A, G)
+    with pytest.raises(ValueError, match="X must be a tuple of the inputs"):
+        mod.forward((), tr.W, tr.V, S, A, G)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "lstm_fgr"])
