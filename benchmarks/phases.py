@@ -160,7 +160,7 @@ def instrument(source: str, clock: str = "wall") -> tuple[str, list[str], list[s
         m = re.match(r"cdef void (\w+?)_(f32|f64)\(", line)
         entry = re.match(r"def (\w+)\(", line)
         if entry:
-            entry_point = entry.group(1)
+            entry_point = entry.group(1).lstrip("_")    # _forward: forward's typed body
         if re.match(r"(cdef|def) ", line):
             function = m.group(1).lstrip("_") if m and m.group(1).startswith(
                 tuple(r.rstrip("_") for r in REGIONS)) else None

@@ -36,7 +36,7 @@ def test_every_call_of_the_time_loops_and_every_region_is_timed():
                       "element-wise backward", "per-step small product, backward",
                       "after-loop GEMM: d[W_z W_i W_f W_o] = dG0ᵀ · x",
                       "after-loop GEMM: d[R_z R_i R_f R_o] = dG0ᵀ · y[t-1]",
-                      "after-loop GEMM: dX = dG0 · W_x"]
+                      "after-loop GEMM: dX_x = dG0 · W_x"]
     assert regions == ["forward: prepare", "backward: pack_backward"]   # one per pass
     assert "#define DERIVE_PHASE_CLOCK CLOCK_THREAD_CPUTIME_ID" in text
     # each call is preceded by a start and followed by its phase's sum, both dtypes
