@@ -202,6 +202,15 @@ def blas_libraries() -> list[dict]:
     return out
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (the machine's, not $DERIVE_NUM_THREADS: a
+    one-thread run names the same machine as a two-thread one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def machine(kernel=None) -> dict:
     """What a benchmark ran on: CPU model, vector extensions, BLAS cores, threads.
 
@@ -216,7 +225,7 @@ def machine(kernel=None) -> dict:
     torch = torch_version()
     m = {"cpu": cpu + (f" ({detail})" if detail else ""),
          "architecture": platform.machine(),
-         "cpus": default_threads(),
+         "cpus": usable_cpus(),
          "vector_extensions": vector_extensions(info.get("flags", "").split()),
          "blas": blas_libraries(),
          "kernel_flags": (getattr(kernel.module, "BUILD_INFO", {}).get("flags")

@@ -2,6 +2,7 @@
 names and the per-machine record (timings themselves are not tested)."""
 
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -71,6 +72,17 @@ def test_the_machine_names_its_blas_cores_and_threads():
     text = bench.describe(m)
     assert f"core {kernels_blas[0]['core']}, 1 thread " in text
     assert bench.machine_key(m).endswith(f"{m['cpus']} CPUs")
+
+
+def test_a_one_thread_run_names_the_same_machine(monkeypatch):
+    """The machine's key counts its usable CPUs, not the kernel's threads: a run with
+    DERIVE_NUM_THREADS=1 records into the same section of results.md."""
+    both = bench.machine()
+    monkeypatch.setenv("DERIVE_NUM_THREADS", "1")
+    one = bench.machine()
+    assert one["kernel_threads"] == 1
+    assert one["cpus"] == both["cpus"] == len(os.sched_getaffinity(0))
+    assert bench.machine_key(one) == bench.machine_key(both)
 
 
 def test_each_timed_run_follows_an_untimed_run_of_the_same_callable():
