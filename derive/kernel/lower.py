@@ -4,8 +4,9 @@ The plan says what a step computes; lowering says which generated function recei
 which array at which row, once, for both the function's parameter list and its call
 site (`StepFunction.params`: a parameter *is* its argument, so the two cannot drift),
 and which products run before, inside and after the time loop (`Call`s). A step is a
-sequence of `Phase`s: the per-step products that run right before an element-wise
-function, then that function (a single-phase cell: one forward and one backward
+sequence of `Phase`s: the per-step products and row means (`derive_row_means`, of the
+reductions the phase before computed the arguments of) that run right before an
+element-wise function, then that function (a single-phase cell: one forward and one backward
 phase, the state products before them, the carry products after the backward). The
 emitters (`derive.kernel.emit`) only map this to Cython or NumPy syntax.
 

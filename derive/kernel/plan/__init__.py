@@ -10,7 +10,8 @@ the plan out. The passes, in order (one module each):
 3. `backward` — backward deltas: δ of every node, the projection deltas into dG;
 4. `backward` — carries: the element-wise part of δs[t-1], written at step t;
 5. `backward` — accumulators: the vector parameters' gradients over batch and time;
-   then the backward writes split into phases;
+   then the backward phases (`stages`: the writes split, the means of deltas made
+   between phases with `reductions`); the forward's means (`reductions`) likewise;
 6. `storage` — auxiliary values, the values the forward stores, the arrays of a call;
 7. `cse` — every phase's program as CSE'd, dependency-ordered straight-line code.
 
@@ -29,9 +30,15 @@ GEMMs after the time loop (the node's values are stored per step). A row reducti
 the hidden units (mean(v), layer normalisation) is meant to become the second kind of
 boundary (see `Plan`).
 
-Cells with several inputs, cells that use an input element-wise and cells with a
-reduction over the hidden units (mean) are valid specs that the kernels do not
-support yet: `plan()` raises a UserError naming the node.
+**Reductions.** A mean over the hidden units (layer normalisation) is the second kind
+of phase boundary (`reductions`): the phase that computes its argument writes it into
+a scratch row, the row means are made between that phase and the next, and the later
+phases read one scalar per row. The backward has its own phases (`Backward.stages`):
+a statement's backward phase is one after the deltas an adjoint product it reads
+needs, and one after the argument of each mean of deltas it reads.
+
+Cells with several inputs and cells that use an input element-wise are valid specs
+that the kernels do not support yet: `plan()` raises a UserError naming the node.
 """
 
 from __future__ import annotations
@@ -77,8 +84,8 @@ from derive.kernel.plan.symbols import Symbols
 from derive.printing.text import text
 
 __all__ = ["FUNCTIONS", "Block", "Buffer", "Group", "Kind", "Operand", "Plan", "Program",
-           "Reduction", "Ref", "Role", "Statement", "Storage", "Stored", "Write", "describe", "expand_powers",
-           "plan"]
+           "Reduction", "Ref", "Role", "Statement", "Storage", "Stored", "Write", "describe",
+           "expand_powers", "plan"]
 
 
 def plan(d: "Derivation | str") -> Plan:

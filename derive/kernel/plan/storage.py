@@ -2,10 +2,11 @@
 backward.
 
 *Auxiliary* values are functions of forward values that the backward needs (like
-tanh(cᵗ), or a mean of forward values): they are stored by the forward, never recomputed. The forward stores every
-node the backward reads (states live in S anyway), every output that is not a state,
-and in a multi-phase cell every node that outlives its phase (node operands, nodes a
-later phase reads).
+tanh(cᵗ), or a mean of forward values): they are stored by the forward, never
+recomputed. The forward stores every node the backward reads (states live in S
+anyway), every output that is not a state, and in a multi-phase cell every node that
+outlives its phase (node operands, nodes a later phase reads). The reductions' scratch
+(E and R per mean) is the kernel's, not an argument.
 """
 
 from __future__ import annotations
