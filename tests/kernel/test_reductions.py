@@ -21,7 +21,7 @@ from catalog import cell_path
 
 import derive
 from derive.check import gradient_check
-from derive.kernel import build, emit, isa
+from derive.kernel import build, emit, isa, runtime
 from derive.kernel import plan as kplan
 from derive.kernel.plan import Kind, Storage
 from derive.printing.text import text
@@ -79,6 +79,18 @@ def test_their_kernels_equal_their_references_to_1e12(rng, name):
     k = derive.load_kernel(cell_path(name), "float64", backend="cython")
     r = derive.load_kernel(cell_path(name), "float64", backend="numpy")
     assert_kernel_equals_reference(k, r, rng, T, B, M, N, seed=3)
+
+
+@pytest.mark.parametrize("name", ["layer_norm", "lstm_ln"])
+def test_threads_make_the_means_of_their_own_rows(rng, monkeypatch, name):
+    """Three threads on 7 batch rows (real threads for small shapes): each makes the
+    means of its rows from its offset b0, between its own phases, without a barrier."""
+    monkeypatch.setattr(runtime, "SERIAL_BELOW", 0)
+    path = cell_path(name) if name in CELLS else name
+    k = derive.load_kernel(path, "float64", backend="cython")
+    r = derive.load_kernel(path, "float64", backend="numpy")
+    monkeypatch.setattr(k, "threads", 3)
+    assert_kernel_equals_reference(k, r, rng, T, 7, M, N, seed=3)
 
 
 @pytest.mark.parametrize("level", isa.LEVELS, ids=isa.NAMES)
