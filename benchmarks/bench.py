@@ -2,11 +2,14 @@
 
     python benchmarks/bench.py                 # print the machine and the table
     python benchmarks/bench.py --record        # also record them in benchmarks/results.md
+    python benchmarks/bench.py --cells lstmp --shapes S1 S2   # LSTMP vs nn.LSTM(proj_size)
 
 Shapes S1 (T=100, B=32, M=128, N=256), S2 (T=50, B=64, M=256, N=512),
 S3 (T=200, B=16, M=64, N=128); float32 and float64; medians of --repeats runs after
 warm-up, all peers measured side by side in this one process, with the machine's GEMM
-peak measured in the same run. PyTorch is optional: `pip install torch==2.13.0` (a CPU
+peak measured in the same run. A cell with a projection (lstmp) runs with P = N // 2
+(S1: 128, S2: 256, S3: 64) against nn.LSTM(proj_size=P) holding the same weights.
+PyTorch is optional: `pip install torch==2.13.0` (a CPU
 build).
 
 results.md keeps one section per machine (CPU, vector extensions, CPU count): --record
@@ -24,6 +27,8 @@ import time
 from pathlib import Path
 
 from derive import bench
+from derive.cell.spec import load_cell
+from derive.errors import UserError
 
 HERE = Path(__file__).resolve().parent
 HEADER = """\
@@ -46,7 +51,8 @@ def section(result, key: str, command: str, load: tuple[float, float]) -> str:
             f"Medians of {result.repeats} runs after 2 warm-up runs, times in ms, all peers "
             f"measured in the same process, round-robin (one run of each per round). "
             f"Ratios are derive's time ÷ the peer's (< 1: derive is faster). % of peak: "
-            f"useful flops (the pass's matrix products, 3 · 2·T·B·4N·(M+N) for lstm_np) ÷ "
+            f"useful flops (the pass's matrix products, 3 · 2·T·B·4N·(M+N) for lstm_np, "
+            f"3 · 2·T·B·(4N·(M+P) + P·N) for lstmp) ÷ "
             f"time ÷ the GEMM peak above. A shared machine is noisy: compare ratios, and "
             f"only margins above ~30 %.\n\n{bench.table(result)}{END}")
 
@@ -63,23 +69,37 @@ def record(old: str, key: str, block: str) -> str:
     return old[:at].rstrip("\n") + "\n\n" + block + "\n\n" + old[at:].lstrip("\n")
 
 
-def main() -> int:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("cells", nargs="*", default=["lstm_np", "lstm", "gru"])
+    parser.add_argument("cells", nargs="*", default=None,
+                        help="cells to time (default: lstm_np lstm gru)")
+    parser.add_argument("--cells", dest="cells_option", nargs="+", metavar="CELL",
+                        help="the same as the positional cells")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--shapes", nargs="*", default=list(bench.SHAPES))
     parser.add_argument("--record", action="store_true",
                         help="record this machine's section of results.md")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    cells = [*(args.cells or []), *(args.cells_option or [])] or ["lstm_np", "lstm", "gru"]
+    for name in args.shapes:
+        if name not in bench.SHAPES:
+            parser.error(f"--shapes: unknown shape {name!r} (known: {', '.join(bench.SHAPES)})")
+    for name in cells:
+        try:
+            load_cell(name)
+        except UserError as exc:
+            parser.error(str(exc))
     load_before = os.getloadavg()[0]
-    result = bench.run(args.cells, shapes=args.shapes, repeats=args.repeats,
+    result = bench.run(cells, shapes=args.shapes, repeats=args.repeats,
                        progress=lambda t: print(f"  {t}", file=sys.stderr, flush=True))
     load_after = os.getloadavg()[0]
     print(bench.describe(result.machine))
     print(f"- {bench.peak_line(result)}\n")
     print(bench.table(result))
+    print(f"load average (1 min): {load_before:.2f} before the run, {load_after:.2f} after")
     if args.record:
-        command = " ".join(["python benchmarks/bench.py", *sys.argv[1:]])
+        command = " ".join(["python benchmarks/bench.py", *(sys.argv[1:] if argv is None
+                                                             else argv)])
         if result.machine["openblas_env"]:
             command = " ".join(["env", *(f"{k}={v}" for k, v in
                                          result.machine["openblas_env"].items()), command])

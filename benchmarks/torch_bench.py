@@ -4,11 +4,13 @@
     python benchmarks/torch_bench.py --kinds LSTM --shapes S1 --repeats 5 --json
     python benchmarks/torch_bench.py --overhead --shapes S3 --threads 1 --repeats 40
     python benchmarks/torch_bench.py --skipped --shapes S2 --threads 1
+    python benchmarks/torch_bench.py --kinds LSTMP --shapes S1 S2    # nn.LSTM(proj_size)
 
 A training step: zero the gradients, run the module over x (T, B, M) (x does not require
 grad, as for a model's first layer), a loss of the output under a fixed random
 projection, backward. derive.torch.LSTM/GRU/RNN against nn.LSTM/GRU/RNN with the same
-state_dict, at S1 (T=100, B=32, M=128, N=256), S2 (T=50, B=64, M=256, N=512) and
+state_dict (kind LSTMP: derive.torch.LSTM(M, N, proj_size=P) on the cell lstmp against
+nn.LSTM(M, N, proj_size=P), P = N // 2: 128 at S1, 256 at S2, 64 at S3), at S1 (T=100, B=32, M=128, N=256), S2 (T=50, B=64, M=256, N=512) and
 S3 (T=200, B=16, M=64, N=128), float32 and float64, all in this one run, timed
 round-robin (medians after warm-up; derive.bench.interleaved_ms).
 
@@ -43,7 +45,41 @@ import derive
 import derive.torch as dt
 from derive.bench import SHAPES, interleaved_ms
 
-CELLS = {"LSTM": "lstm_np", "GRU": "gru", "RNN": "rnn"}
+CELLS = {"LSTM": "lstm_np", "GRU": "gru", "RNN": "rnn", "LSTMP": "lstmp"}
+#: the kinds whose module has a projection of size P: kind -> the torch.nn class
+PROJECTED = {"LSTMP": "LSTM"}
+
+
+def proj_size(shape) -> int:
+    """P of the projected kinds at `shape`: N // 2 (derive.bench.sizes)."""
+    return shape[3] // 2
+
+
+def _modules(kind, shape, dtype):
+    """(derive.torch module, torch.nn module) of `kind` at `shape`, the same state_dict."""
+    T, B, M, N = shape
+    base = PROJECTED.get(kind, kind)
+    extra = {"proj_size": proj_size(shape)} if kind in PROJECTED else {}
+    torch.manual_seed(0)
+    ref = getattr(torch.nn, base)(M, N, **extra).to(dtype)
+    mine = getattr(dt, base)(M, N, **extra).to(dtype)
+    mine.load_state_dict(ref.state_dict())
+    return mine, ref
+
+
+def _out_size(kind, shape) -> int:
+    return proj_size(shape) if kind in PROJECTED else shape[3]
+
+
+def _kernel_sizes(shape) -> dict:
+    """{"N", "P"}: the sizes of a state or output at `shape` (P for a cell with one)."""
+    return {"N": shape[3], "P": proj_size(shape)}
+
+
+def _init_params(kernel, shape) -> dict:
+    T, B, M, N = shape
+    extra = {"proj_size": proj_size(shape)} if kernel.has_proj_size else {}
+    return kernel.init_params(M, N, seed=0, **extra)
 
 
 def machine() -> dict:
@@ -82,13 +118,10 @@ def _step(module, x, proj):
 def training_step(kind, shape, dtype, repeats):
     """Medians (ms) of one training step: derive.torch and torch.nn, round-robin."""
     T, B, M, N = shape
-    torch.manual_seed(0)
-    ref = getattr(torch.nn, kind)(M, N).to(dtype)
-    mine = getattr(dt, kind)(M, N).to(dtype)
-    mine.load_state_dict(ref.state_dict())
+    mine, ref = _modules(kind, shape, dtype)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(T, B, M, generator=g).to(dtype)
-    proj = torch.randn(T, B, N, generator=g).to(dtype)
+    proj = torch.randn(T, B, _out_size(kind, shape), generator=g).to(dtype)
     res = interleaved_ms({"derive": (lambda: None, _step(mine, x, proj)),
                           "torch": (lambda: None, _step(ref, x, proj))}, repeats)
     return res["derive"][1], res["torch"][1]
@@ -100,17 +133,18 @@ def _kernel_and_operator(cell, shape, dtype):
     T, B, M, N = shape
     name = {torch.float32: "float32", torch.float64: "float64"}[dtype]
     k = derive.load_kernel(cell, name)
-    params = k.init_params(M, N, seed=0)
+    params = _init_params(k, shape)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((T, B, M)).astype(name)
-    dy = rng.standard_normal((T, B, N)).astype(name)
+    dy = rng.standard_normal((T, B, _kernel_sizes(shape)[k.size(k.outputs[0])]))
+    dy = dy.astype(name)
 
     def kernel():
         k.backward(k.forward(x, params), dy)
 
     ops = dt.operators(cell)
-    W = [torch.from_numpy(k._fused(params, N, M)[i]).requires_grad_() for i in
-         range(len(ops.blocks))]
+    fused = k._fused(params, N, M, proj_size(shape) if k.has_proj_size else None)
+    W = [torch.from_numpy(fused[i]).requires_grad_() for i in range(len(ops.blocks))]
     V = [torch.from_numpy(params[v]).requires_grad_() for v in ops.vectors]
     tx, tdy = torch.from_numpy(x).requires_grad_(), torch.from_numpy(dy)
 
@@ -151,10 +185,11 @@ def skipped_products(cell, shape, dtype, repeats):
     and without δx nor any weight or vector gradient (a frozen first layer)."""
     T, B, M, N = shape
     k = derive.load_kernel(cell, dtype)
-    params = k.init_params(M, N, seed=0)
+    params = _init_params(k, shape)
     rng = np.random.default_rng(0)
     tr = k.forward(rng.standard_normal((T, B, M)).astype(dtype), params)
-    dY = [rng.standard_normal((T, B, N)).astype(dtype) for _ in k.outputs]
+    n = _kernel_sizes(shape)
+    dY = [rng.standard_normal((T, B, n[k.size(o)])).astype(dtype) for o in k.outputs]
     every = {"x", *(f"W{i}" for i in range(len(k.operands))),
              *(f"V{i}" for i in range(len(k.vectors))), *(f"S{i}" for i in range(len(k.states)))}
     cases = {"all": every, "no dx": every - {"x"},
@@ -167,7 +202,9 @@ def skipped_products(cell, shape, dtype, repeats):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--kinds", nargs="*", default=list(CELLS))
+    p.add_argument("--kinds", nargs="*", default=["LSTM", "GRU", "RNN"], choices=list(CELLS),
+                   help="modules to time (default: LSTM GRU RNN; LSTMP: nn.LSTM with "
+                        "proj_size = N // 2)")
     p.add_argument("--shapes", nargs="*", default=list(SHAPES))
     p.add_argument("--dtypes", nargs="*", default=["float32", "float64"])
     p.add_argument("--repeats", type=int, default=7)

@@ -21,6 +21,12 @@ g₀ = ∂L/∂sᵀ⁻¹ (Δ for the output), g_k = J(T−k)ᵀ g_{k−1}. The t
 The per-step Jacobian J(t) = ∂sᵗ/∂sᵗ⁻¹ (all states stacked) also gives the spectral norm
 ‖J(t)‖₂ along the sequence.
 
+Sizes: N (--hidden) and M (--input); a cell with a second node size P (LSTMP: its output
+and recurrent state y has P entries, its cell state c N) takes P from `Settings.proj`
+(--proj-size, default N // 2, nn.LSTM's proj_size). Each state is measured in its own
+size, and the stacked Jacobian J(t) has blocks ∂sᵗ/∂rᵗ⁻¹ of size(s) × size(r)
+((P+N) × (P+N) for LSTMP).
+
 Parameters: the kernel's `init_params` (uniform ±1/√N, seeded), with the forget-gate bias
 b_f (when the cell has one) shifted by `forget_bias` (default +1, the common
 initialisation of Gers et al. and TensorFlow's forget_bias=1.0); or a `.npz` file.
@@ -41,7 +47,8 @@ DEFAULT_CELLS = ("lstm", "lstm_nfg", "gru", "rnn")
 
 @dataclass(frozen=True)
 class Settings:
-    """What an analysis runs: sizes, seed, input scale, forget-gate bias shift."""
+    """What an analysis runs: sizes, seed, input scale, forget-gate bias shift. `proj` is
+    P for a cell with a second node size (None: N // 2, at least 1); other cells ignore it."""
 
     steps: int = 100
     batch: int = 16
@@ -50,6 +57,12 @@ class Settings:
     seed: int = 0
     scale: float = 1.0
     forget_bias: float = 1.0
+    proj: int | None = None
+
+    @property
+    def proj_size(self) -> int:
+        """P of a cell with a second node size: --proj-size, else N // 2 (at least 1)."""
+        return self.proj if self.proj is not None else max(1, self.hidden // 2)
 
     def check(self) -> None:
         if self.steps < 2:
@@ -61,6 +74,8 @@ class Settings:
             v = getattr(self, name)
             if not 1 <= v <= 1024:
                 raise UserError(f"--{name} {v}: must be between 1 and 1024")
+        if self.proj is not None and not 1 <= self.proj <= 1024:
+            raise UserError(f"--proj-size {self.proj}: must be between 1 and 1024")
         if not np.isfinite(self.scale) or not np.isfinite(self.forget_bias):
             raise UserError("--scale and --forget-bias must be finite numbers")
 
@@ -76,6 +91,7 @@ class CellAnalysis:
     spectral: np.ndarray
     params_from: str
     extra: dict = field(default_factory=dict)
+    sizes: dict = field(default_factory=dict)    # {"N": N(, "P": P)} the cell ran with
 
     def summary(self, state: str) -> dict[str, np.ndarray]:
         """Mean and spread over the batch in log10 (the plot's scale), per distance k."""
@@ -87,17 +103,30 @@ class CellAnalysis:
 # --- inputs ------------------------------------------------------------------------------
 
 def problem(kernel, settings: Settings, params: dict | None = None):
-    """(params, x, Δ) of the analysis: seeded, in the kernel's dtype (float64)."""
+    """(params, x, Δ) of the analysis: seeded, in the kernel's dtype (float64); Δ of each
+    output in that output's size (N, or P)."""
     s = settings
     if params is None:
-        params = kernel.init_params(input_size=s.input, hidden_size=s.hidden, seed=s.seed)
+        proj = {"proj_size": s.proj_size} if kernel.has_proj_size else {}
+        params = kernel.init_params(input_size=s.input, hidden_size=s.hidden, seed=s.seed,
+                                    **proj)
         if "b_f" in params and s.forget_bias:
             params["b_f"] = params["b_f"] + s.forget_bias
     rng = np.random.default_rng([s.seed, 1])
-    N = next(iter(params.values())).shape[0]
+    dims = sizes_of(kernel.parameters, params)
     x = s.scale * rng.standard_normal((s.steps, s.batch, s.input))
-    delta = {o: rng.standard_normal((s.batch, N)) for o in kernel.outputs}
+    delta = {o: rng.standard_normal((s.batch, dims[kernel.size(o)])) for o in kernel.outputs}
     return params, x, delta
+
+
+def sizes_of(shapes: dict, params: dict) -> dict[str, int]:
+    """{"N": N(, "P": P, "M": M)} read from the parameters: the first parameter whose
+    paper shape (`shapes`, e.g. W_rm: ("P", "N")) names a size gives its value."""
+    dims: dict[str, int] = {}
+    for name, shape in shapes.items():
+        for size, n in zip(shape, params[name].shape):
+            dims.setdefault(size, n)
+    return dims
 
 
 def load_params(path: str, kernel, settings: Settings) -> dict:
@@ -115,14 +144,18 @@ def load_params(path: str, kernel, settings: Settings) -> dict:
             raise UserError(f"--params {path}: no array {name!r} (or {kernel.cell}/{name}) for "
                             f"{kernel.cell}; it needs {', '.join(kernel.parameters)}")
         params[name] = a
-    N = params[next(iter(kernel.parameters))].shape[0] if params else 0
-    sizes = {"N": N, "M": settings.input}
+    # N (and P) from the first parameter that has it in its first dimension, M = --input
+    sizes = {"M": settings.input}
     for name, shape in kernel.parameters.items():
-        want = tuple(sizes[d] for d in shape)
+        if np.ndim(params[name]) >= 1:
+            sizes.setdefault(shape[0], np.shape(params[name])[0])
+    given = ", ".join(f"{k}={v}" for k, v in sizes.items() if k != "M")
+    for name, shape in kernel.parameters.items():
+        want = tuple(sizes.get(d, -1) for d in shape)
         a = params[name]
         if a.shape != want or not np.issubdtype(a.dtype, np.number):
             raise UserError(f"--params {path}: {name} has shape {a.shape}, {kernel.cell} needs "
-                            f"{want} ({' x '.join(shape)} with N={N}, M={settings.input} "
+                            f"{want} ({' x '.join(shape)} with {given}, M={settings.input} "
                             f"from --input)")
         params[name] = np.ascontiguousarray(a, dtype=kernel.dtype)
         if not np.all(np.isfinite(params[name])):
@@ -159,10 +192,11 @@ def reference_trajectory(cell, params, x):
     """The NumPy reference's forward pass (every node at every step) from a zero state."""
     from derive import numeric
     T, B, M = x.shape
-    N = next(iter(params.values())).shape[0]
+    dims = sizes_of({n: p.shape for n, p in cell.parameters.items()}, params)
     prob = numeric.Problem(cell, {k: np.asarray(v, float) for k, v in params.items()},
                            {cell.inputs[0]: np.asarray(x, float)},
-                           {s: np.zeros((B, N)) for s in cell.states}, {}, T, B, N, M)
+                           {s: np.zeros((B, dims[cell.size(s)])) for s in cell.states}, {},
+                           T, B, dims["N"], M, dims.get("P", 0))
     return numeric.forward(prob)
 
 
@@ -185,7 +219,8 @@ def evaluate_block(block, env, t: int) -> np.ndarray:
 
 
 def step_jacobian(jac, env, t: int) -> np.ndarray:
-    """J(t) = ∂sᵗ/∂sᵗ⁻¹ with the states stacked in the cell's order: (B, S·N, S·N)."""
+    """J(t) = ∂sᵗ/∂sᵗ⁻¹ with the states stacked in the cell's order: (B, n, n), n the sum
+    of the states' sizes (S·N; P + N for LSTMP's y and c)."""
     return np.concatenate([np.concatenate([evaluate_block(jac.block(s, r), env, t)
                                            for r in jac.states], axis=2)
                            for s in jac.states], axis=1)
@@ -200,9 +235,10 @@ def jacobian_gradients(d, env, delta) -> tuple[dict[str, np.ndarray], np.ndarray
     if any(o not in cell.states for o in cell.outputs):
         raise UserError(f"{cell.name}: the Jacobian check needs every output to be a state")
     jac = jacobian(d)
-    T, B, N = env.T, env.B, env.N
-    g = np.concatenate([delta[s] if s in cell.outputs else np.zeros((B, N))
+    T, B = env.T, env.B
+    g = np.concatenate([delta[s] if s in cell.outputs else env.zeros(s)
                         for s in cell.states], axis=1)
+    ends = np.cumsum([env.size(s) for s in cell.states])   # each state's block of g
     norms = {s: np.empty((B, T)) for s in cell.states}
     spectral = np.empty((B, T))
     for t in range(T - 1, -1, -1):
@@ -210,8 +246,8 @@ def jacobian_gradients(d, env, delta) -> tuple[dict[str, np.ndarray], np.ndarray
         spectral[:, t] = np.linalg.svd(J, compute_uv=False)[:, 0]
         g = np.einsum("bij,bi->bj", J, g)          # Jᵀ g, per sequence
         k = T - t
-        for i, s in enumerate(cell.states):
-            norms[s][:, k - 1] = np.linalg.norm(g[:, i * N:(i + 1) * N], axis=1)
+        for s, block in zip(cell.states, np.split(g, ends[:-1], axis=1)):
+            norms[s][:, k - 1] = np.linalg.norm(block, axis=1)
     return norms, spectral
 
 
@@ -226,10 +262,12 @@ def analyze_cell(cell, settings: Settings, params_file: str | None = None) -> Ce
     norms = kernel_gradients(kernel, params, x, delta)
     env = reference_trajectory(d.cell, params, x)
     _, spectral = jacobian_gradients(d, env, delta)
+    sizes = {k: v for k, v in sizes_of(kernel.parameters, params).items() if k != "M"}
     return CellAnalysis(d.cell.name, tuple(d.cell.states), norms, spectral,
                         params_file or f"init_params(seed={settings.seed})"
                         + (f", b_f + {settings.forget_bias:g}" if "b_f" in params
-                           and not params_file and settings.forget_bias else ""))
+                           and not params_file and settings.forget_bias else ""),
+                        sizes=sizes)
 
 
 # --- report --------------------------------------------------------------------------------
@@ -237,7 +275,8 @@ def analyze_cell(cell, settings: Settings, params_file: str | None = None) -> Ce
 def to_json(results: list[CellAnalysis], settings: Settings, states) -> dict:
     cells = []
     for r in results:
-        entry = {"cell": r.cell, "parameters": r.params_from, "states": {}}
+        entry = {"cell": r.cell, "parameters": r.params_from, "sizes": r.sizes,
+                 "states": {}}
         for s in states_of(r, states):
             summ = r.summary(s)
             entry["states"][s] = {k: [round(float(v), 6) for v in a] for k, a in summ.items()}
@@ -259,7 +298,7 @@ def table(results: list[CellAnalysis], settings: Settings, states) -> str:
     ks = [k for k in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000) if k <= settings.steps]
     head = f"{'cell':<10} {'state':<6}" + "".join(f"{'k=' + str(k):>10}" for k in ks)
     lines = [f"|dL/ds[T-1-k]|: geometric mean over {settings.batch} sequences "
-             f"(T={settings.steps}, N={settings.hidden}, M={settings.input}, "
+             f"(T={settings.steps}, {sizes_text(results, settings)}, M={settings.input}, "
              f"input scale {settings.scale:g}, seed {settings.seed})", head]
     for r in results:
         for s in states_of(r, states):
@@ -270,6 +309,16 @@ def table(results: list[CellAnalysis], settings: Settings, states) -> str:
     lines += [f"{r.cell:<10} {r.spectral.mean():.3f} (min {r.spectral.min():.3f}, "
               f"max {r.spectral.max():.3f})" for r in results]
     return "\n".join(lines) + "\n"
+
+
+def sizes_text(results: list[CellAnalysis], settings: Settings) -> str:
+    """"N=32" (or "N=32 (lstm), 8 (rnn)" when the cells differ, from a --params file),
+    then ", P=16 (lstmp)" for the cells with a second node size."""
+    Ns = [(r.cell, r.sizes.get("N", settings.hidden)) for r in results]
+    text = (f"N={Ns[0][1]}" if len({n for _, n in Ns}) <= 1
+            else "N=" + ", ".join(f"{n} ({c})" for c, n in Ns))
+    Ps = [f"{r.sizes['P']} ({r.cell})" for r in results if "P" in r.sizes]
+    return text + (f", P={', '.join(Ps)}" if Ps else "")
 
 
 def plot(results: list[CellAnalysis], settings: Settings, states, path: str) -> None:
@@ -309,7 +358,7 @@ def _draw_plot(fig, results, settings, states, colors) -> None:
     right.set_title("spectral norm of the per-step Jacobian", fontsize=10)
     right.grid(True, alpha=0.3)
     right.legend(fontsize=8)
-    fig.suptitle(f"T={settings.steps}, B={settings.batch}, N={settings.hidden}, "
+    fig.suptitle(f"T={settings.steps}, B={settings.batch}, {sizes_text(results, settings)}, "
                  f"M={settings.input}, x ~ {settings.scale:g}·N(0,1), seed {settings.seed}; "
                  f"band: mean ± std of log10 over the batch", fontsize=9)
     fig.tight_layout()
@@ -322,10 +371,6 @@ def run_analyze(cells, settings: Settings, *, params: str | None = None,
     from derive.cell.spec import load_cell
     settings.check()
     loaded = [load_cell(c) for c in (cells or DEFAULT_CELLS)]
-    for c in loaded:
-        if any(c.size(n) == "P" for n in c.nodes):
-            raise UserError(f"{c.name}: derive analyze takes cells of one node size N "
-                            f"(this cell has vectors of size P)")
     for s in states or ():
         for c in loaded:
             if s not in c.states:

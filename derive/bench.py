@@ -6,7 +6,9 @@ forward+backward over a whole sequence and batch, for
 * ``derive``  — the compiled kernel (backend "cython"),
 * ``numpy``   — the NumPy reference generated from the same derivation,
 * ``torch``   — PyTorch's CPU module of the same math, when torch is installed
-  (`lstm_np` ↔ nn.LSTM, `gru` ↔ nn.GRU, `rnn` ↔ nn.RNN with tanh),
+  (`lstm_np` ↔ nn.LSTM, `gru` ↔ nn.GRU, `rnn` ↔ nn.RNN with tanh, `lstmp` ↔
+  nn.LSTM(proj_size=P) with derive's weights: weight_ih_l0 = [W_i; W_f; W_z; W_o],
+  weight_hh_l0 = [R_i; …], weight_hr_l0 = W_rm, bias_ih_l0 the b's, bias_hh_l0 zero),
 * ``gemm``    — the GEMMs of the same shapes alone in NumPy: the floor a kernel that
   does its matrix products with BLAS cannot beat.
 
@@ -22,7 +24,12 @@ at its start and at its end, and reports each kernel's forward+backward as a fra
 
 the matrix products of the pass (each projection W @ operand is 2·N·size(operand) flops
 per step and sequence, once forward and twice backward: the delta of the operand and
-the weight gradient); for lstm_np that is 3 · 2·T·B·4N·(M+N). Every result names its
+the weight gradient; a projection of a node of size P, P·size(operand)); for lstm_np that
+is 3 · 2·T·B·4N·(M+N), for lstmp 3 · 2·T·B·(4N·(M+P) + P·N) (the gates read x and y of
+size P, y = W_rm m projects the N units to P).
+
+Sizes: the shapes give T, B, M and N; a cell with a second node size (lstmp) runs with
+P = N // 2 (`proj_size`): S1 N=256, P=128; S2 N=512, P=256; S3 N=128, P=64. Every result names its
 machine (`machine()`): the CPU model, its vector extensions, the BLAS libraries loaded
 and the core each one chose, the flags the kernels were compiled with, the threads.
 """
@@ -41,14 +48,12 @@ from pathlib import Path
 
 import numpy as np
 
-from derive.errors import UserError
-
 SHAPES = {  # name: (T, B, M, N)
     "S1": (100, 32, 128, 256),
     "S2": (50, 64, 256, 512),
     "S3": (200, 16, 64, 128),
 }
-TORCH_PEERS = {"lstm_np": "LSTM", "gru": "GRU", "rnn": "RNN"}
+TORCH_PEERS = {"lstm_np": "LSTM", "gru": "GRU", "rnn": "RNN", "lstmp": "LSTM"}
 PEAK_SIZE = 2048   # n of the n×n×n product that measures the GEMM peak
 
 
@@ -197,6 +202,15 @@ def blas_libraries() -> list[dict]:
     return out
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (the machine's, not $DERIVE_NUM_THREADS: a
+    one-thread run names the same machine as a two-thread one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def machine(kernel=None) -> dict:
     """What a benchmark ran on: CPU model, vector extensions, BLAS cores, threads.
 
@@ -211,7 +225,7 @@ def machine(kernel=None) -> dict:
     torch = torch_version()
     m = {"cpu": cpu + (f" ({detail})" if detail else ""),
          "architecture": platform.machine(),
-         "cpus": default_threads(),
+         "cpus": usable_cpus(),
          "vector_extensions": vector_extensions(info.get("flags", "").split()),
          "blas": blas_libraries(),
          "kernel_flags": (getattr(kernel.module, "BUILD_INFO", {}).get("flags")
@@ -269,14 +283,33 @@ def gemm_peak(dtype, n: int = PEAK_SIZE, repeats: int = 5, pause: float = 0.15) 
     return 2.0 * n ** 3 / statistics.median(times) / 1e9
 
 
-def useful_gflop(cell, shape) -> float:
-    """GFlop of the matrix products of one forward+backward pass (see the docstring)."""
+def sizes(cell, shape) -> dict[str, int]:
+    """{"M", "N"(, "P")} of a run: the shape's M and N, and P = N // 2 for a cell with a
+    second node size (lstmp: nn.LSTM's proj_size)."""
+    T, B, M, N = shape
+    out = {"M": M, "N": N}
+    if has_proj_size(cell):
+        out["P"] = N // 2
+    return out
+
+
+def has_proj_size(cell) -> bool:
+    """Whether `cell` (a name, path or Cell) has a second node size P."""
     from derive.cell.spec import load_cell
     c = load_cell(cell)
-    T, B, M, N = shape
-    sizes = {"M": M, "N": N}
-    per_step = sum(2 * N * sizes[c.size(p.operand)]
-                   for n in c.nodes.values() for p in n.projections)
+    return any("P" in p.shape for p in c.parameters.values())
+
+
+def useful_gflop(cell, shape) -> float:
+    """GFlop of the matrix products of one forward+backward pass (see the docstring):
+    each projection of a node of size n on an operand of size m is 2·n·m flops per step
+    and sequence, three times (forward, δ of the operand, weight gradient)."""
+    from derive.cell.spec import load_cell
+    c = load_cell(cell)
+    T, B = shape[:2]
+    n = sizes(c, shape)
+    per_step = sum(2 * n[c.size(node.name)] * n[c.size(p.operand)]
+                   for node in c.nodes.values() for p in node.projections)
     return 3 * T * B * per_step / 1e9
 
 
@@ -285,48 +318,68 @@ def useful_gflop(cell, shape) -> float:
 def _derive_peer(cell, backend, dtype, shape, rng):
     from derive.kernel.runtime import load_kernel
     T, B, M, N = shape
+    n = sizes(cell, shape)
     k = load_kernel(cell, dtype=dtype, backend=backend)
-    params = k.init_params(input_size=M, hidden_size=N, seed=0)
+    params = _params(k, shape)
     x = rng.standard_normal((T, B, M)).astype(dtype)
-    dy = rng.standard_normal((T, B, N)).astype(dtype)
+    dy = {o: rng.standard_normal((T, B, n[k.size(o)])).astype(dtype) for o in k.outputs}
+    dy = dy[k.outputs[0]] if len(k.outputs) == 1 else dy
     return (lambda: k.forward(x, params)), (lambda: k.backward(k.forward(x, params), dy))
 
 
+def _params(kernel, shape) -> dict:
+    """The kernel's init_params (seed 0) at `shape`, with P = N // 2 for a cell with P."""
+    T, B, M, N = shape
+    proj = {"proj_size": N // 2} if kernel.has_proj_size else {}
+    return kernel.init_params(input_size=M, hidden_size=N, seed=0, **proj)
+
+
 def _gemm_peer(cell, dtype, shape, rng):
-    """The matrix products of one forward+backward pass, alone (NumPy's BLAS)."""
+    """The matrix products of one forward+backward pass, alone (NumPy's BLAS): the
+    projections of the input as one large product, those of a state or of a node of
+    the same step (lstmp's W_rm @ m) as one small product per step, grouped by operand
+    and by the size of the nodes they feed; backward, the transposed products per step
+    and the weight gradients as large products after the loop."""
     from derive.cell.spec import load_cell
     c = load_cell(cell)
-    T, B, M, N = shape
-    k_in = sum(1 for n in c.nodes.values() for p in n.projections if p.operand in c.inputs)
-    per_state = {}
-    for n in c.nodes.values():
-        for p in n.projections:
-            if p.operand not in c.inputs:
-                per_state[p.operand] = per_state.get(p.operand, 0) + 1
-    W = rng.standard_normal((M, k_in * N)).astype(dtype)
-    Rs = [rng.standard_normal((N, k * N)).astype(dtype) for k in per_state.values()]
-    X = rng.standard_normal((T * B, M)).astype(dtype)
-    H = rng.standard_normal((B, N)).astype(dtype)
-    G = [rng.standard_normal((B, R.shape[1])).astype(dtype) for R in Rs]
-    dGx = rng.standard_normal((T * B, k_in * N)).astype(dtype)
-    Yall = rng.standard_normal((T * B, N)).astype(dtype)
-    dGr = [rng.standard_normal((T * B, R.shape[1])).astype(dtype) for R in Rs]
+    T, B = shape[:2]
+    n = sizes(c, shape)
+    k_in, per_step = {}, {}   # (operand, rows) -> blocks; per_step: (operand, shift, rows)
+    for node in c.nodes.values():
+        for p in node.projections:
+            rows = c.size(node.name)
+            if p.operand in c.inputs:
+                k_in[(p.operand, rows)] = k_in.get((p.operand, rows), 0) + 1
+            else:
+                key = (p.operand, p.shift, rows)
+                per_step[key] = per_step.get(key, 0) + 1
+
+    def randn(*dims):
+        return rng.standard_normal(dims).astype(dtype)
+
+    Xs = [(randn(T * B, n[c.size(op)]), randn(n[c.size(op)], k * n[rows]),
+           randn(T * B, k * n[rows])) for (op, rows), k in k_in.items()]
+    Rs = [(randn(B, n[c.size(op)]), randn(n[c.size(op)], k * n[rows]), randn(B, k * n[rows]),
+           randn(T * B, n[c.size(op)]), randn(T * B, k * n[rows]))
+          for (op, _shift, rows), k in per_step.items()]
 
     def forward():
-        X @ W
+        for X, W, _ in Xs:
+            X @ W
         for _ in range(T):
-            for R in Rs:
+            for H, R, *_rest in Rs:
                 H @ R
 
     def total():
         forward()
         for _ in range(T):
-            for R, g in zip(Rs, G):
+            for _H, R, g, *_rest in Rs:
                 g @ R.T
-        dGx @ W.T
-        dGx.T @ X
-        for g in dGr:
-            g.T @ Yall
+        for X, W, dG in Xs:
+            dG @ W.T
+            dG.T @ X
+        for *_first, Hall, dG in Rs:
+            dG.T @ Hall
 
     return forward, total
 
@@ -334,13 +387,19 @@ def _gemm_peer(cell, dtype, shape, rng):
 def _torch_peer(cell, dtype, shape, rng):
     import torch
 
-    from derive.kernel.runtime import default_threads
+    from derive.kernel.runtime import default_threads, load_kernel
     T, B, M, N = shape
     torch.set_num_threads(default_threads())   # the threads derive's kernels use
     tdtype = getattr(torch, dtype)
-    module = getattr(torch.nn, TORCH_PEERS[cell])(M, N).to(tdtype)
+    if cell == "lstmp":
+        P = sizes(cell, shape)["P"]
+        module = torch.nn.LSTM(M, N, proj_size=P).to(tdtype)
+        load_lstmp_weights(module, _params(load_kernel(cell, dtype), shape))
+    else:
+        P = N
+        module = getattr(torch.nn, TORCH_PEERS[cell])(M, N).to(tdtype)
     x = torch.from_numpy(rng.standard_normal((T, B, M)).astype(dtype)).requires_grad_(True)
-    dy = torch.from_numpy(rng.standard_normal((T, B, N)).astype(dtype))
+    dy = torch.from_numpy(rng.standard_normal((T, B, P)).astype(dtype))
 
     def forward():
         with torch.no_grad():
@@ -353,6 +412,23 @@ def _torch_peer(cell, dtype, shape, rng):
         out.backward(dy)
 
     return forward, total
+
+
+def load_lstmp_weights(module, params: dict) -> None:
+    """lstmp's parameters into nn.LSTM(M, N, proj_size=P) (layer 0): torch's gate order
+    i, f, g = z, o in weight_ih_l0, weight_hh_l0 and bias_ih_l0; weight_hr_l0 = W_rm;
+    bias_hh_l0 zero (the cell has one bias per gate)."""
+    import torch
+
+    def cat(prefix):
+        return torch.from_numpy(np.concatenate([params[f"{prefix}_{g}"] for g in "ifzo"]))
+
+    with torch.no_grad():
+        module.weight_ih_l0.copy_(cat("W"))
+        module.weight_hh_l0.copy_(cat("R"))
+        module.weight_hr_l0.copy_(torch.from_numpy(np.asarray(params["W_rm"])))
+        module.bias_ih_l0.copy_(cat("b"))
+        module.bias_hh_l0.zero_()
 
 
 def torch_version() -> str | None:
@@ -462,6 +538,12 @@ def table(result: Result) -> str:
             f"{ratio(result.ratio(cell, shape, dtype, 'gemm'))} | "
             f"{percent(d)} | {percent(torch)} |")
     notes = [f"- {r.cell} {r.shape} {r.dtype} {r.peer}: {r.note}" for r in result.rows if r.note]
+    for cell in sorted({k[0] for k in keys}):
+        shapes = sorted({k[1] for k in keys if k[0] == cell})
+        if has_proj_size(cell):
+            notes.append(f"- {cell}: projection size P = N // 2 ("
+                         + ", ".join(f"{s} P={SHAPES[s][3] // 2}" for s in shapes if s in SHAPES)
+                         + "); torch: nn.LSTM(proj_size=P) with the same weights")
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
@@ -484,10 +566,7 @@ def run_bench(cells=None, as_json=False, quick=False) -> int:
     from derive.cell.spec import load_cell
     names = list(cells or [])
     for c in names:
-        cell = load_cell(c)  # a bad name or spec is a UserError (exit 2) before any timing
-        if any(cell.size(n) == "P" for n in cell.nodes):
-            raise UserError(f"{cell.name}: derive bench times cells of one node size N "
-                            f"(this cell has vectors of size P)")
+        load_cell(c)  # a bad name or spec is a UserError (exit 2) before any timing
     shapes = ["S3"] if quick else None
     repeats = 3 if quick else 5
 
@@ -499,6 +578,7 @@ def run_bench(cells=None, as_json=False, quick=False) -> int:
         print(json.dumps({"repeats": result.repeats, "machine": result.machine,
                           "peak_gflops": result.peak, "peak_runs": result.peak_runs,
                           "shapes": {k: dict(zip("TBMN", v)) for k, v in SHAPES.items()},
+                          "proj_size": "N // 2 for the cells with a second node size P",
                           "rows": [dict(asdict(r), of_peak=result.of_peak(r))
                                    for r in result.rows]}, indent=2))
     else:

@@ -116,8 +116,12 @@ class Problem:
 
 def random_problem(subject: Subject, sizes: dict | None = None, seed: int = 0) -> Problem:
     """Parameters ~ U(±1/√N) (gates stay away from saturation), inputs and a non-zero
-    initial state ~ N(0, 0.5²), a projection P ~ N(0, 1); seeded, float64."""
+    initial state ~ N(0, 0.5²), a projection P ~ N(0, 1); seeded, float64. The problem's
+    sizes are T, B, M, N and, for a subject with a second node size, P (the report
+    prints what it used)."""
     sizes = dict(SIZES, **(sizes or {}))
+    if not uses_proj_size(subject):
+        sizes.pop("P", None)
     T, B, N = sizes["T"], sizes["B"], sizes["N"]
     rng = np.random.default_rng(seed)
     bound = 1.0 / np.sqrt(N)
@@ -129,6 +133,13 @@ def random_problem(subject: Subject, sizes: dict | None = None, seed: int = 0) -
     initial = {s: 0.5 * rng.standard_normal((B, size[s])) for s in subject.states}
     projection = {o: rng.standard_normal((T, B, size[o])) for o in subject.output_names}
     return Problem(params, inputs, initial, projection, sizes, seed)
+
+
+def uses_proj_size(subject: Subject) -> bool:
+    """Whether the subject's cell has the second node size P (a parameter or vector of
+    that size)."""
+    return (any("P" in shape for shape in subject.parameters.values())
+            or "P" in subject.sizes.values() or "P" in subject.inputs.values())
 
 
 def loss(subject: Subject, problem: Problem) -> float:
@@ -174,7 +185,7 @@ def of_derivation(derivation) -> Subject:
     def unrolled(problem):
         s = problem.sizes
         p = numeric.Problem(cell, problem.params, problem.inputs, problem.initial,
-                            problem.projection, s["T"], s["B"], s["N"], s["M"], s["P"])
+                            problem.projection, s["T"], s["B"], s["N"], s["M"], s.get("P", 0))
         return p, numeric.forward(p)
 
     def outputs(problem):
@@ -270,7 +281,8 @@ class CheckReport:
 
     def table(self) -> str:
         s = self.sizes
-        lines = [f"{self.method}; T={s['T']} B={s['B']} M={s['M']} N={s['N']}, "
+        P = f" P={s['P']}" if "P" in s else ""
+        lines = [f"{self.method}; T={s['T']} B={s['B']} M={s['M']} N={s['N']}{P}, "
                  f"non-zero initial state, seed {self.seed}",
                  f"{'gradient':<12} {'shape':<12} {'max rel err':>12} {'max abs err':>12} "
                  f"{'max |g|':>9}  status"]
@@ -338,8 +350,8 @@ def finite_difference_check(subject: Subject, *, seed: int = 0,
         raise ValueError(f"finite differences need a float64 subject, not {subject.dtype}")
     problem = screened_problem(subject, sizes, seed)
     report = CheckReport(subject.cell, subject.backend, "float64",
-                         f"fourth-order central differences (h={STEP:g}) of L = sum(P * "
-                         f"outputs)", TOLERANCE["float64"], FLOOR, problem.sizes,
+                         f"fourth-order central differences (h={STEP:g}) of L = sum(D * "
+                         f"outputs), D ~ N(0, 1)", TOLERANCE["float64"], FLOOR, problem.sizes,
                          problem.seed)
     grads = subject.gradients(problem)
     for name, array in problem.targets():

@@ -20,7 +20,7 @@ from derive.kernel.runtime import load_kernel
 SMALL = Settings(steps=24, batch=3, hidden=6, input=4, seed=5)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "rnn"])
+@pytest.mark.parametrize("cell", ["lstm", "rnn", "lstmp"])
 def test_kernel_measurement_equals_the_jacobian_backward_map(cell):
     """The measured norms (kernel backward on the last k steps, from the full pass's state)
     equal an independent computation: the NumPy reference's forward pass and the derived
@@ -126,8 +126,74 @@ def test_a_params_file_with_wrong_shapes_is_one_line_and_exit_2(tmp_path, capsys
         assert len(err) == 1 and message in err[0], err
 
 
-def test_a_cell_with_a_second_size_is_refused_in_one_line(capsys):
-    """LSTMP's y has size P: the analysis (one size N per state) says so, exit 2."""
-    assert main(["analyze", "lstmp"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "lstmp: derive analyze takes cells of one node size N" in err and "\n" not in err
+def test_lstmp_gradient_norms_equal_central_differences():
+    """LSTMP (states y of size P = 3, c of size N = 6): the measured ‖∂L/∂sᵀ⁻¹⁻ᵏ‖ equal
+    the norms of central differences of L = Σ⟨Δ, yᵀ⁻¹⟩ with respect to each entry of the
+    state k steps back, the last k steps re-run by the NumPy reference (numeric.forward)."""
+    from derive import numeric
+    settings = Settings(steps=6, batch=3, hidden=6, input=4, seed=2, proj=3)
+    d = derive.derive("lstmp")
+    kernel = load_kernel("lstmp", dtype="float64")
+    params, x, delta = problem(kernel, settings)
+    assert params["W_rm"].shape == (3, 6) and delta["y"].shape == (3, 3)
+    measured = kernel_gradients(kernel, params, x, delta)
+    env = reference_trajectory(d.cell, params, x)
+    h = 1e-5
+    for k in (1, 2, 6):
+        start = settings.steps - k
+        tail = numeric.Problem(d.cell, params, {"x": x[start:]},
+                               {s: env.value(s, start - 1) for s in d.cell.states}, {},
+                               k, 3, 6, 4, 3)
+
+        def loss(initial):   # per sequence: ⟨Δ, y at the last step⟩
+            return np.sum(delta["y"] * numeric.forward(tail, initial=initial).values[
+                ("y", k - 1)], axis=1)
+
+        for s in d.cell.states:
+            grad = np.empty_like(tail.initial[s])
+            for j in range(grad.shape[1]):
+                plus = {r: v.copy() for r, v in tail.initial.items()}
+                minus = {r: v.copy() for r, v in tail.initial.items()}
+                plus[s][:, j] += h
+                minus[s][:, j] -= h
+                grad[:, j] = (loss(plus) - loss(minus)) / (2 * h)
+            assert np.all(np.isfinite(measured[s][:, k - 1]))
+            np.testing.assert_allclose(measured[s][:, k - 1], np.linalg.norm(grad, axis=1),
+                                       rtol=1e-7)
+
+
+def test_lstmp_runs_from_the_command_line_with_its_projection_size(capsys):
+    """derive analyze lstmp: P from --proj-size (default N // 2), named in the report;
+    every value finite."""
+    args = ["analyze", "lstmp", "--steps", "8", "--batch", "2", "--hidden", "6", "--input",
+            "4", "--json"]
+    assert main(args + ["--proj-size", "5"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    cell = out["cells"][0]
+    assert cell["sizes"] == {"N": 6, "P": 5} and set(cell["states"]) == {"y", "c"}
+    values = [v for st in cell["states"].values() for a in st.values() for v in a]
+    assert len(values) == 2 * 4 * 8 and np.all(np.isfinite(values))
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["cells"][0]["sizes"] == {"N": 6, "P": 3}
+    assert main(args[:-1] + ["--proj-size", "5"]) == 0
+    assert "N=6, P=5 (lstmp), M=4" in capsys.readouterr().out
+
+
+def test_lstmp_params_file_reads_P_from_its_arrays(tmp_path, capsys):
+    kernel = load_kernel("lstmp", dtype="float64")
+    params, _, _ = problem(kernel, Settings(hidden=6, input=4, proj=2))
+    np.savez(tmp_path / "p.npz", **params)
+    args = ["analyze", "lstmp", "--steps", "5", "--batch", "2", "--hidden", "6", "--input",
+            "4", "--json", "--params", str(tmp_path / "p.npz")]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["cells"][0]["sizes"] == {"N": 6, "P": 2}
+    np.savez(tmp_path / "bad.npz", **dict(params, W_rm=np.zeros((2, 5))))
+    assert main(args[:-1] + [str(tmp_path / "bad.npz")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "W_rm has shape (2, 5), lstmp needs (2, 6)" in err[0], err
+
+
+def test_a_bad_projection_size_is_one_line_and_exit_2(capsys):
+    assert main(["analyze", "lstmp", "--proj-size", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--proj-size 0" in err[0], err

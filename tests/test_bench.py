@@ -2,6 +2,7 @@
 names and the per-machine record (timings themselves are not tested)."""
 
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,6 @@ import pytest
 
 import derive
 from derive import bench
-from derive.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,6 +74,17 @@ def test_the_machine_names_its_blas_cores_and_threads():
     assert bench.machine_key(m).endswith(f"{m['cpus']} CPUs")
 
 
+def test_a_one_thread_run_names_the_same_machine(monkeypatch):
+    """The machine's key counts its usable CPUs, not the kernel's threads: a run with
+    DERIVE_NUM_THREADS=1 records into the same section of results.md."""
+    both = bench.machine()
+    monkeypatch.setenv("DERIVE_NUM_THREADS", "1")
+    one = bench.machine()
+    assert one["kernel_threads"] == 1
+    assert one["cpus"] == both["cpus"] == len(os.sched_getaffinity(0))
+    assert bench.machine_key(one) == bench.machine_key(both)
+
+
 def test_each_timed_run_follows_an_untimed_run_of_the_same_callable():
     """Round-robin over the peers, and every timed run is the second of a back-to-back
     pair (the first wakes the peer's threads after the pause)."""
@@ -122,7 +133,70 @@ def test_bench_names_the_kernels_instruction_set_level(monkeypatch):
     assert bench.kernel_isa().startswith(isa.best().name + " ")
 
 
-def test_a_cell_with_a_second_size_is_refused_before_any_timing():
-    """LSTMP's y has size P: the benchmark's shapes and peers have one size N."""
-    with pytest.raises(UserError, match="lstmp: derive bench times cells of one node size N"):
-        bench.run_bench(["lstmp"])
+def test_lstmp_useful_flops_count_the_projection_of_size_P():
+    """lstmp at S1 (N=256, P=N//2=128): gates 4N×M on x and 4N×P on y[t-1], W_rm P×N."""
+    T, B, M, N = bench.SHAPES["S1"]
+    P = N // 2
+    assert bench.sizes("lstmp", (T, B, M, N)) == {"M": M, "N": N, "P": P}
+    assert np.isclose(bench.useful_gflop("lstmp", (T, B, M, N)),
+                      3 * 2 * T * B * (4 * N * (M + P) + P * N) / 1e9)
+    assert "P" not in bench.sizes("lstm_np", (T, B, M, N))
+
+
+def test_lstmp_torch_peer_computes_the_same_sequence_as_the_kernel():
+    """The peer nn.LSTM(proj_size=P) holds derive's weights (load_lstmp_weights): its
+    output equals the lstmp kernel's on the same x (float64, T=4, B=3, M=5, N=6, P=3)."""
+    torch = pytest.importorskip("torch")
+    k = derive.load_kernel("lstmp", "float64")
+    params = k.init_params(input_size=5, hidden_size=6, proj_size=3, seed=4)
+    params["b_f"] = params["b_f"] + 0.5
+    x = np.random.default_rng(3).standard_normal((4, 3, 5))
+    net = torch.nn.LSTM(5, 6, proj_size=3).double()
+    bench.load_lstmp_weights(net, params)
+    out, _ = net(torch.from_numpy(x))
+    np.testing.assert_allclose(out.detach().numpy(), k.forward(x, params).outputs, rtol=1e-12,
+                               atol=1e-14)
+
+
+@pytest.mark.parametrize("peer", ["derive", "numpy", "gemm", "torch"])
+def test_every_peer_runs_lstmp(peer):
+    """Each peer of an lstmp row runs forward and forward+backward at P = N // 2."""
+    if peer == "torch":
+        pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    shape = (3, 2, 5, 6)
+    make = {"derive": lambda: bench._derive_peer("lstmp", None, "float64", shape, rng),
+            "numpy": lambda: bench._derive_peer("lstmp", "numpy", "float64", shape, rng),
+            "gemm": lambda: bench._gemm_peer("lstmp", "float64", shape, rng),
+            "torch": lambda: bench._torch_peer("lstmp", "float64", shape, rng)}[peer]
+    forward, total = make()
+    forward()
+    total()
+
+
+def test_the_table_states_the_projection_size():
+    r = bench.Result(rows=[bench.Row("lstmp", "S1", "float32", "derive", 1.0, 2.0),
+                           bench.Row("lstmp", "S2", "float32", "derive", 1.0, 2.0)])
+    assert ("- lstmp: projection size P = N // 2 (S1 P=128, S2 P=256); torch: "
+            "nn.LSTM(proj_size=P) with the same weights") in bench.table(r)
+
+
+def test_the_script_takes_cells_as_an_option_and_states_the_load(monkeypatch, capsys):
+    """benchmarks/bench.py --cells lstmp --shapes S1 S2: those cells and shapes reach
+    bench.run (stubbed: timings are not tested), and the load average is printed."""
+    script = _script()
+    seen = {}
+
+    def run(cells, shapes, repeats, progress):
+        seen.update(cells=cells, shapes=shapes, repeats=repeats)
+        return bench.Result(rows=[bench.Row("lstmp", "S1", "float32", "derive", 1.0, 2.0)],
+                            machine=bench.machine())
+
+    monkeypatch.setattr(script.bench, "run", run)
+    assert script.main(["--cells", "lstmp", "--shapes", "S1", "S2", "--repeats", "5"]) == 0
+    assert seen == {"cells": ["lstmp"], "shapes": ["S1", "S2"], "repeats": 5}
+    out = capsys.readouterr().out
+    assert "| lstmp | S1 | float32 |" in out and "load average (1 min):" in out
+    with pytest.raises(SystemExit):
+        script.main(["--cells", "lstmpp"])
+    assert "unknown cell" in capsys.readouterr().err

@@ -81,7 +81,8 @@ def test_kernel_and_derivation_are_checked_on_the_same_problem():
     kernel = check.subject("gru", "cython")
     unrolled = check.subject("gru", "derivation")
     p = check.random_problem(kernel, seed=3)
-    assert p.sizes == check.SIZES and check.random_problem(unrolled, seed=3).params.keys() \
+    assert p.sizes == {k: v for k, v in check.SIZES.items() if k != "P"} \
+        and check.random_problem(unrolled, seed=3).params.keys() \
         == p.params.keys()
     gk, gd = kernel.gradients(p), unrolled.gradients(p)
     assert set(gk) == set(gd) == {name for name, _ in p.targets()}
@@ -112,3 +113,19 @@ def test_cli_checks_the_derivation_in_float64_only():
 def test_unknown_dtype_is_an_error():
     with pytest.raises(ValueError, match="float32 or float64"):
         check.gradient_check("rnn", backend="numpy", dtype=np.int16)
+
+
+def test_the_report_prints_the_sizes_it_used_with_P_for_lstmp(capsys):
+    """derive check lstmp names N and P (and the arrays have those sizes: W_rm is P×N);
+    a cell of one size N names no P."""
+    assert check.run_check("lstmp", backend="numpy") == 0
+    out = capsys.readouterr().out
+    s = check.SIZES
+    assert f"T={s['T']} B={s['B']} M={s['M']} N={s['N']} P={s['P']}, non-zero" in out
+    assert f"W_rm         ({s['P']}, {s['N']})" in out
+    assert f"R_z          ({s['N']}, {s['P']})" in out
+    assert check.run_check("rnn", backend="numpy") == 0
+    out = capsys.readouterr().out
+    assert f"M={s['M']} N={s['N']}, non-zero" in out and "P=" not in out
+    assert check.run_check("lstmp", backend="numpy", as_json=True) == 0
+    assert json.loads(capsys.readouterr().out)["sizes"] == s

@@ -24,11 +24,16 @@ def _check(derivation):
 
 
 def test_the_setting_is_one_a_check_can_trust(cell_name):
-    """T ≥ 3, batch ≥ 2, M, N and P distinct, a non-zero initial state, distinct peepholes, no saturation."""
+    """T ≥ 3, batch ≥ 2, M, N (and P, for a cell with that size) distinct, a non-zero initial
+    state, distinct peepholes, no saturation."""
     d = derive.derive(cell_name)
     p = check.random_problem(check.of_derivation(d))
-    T, B, M, N, P = (p.sizes[k] for k in "TBMNP")
-    assert T >= 3 and B >= 2 and len({M, N, P}) == 3 and min(M, N, P) >= 2
+    T, B, M, N = (p.sizes[k] for k in "TBMN")
+    has_P = any("P" in par.shape for par in d.cell.parameters.values())
+    assert ("P" in p.sizes) == has_P     # the problem (and its report) has P only then
+    sizes = {M, N, p.sizes["P"]} if has_P else {M, N}
+    P = p.sizes.get("P", 0)
+    assert T >= 3 and B >= 2 and len(sizes) == 2 + has_P and min(sizes) >= 2
     for s, v in p.initial.items():
         assert np.abs(v).min() > 0 and np.abs(v).mean() > 0.1, s
     peepholes = [p.params[n] for n in ("p_i", "p_f", "p_o") if n in p.params]

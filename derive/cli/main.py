@@ -188,13 +188,18 @@ def build_parser() -> argparse.ArgumentParser:
             against the derived Jacobian's backward map on the NumPy reference.
             Parameters: the kernel's init_params (uniform +-1/sqrt(N), seeded) with the
             forget-gate bias b_f shifted by --forget-bias, or --params FILE.npz (arrays named
-            like the parameters, or CELL/NAME)."""))
+            like the parameters, or CELL/NAME). A cell with a second node size (lstmp: its
+            output y has P entries, its cell state c N) runs with P = --proj-size (default
+            N // 2); each state is measured in its own size."""))
     p.add_argument("cells", nargs="*", metavar="CELL")
     p.add_argument("--steps", type=int, default=100, metavar="T", help="sequence length "
                                                                         "(default 100)")
     p.add_argument("--batch", type=int, default=16, metavar="B", help="sequences (default 16)")
     p.add_argument("--hidden", type=int, default=32, metavar="N", help="state size (default 32)")
     p.add_argument("--input", type=int, default=16, metavar="M", help="input size (default 16)")
+    p.add_argument("--proj-size", type=int, default=None, metavar="P",
+                   help="the second node size P of a cell that has one (lstmp: the size of "
+                        "its output y; default N // 2); other cells ignore it")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scale", type=float, default=1.0,
                    help="inputs x ~ scale * N(0, 1) (default 1)")
@@ -297,7 +302,7 @@ def cmd_analyze(args) -> int:
     from derive.analyze import Settings, run_analyze
     settings = Settings(steps=args.steps, batch=args.batch, hidden=args.hidden,
                         input=args.input, seed=args.seed, scale=args.scale,
-                        forget_bias=args.forget_bias)
+                        forget_bias=args.forget_bias, proj=args.proj_size)
     return run_analyze(args.cells or None, settings, params=args.params, plot_path=args.plot,
                        as_json=args.json, states=args.state)
 

@@ -27,7 +27,7 @@ from derive.printing.text import text
 FORMATS = ("text", "latex", "markdown", "json")
 
 CONVENTION = ("Jacobian J = ds[t]/dr[t-1] for every pair of states s, r, numerator layout: "
-              "J[k, l] = ds_k[t]/dr_l[t-1] (N x N); diag(v) is the diagonal matrix of v. "
+              "J[k, l] = ds_k[t]/dr_l[t-1] (size(s) x size(r): N x N unless a state has the second size P); diag(v) is the diagonal matrix of v. "
               "The backward map J.T (the transpose: factors reversed, matrices transposed) "
               "carries the gradient back one step: dr[t-1] = sum over s of J.T @ ds[t] "
               "(plus the flows of r[t-1] that leave the recurrence).")
@@ -35,7 +35,7 @@ CONVENTION = ("Jacobian J = ds[t]/dr[t-1] for every pair of states s, r, numerat
 LATEX_CONVENTION = (
     r"For every pair of states $s, r$ the block $J_{sr} = \partial s^{(t)} / \partial "
     r"r^{(t-1)}$ of the step-to-step Jacobian, in numerator layout: row $k$, column $l$ is "
-    r"$\partial s_k^{(t)} / \partial r_l^{(t-1)}$ ($N$ rows, $N$ columns); $\operatorname{diag}(v)$ "
+    r"$\partial s_k^{(t)} / \partial r_l^{(t-1)}$ (as many rows as $s$ has entries, as many columns as $r$: $N$ and $N$ unless a state has the second size $P$); $\operatorname{diag}(v)$ "
     r"is the diagonal matrix of the vector $v$. Back-propagation applies the transpose, "
     r"the backward map $J_{sr}^{\top}$ (factors reversed, matrices transposed): "
     r"$\delta r^{(t-1)} = \sum_s J_{sr}^{\top} \delta s^{(t)}$ plus the flows of "

@@ -236,7 +236,7 @@ class Kernel:
         rng = np.random.default_rng(seed)
         bound = 1.0 / np.sqrt(N)
         fused = [rng.uniform(-bound, bound, shape).astype(self.dtype)
-                 for shape in self._weight_shapes(dims)]
+                 for shape in self.weight_shapes(dims)]
         params = {}
         for name, shape in self.parameters.items():
             if len(shape) == 1:
@@ -250,7 +250,9 @@ class Kernel:
         return params
 
     def _check_params(self, params, M: int) -> dict:
-        """The sizes {"M", "N"(, "P")} of a call, after checking every parameter's shape."""
+        """The sizes {"M", "N"(, "P")} of a call, after checking every parameter's shape:
+        each size read from the first parameter whose paper shape starts with it
+        (`read_sizes`)."""
         if not isinstance(params, dict):
             raise ValueError(f"params must be a dict of parameter name -> array "
                              f"({', '.join(self.parameters)}), not {type(params).__name__}")
@@ -274,18 +276,23 @@ class Kernel:
             if a.shape[0] < 1:
                 raise ValueError(f"params[{name!r}] is empty: the size {shape[0]} must be "
                                  f">= 1")
-            dims[shape[0]], source[shape[0]] = a.shape[0], name
-        given = " and ".join(f"{k}={v} (from {source[k]})" for k, v in dims.items())
+            read_sizes([(name, shape[:1], a.shape[:1])], dims, source)
+        given = sizes_text(dims, source)
         for name, shape in self.parameters.items():
-            want = tuple(dims[s] for s in shape)
-            _check_array(f"params[{name!r}]", params[name], want, self.dtype,
-                         f"{_shape_text(shape)} with {given}")
+            _check_array(f"params[{name!r}]", params[name], shape_of(shape, dims),
+                         self.dtype, f"{_shape_text(shape)} with {given}")
         return dims
 
-    def _weight_shapes(self, dims: dict) -> list[tuple[int, int]]:
-        """The shape of each operand's fused weights (and of their gradient): k blocks of
-        the size of the nodes it feeds (self.rows) by the size of the operand."""
-        return [(len(op["blocks"]) * dims[rows], dims[op["size"]])
+    def weight_shapes(self, dims: dict) -> list[tuple[int, int]]:
+        """The shape of each operand's fused weights (and of their gradient) in the sizes
+        `dims`: k blocks of the size of the nodes it feeds (self.rows) by the size of the
+        operand (`fused_shapes`, in sizes)."""
+        return [shape_of(shape, dims) for shape in self.fused_shapes()]
+
+    def fused_shapes(self) -> list[tuple]:
+        """Each operand's fused weights' shape in sizes, ((k, rows), size): k·rows rows
+        (lstm_np's x: ((4, "N"), "M"); lstmp's m: ((1, "P"), "N"))."""
+        return [((len(op["blocks"]), rows), op["size"])
                 for op, rows in zip(self.operands, self.rows)]
 
     def _fused(self, params, N: int, M: int, P: int | None = None) -> tuple:
@@ -293,7 +300,7 @@ class Kernel:
         trace's own copy, one per call whatever the caller's arrays are)."""
         dims = {"M": M, "N": N, "P": P}
         out = []
-        for op, rows, shape in zip(self.operands, self.rows, self._weight_shapes(dims)):
+        for op, rows, shape in zip(self.operands, self.rows, self.weight_shapes(dims)):
             n = dims[rows]
             W = np.empty(shape, self.dtype)
             for j, (_node, matrix) in enumerate(op["blocks"]):
@@ -429,10 +436,16 @@ class Kernel:
 
     def _dims(self, x, S) -> dict:
         """{"M", "N"(, "P")}: the sizes of a call on caller-owned buffers, from x and
-        the states (a cell with P has a state of each size)."""
-        dims = {"M": x.shape[2]}
-        for s, buf in zip(self.states, S):
-            dims.setdefault(self.size(s), buf.shape[2])
+        the states (`state_sizes`)."""
+        return {"M": x.shape[2], **self.state_sizes(S)}
+
+    def state_sizes(self, states) -> dict:
+        """{"N": N(, "P": P)} from one array (or tensor) per state, in the order of
+        self.states, each of its state's size in its last dimension: (B, n) initial
+        states or (T+1, B, n) buffers (a cell with P has a state of each size)."""
+        dims: dict[str, int] = {}
+        for s, a in zip(self.states, states):
+            dims.setdefault(self.size(s), a.shape[-1])
         return dims
 
     def backward_buffers(self, x, W, V, S, A, dY, needs=None, C_in=None) -> dict:
@@ -457,7 +470,7 @@ class Kernel:
                    for k, g in enumerate(self.groups))
         C = tuple(np.empty((B, dims[self.size(s)]), self.dtype) for s in self.states)
         acc = tuple(np.empty(N, self.dtype) for _ in self.vectors)
-        dW = tuple(np.empty(shape, self.dtype) for shape in self._weight_shapes(dims))
+        dW = tuple(np.empty(shape, self.dtype) for shape in self.weight_shapes(dims))
         dX = np.empty((T, B, M), self.dtype)   # not touched (nor paged in) unless wanted
         want_dW = tuple(want(f"W{k}") for k in range(len(dW)))
         want_acc = tuple(want(f"V{k}") for k in range(len(acc)))
@@ -533,6 +546,28 @@ def _size(name, value) -> int:
 def _missing_and_unknown(given: dict, expected) -> tuple[list, list]:
     """The expected keys `given` lacks, and the keys it holds that are not expected."""
     return [k for k in expected if k not in given], [k for k in given if k not in expected]
+
+
+def read_sizes(arrays, dims: dict, source: dict) -> None:
+    """Fill in each size `dims` lacks ("N", "P") from the first of `arrays` whose shape
+    has it, and in `source` the label of that array: `arrays` holds (label, shape in
+    sizes, actual shape), a size written (k, "N") standing for k·N (a fused weight's
+    k blocks: the length divided by k)."""
+    for label, shape, actual in arrays:
+        for size, n in zip(shape, actual):
+            k, name = size if isinstance(size, tuple) else (1, size)
+            if name not in dims:
+                dims[name], source[name] = n // k, label
+
+
+def shape_of(shape, dims: dict) -> tuple[int, ...]:
+    """A shape in sizes (("N", "M"), or ((4, "N"), "P") for k·N rows) in numbers."""
+    return tuple(s[0] * dims[s[1]] if isinstance(s, tuple) else dims[s] for s in shape)
+
+
+def sizes_text(dims: dict, source: dict) -> str:
+    """"M=5 (from x) and N=4 (from W_z)": a call's sizes and the array each came from."""
+    return " and ".join(f"{k}={v} (from {source[k]})" for k, v in dims.items())
 
 
 def _shape_text(shape) -> str:

@@ -60,7 +60,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from derive.kernel.runtime import load_kernel
+from derive.kernel.runtime import load_kernel, read_sizes, shape_of, sizes_text
 
 DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 
@@ -82,7 +82,8 @@ class CellOperators:
     def __init__(self, cell, kernel64):
         self.cell = cell
         self.kernels = {"float64": kernel64}
-        k = kernel64
+        #: the float64 kernel: its layout gives the shapes and sizes of every dtype's call
+        self.kernel64 = k = kernel64
         self.name = k.cell
         self.states = k.states
         self.outputs = k.outputs
@@ -166,7 +167,7 @@ class CellOperators:
         x, W, V, s0 = self._forward_args(args)
         kernel = self.kernel(x.dtype)
         T, B, _ = x.shape
-        n = self._dims(s0)
+        n = self.kernel64.state_sizes(s0)
         S = [torch.empty((T + 1, B, n[self.size[s]]), dtype=x.dtype) for s in self.states]
         for buf, s in zip(S, s0):
             buf[0].copy_(s)
@@ -176,20 +177,13 @@ class CellOperators:
         return self._result((*(buf[1:] for buf in S), *A,
                              *(S[k][T].clone() for k in self.hidden)))
 
-    def _dims(self, states) -> dict:
-        """{"N": N(, "P": P)} from one tensor per state, its size in the last dimension."""
-        dims = {}
-        for s, v in zip(self.states, states):
-            dims.setdefault(self.size[s], v.shape[-1])
-        return dims
-
     def _result(self, outputs: tuple):
         return outputs[0] if self.n_outputs == 1 else outputs
 
     def _forward_fake(self, *args):
         x, _W, _V, s0 = self._forward_args(args)
         T, B, _ = x.shape
-        n = self._dims(s0)
+        n = self.kernel64.state_sizes(s0)
         return self._result((*(x.new_empty((T + 1, B, n[self.size[s]]))[1:]
                                for s in self.states),
                              *(x.new_empty((T, B, n[self.size[a]])) for a in self.stored),
@@ -200,7 +194,7 @@ class CellOperators:
     def _backward_impl(self, *args):
         x, W, V, s0, S, A, dS, dA, dF, needs = self._backward_args(args)
         T, B, M = x.shape
-        n = self._dims(s0)
+        n = self.kernel64.state_sizes(s0)
         S = [_with_initial(s, s_0) for s, s_0 in zip(S, s0)]
         dY = []
         for o in self.outputs:
@@ -290,34 +284,34 @@ class CellOperators:
             raise ValueError(f"{self.name} takes {len(self.operands)} fused weights "
                              f"({', '.join(self.operands)}) and {len(self.vectors)} vectors "
                              f"({', '.join(self.vectors)}), not {len(W)} and {len(V)}")
-        dims, source = {"M": M}, {"M": "x"}
-        for i, w in enumerate(W):   # the sizes: from the weights' rows and columns
+        shapes = self.kernel64.fused_shapes()   # ((k, rows), size) per operand
+        for i, w in enumerate(W):
             k, rows = len(self.blocks[i]), self.rows[i]
             check_tensor(f"W{i}", w, f"(k·{rows}, size)", x.dtype)
             if w.dim() != 2 or w.shape[0] % k:
                 raise ValueError(f"W{i} (operand {self.operands[i]}: "
                                  f"{', '.join(self.blocks[i])}) must be a matrix of "
                                  f"{k}·{rows} rows, not {tuple(w.shape)}")
-            for size, n in ((rows, w.shape[0] // k), (self.sizes[i], w.shape[1])):
-                if size not in dims:
-                    dims[size], source[size] = n, f"W{i}"
         state0 = {} if state0 is None else state0
         unknown = [s for s in state0 if s not in self.states]
         if unknown:
             raise ValueError(f"state0 has unknown states {', '.join(map(str, unknown))} "
                              f"(the states of {self.name}: {', '.join(self.states)})")
-        for s in self.states:   # a size no weight has: from an initial state
-            v, size = state0.get(s), self.size[s]
-            if size not in dims and isinstance(v, torch.Tensor) and v.dim() == 2:
-                dims[size], source[size] = v.shape[1], f"initial state {s}"
+        # the sizes: from the weights' rows and columns, then (a size no weight has) from
+        # an initial state
+        dims, source = {"M": M}, {"M": "x"}
+        read_sizes([(f"W{i}", shape, w.shape) for i, (shape, w) in enumerate(zip(shapes, W))]
+                   + [(f"initial state {s}", (self.size[s],), state0[s].shape[1:])
+                      for s in self.states if isinstance(state0.get(s), torch.Tensor)
+                      and state0[s].dim() == 2], dims, source)
         missing = [n for n in (("N", "P") if self.has_proj_size else ("N",))
                    if n not in dims]
         if missing:
             raise ValueError(f"{self.name}: the size {', '.join(missing)} is given by no "
                              f"weight nor initial state")
-        given = " and ".join(f"{k}={v} (from {source[k]})" for k, v in dims.items())
-        for i, w in enumerate(W):
-            want = (len(self.blocks[i]) * dims[self.rows[i]], dims[self.sizes[i]])
+        given = sizes_text(dims, source)
+        for i, (w, shape) in enumerate(zip(W, shapes)):
+            want = shape_of(shape, dims)
             if tuple(w.shape) != want:
                 raise ValueError(f"W{i} (operand {self.operands[i]}: "
                                  f"{', '.join(self.blocks[i])}) must have shape {want} "

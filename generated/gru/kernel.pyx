@@ -286,9 +286,11 @@ cdef extern from *:
     /* derive (templates/support/small_gemm.h): the per-step recurrent products,
        C (m x n) (=|+=) A (m x k) . B, row-major, m small (a thread's batch rows). B (the weights) is packed once per call into panels of 2 vectors of
        columns, Bp[(p*k + kk)*PW + j] = B[kk][p*PW + j] (zero past n), so that every step streams it
-       contiguously; a block of 4 rows x 2 vectors of C stays in registers over the whole k loop. */
+       contiguously; a block of ROWS rows x 2 vectors of C stays in registers over the whole k loop
+       (ROWS per level: 2*ROWS accumulators out of the level's 16 or 32 vector registers), then
+       blocks of 4 rows and single rows take the remainder. */
     #include <string.h>
-    #define DERIVE_SMALL_GEMM(T, S, VL)                                                             \
+    #define DERIVE_SMALL_GEMM(T, S, VL, ROWS)                                                            \
     typedef T derive_vec_##S __attribute__((vector_size((VL) * sizeof(T)), aligned(sizeof(T))));   \
     static Py_ssize_t derive_panels_##S(Py_ssize_t n) { return (n + 2 * (VL) - 1) / (2 * (VL)); } \
     /* elements of the panels of a k x n matrix */                                                    \
@@ -323,6 +325,27 @@ cdef extern from *:
         if (add) for (Py_ssize_t j = 0; j < w; j++) c[j] += t[j];                                   \
         else memcpy(c, t, (size_t)w * sizeof(T));                                                   \
     }                                                                                               \
+    /* a block of `rows` rows x 2 vectors of C, kept in registers over the whole k loop  \
+       (inlined with a constant `rows`: 2*rows accumulators, as many as the level's     \
+       registers allow) */                                                              \
+    static inline __attribute__((always_inline)) void derive_block_##S(                \
+            const int rows, Py_ssize_t k, const T* A, Py_ssize_t lda, const T* b,       \
+            T* C, Py_ssize_t ldc, Py_ssize_t w, int add) {                              \
+        derive_vec_##S lo_acc[16], hi_acc[16];                                          \
+        _Pragma("GCC unroll 16")                                                        \
+        for (int i = 0; i < rows; i++) { lo_acc[i] = (derive_vec_##S){0}; hi_acc[i] = (derive_vec_##S){0}; } \
+        for (Py_ssize_t kk = 0; kk < k; kk++) {                                         \
+            derive_vec_##S lo = *(const derive_vec_##S*)(b + kk * 2 * (VL));            \
+            derive_vec_##S hi = *(const derive_vec_##S*)(b + kk * 2 * (VL) + (VL));     \
+            _Pragma("GCC unroll 16")                                                    \
+            for (int i = 0; i < rows; i++) {                                            \
+                T a = A[i * lda + kk];                                                  \
+                lo_acc[i] += a * lo; hi_acc[i] += a * hi;                               \
+            }                                                                           \
+        }                                                                               \
+        _Pragma("GCC unroll 16")                                                        \
+        for (int i = 0; i < rows; i++) derive_put_##S(C + i * ldc, lo_acc[i], hi_acc[i], w, add); \
+    }                                                                                   \
     static void derive_small_gemm_##S(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const T* A,       \
                                       Py_ssize_t lda, const T* Bp, T* C, Py_ssize_t ldc, int add) { \
         Py_ssize_t panels = derive_panels_##S(n);                                                   \
@@ -330,50 +353,29 @@ cdef extern from *:
             const T* b = Bp + p * k * 2 * (VL);                                                     \
             Py_ssize_t c0 = p * 2 * (VL), w = n - c0 < 2 * (VL) ? n - c0 : 2 * (VL);                \
             Py_ssize_t r = 0;                                                                       \
-            for (; r + 4 <= m; r += 4) {                                                            \
-                const T *a0 = A + r * lda, *a1 = a0 + lda, *a2 = a1 + lda, *a3 = a2 + lda;          \
-                derive_vec_##S s00 = {0}, s01 = {0}, s10 = {0}, s11 = {0};                          \
-                derive_vec_##S s20 = {0}, s21 = {0}, s30 = {0}, s31 = {0};                          \
-                for (Py_ssize_t kk = 0; kk < k; kk++) {                                             \
-                    derive_vec_##S lo = *(const derive_vec_##S*)(b + kk * 2 * (VL));                \
-                    derive_vec_##S hi = *(const derive_vec_##S*)(b + kk * 2 * (VL) + (VL));         \
-                    s00 += a0[kk] * lo; s01 += a0[kk] * hi;                                         \
-                    s10 += a1[kk] * lo; s11 += a1[kk] * hi;                                         \
-                    s20 += a2[kk] * lo; s21 += a2[kk] * hi;                                         \
-                    s30 += a3[kk] * lo; s31 += a3[kk] * hi;                                         \
-                }                                                                                   \
-                derive_put_##S(C + r * ldc + c0, s00, s01, w, add);                                 \
-                derive_put_##S(C + (r + 1) * ldc + c0, s10, s11, w, add);                           \
-                derive_put_##S(C + (r + 2) * ldc + c0, s20, s21, w, add);                           \
-                derive_put_##S(C + (r + 3) * ldc + c0, s30, s31, w, add);                           \
-            }                                                                                       \
-            for (; r < m; r++) {                                                                    \
-                const T* a0 = A + r * lda;                                                          \
-                derive_vec_##S s00 = {0}, s01 = {0};                                                \
-                for (Py_ssize_t kk = 0; kk < k; kk++) {                                             \
-                    derive_vec_##S lo = *(const derive_vec_##S*)(b + kk * 2 * (VL));                \
-                    derive_vec_##S hi = *(const derive_vec_##S*)(b + kk * 2 * (VL) + (VL));         \
-                    s00 += a0[kk] * lo; s01 += a0[kk] * hi;                                         \
-                }                                                                                   \
-                derive_put_##S(C + r * ldc + c0, s00, s01, w, add);                                 \
-            }                                                                                       \
+            for (; r + (ROWS) <= m; r += (ROWS))                                                    \
+                derive_block_##S((ROWS), k, A + r * lda, lda, b, C + r * ldc + c0, ldc, w, add);   \
+            if ((ROWS) > 4) for (; r + 4 <= m; r += 4)                                              \
+                derive_block_##S(4, k, A + r * lda, lda, b, C + r * ldc + c0, ldc, w, add);        \
+            for (; r < m; r++)                                                                      \
+                derive_block_##S(1, k, A + r * lda, lda, b, C + r * ldc + c0, ldc, w, add);        \
         }                                                                                           \
     }
     /* instantiated once per C type by the kernel template, with the lanes of the level the
-       compiler targets (derive.kernel.lower.TILES): DERIVE_SMALL_GEMM(float, f32, 16) … */
+       compiler targets (derive.kernel.lower.TILES): DERIVE_SMALL_GEMM(float, f32, 16, 8) … */
     #if defined(__AVX512F__)
-    DERIVE_SMALL_GEMM(float, f32, 16)
+    DERIVE_SMALL_GEMM(float, f32, 16, 8)
     #elif defined(__AVX2__)
-    DERIVE_SMALL_GEMM(float, f32, 8)
+    DERIVE_SMALL_GEMM(float, f32, 8, 4)
     #else
-    DERIVE_SMALL_GEMM(float, f32, 4)
+    DERIVE_SMALL_GEMM(float, f32, 4, 4)
     #endif
     #if defined(__AVX512F__)
-    DERIVE_SMALL_GEMM(double, f64, 8)
+    DERIVE_SMALL_GEMM(double, f64, 8, 8)
     #elif defined(__AVX2__)
-    DERIVE_SMALL_GEMM(double, f64, 4)
+    DERIVE_SMALL_GEMM(double, f64, 4, 4)
     #else
-    DERIVE_SMALL_GEMM(double, f64, 2)
+    DERIVE_SMALL_GEMM(double, f64, 2, 4)
     #endif
     """
 

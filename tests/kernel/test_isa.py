@@ -16,9 +16,10 @@ from derive.errors import UserError
 from derive.kernel import build, isa
 from derive.kernel.lower import TILES
 
-# B rows split over 2 threads give 5-6 rows each (a 4-row block and a remainder); N = 37
-# fills the two-vector panels of every level (up to 32 floats) and leaves a partial one
-SIZES = {"T": 4, "B": 11, "M": 5, "N": 37}
+# B rows split over 2 threads give 13-14 rows each: a block of the level's rows (8 at
+# avx512), a 4-row block and a remainder of single rows at every level; N = 37 fills the
+# two-vector panels of every level (up to 32 floats) and leaves a partial one
+SIZES = {"T": 4, "B": 27, "M": 5, "N": 37}
 
 
 def _runs(level):
@@ -30,6 +31,7 @@ def test_tiles_fill_one_vector_register_per_level():
         widths = {t.macro: t.lanes * {"float": 4, "double": 8}[t.ctype] for t in per_type}
         assert widths == {"__AVX512F__": 64, "__AVX2__": 32, "": 16}
         assert [t.macro for t in per_type] == [lv.macro for lv in reversed(isa.LEVELS)]
+        assert {t.macro: t.rows for t in per_type} == {"__AVX512F__": 8, "__AVX2__": 4, "": 4}
 
 
 def test_the_selected_level_is_the_best_unless_forced(monkeypatch):

@@ -308,3 +308,21 @@ def test_backward_uses_the_values_forward_saw(kernel, rng):
     got = kernel.backward(tr, d_out)
     for name in want:
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+def test_one_reading_of_the_sizes_for_the_kernel_and_the_torch_operators():
+    """Kernel.state_sizes reads N and P from the states (arrays or (B, n) shapes alike) and
+    the fused weights' shapes in sizes give the shapes init_params' buffers have; the
+    helpers read a size once, from the first array that has it."""
+    from derive.kernel.runtime import read_sizes, shape_of, sizes_text
+    k = derive.load_kernel("lstmp", "float64")
+    params = k.init_params(input_size=5, hidden_size=4, proj_size=3, seed=0)
+    dims = {"M": 5, "N": 4, "P": 3}
+    fused = k._fused(params, 4, 5, 3)
+    assert [W.shape for W in fused] == k.weight_shapes(dims) \
+        == [shape_of(s, dims) for s in k.fused_shapes()]
+    states = [np.zeros((2, {"N": 4, "P": 3}[k.size(s)])) for s in k.states]
+    assert k.state_sizes(states) == {"N": 4, "P": 3}
+    got, source = {"M": 5}, {"M": "x"}
+    read_sizes([("A", ((4, "N"), "M"), (16, 7)), ("B", ("N", "P"), (9, 3))], got, source)
+    assert got == dims and sizes_text(got, source) == "M=5 (from x) and N=4 (from A) and P=3 (from B)"

@@ -689,3 +689,19 @@ def test_training_step_benchmark_runs():
     skipped = bench.skipped_products("lstm_np", (5, 3, 4, 6), "float64", 1)
     assert set(skipped) == {"all", "no dx", "states only"} and min(skipped.values()) > 0
     assert "cpu" in bench.machine()
+
+
+def test_training_step_benchmark_runs_lstmp_against_nn_lstm_with_proj_size():
+    """Kind LSTMP: derive.torch.LSTM(proj_size=N // 2) against nn.LSTM(proj_size=N // 2)
+    holding the same state_dict (their outputs agree), the operator and the kernel of
+    lstmp with P = N // 2."""
+    bench = _load(ROOT / "benchmarks" / "torch_bench.py")
+    shape = (5, 3, 4, 6)
+    mine, ref = bench._modules("LSTMP", shape, torch.float64)
+    assert ref.proj_size == mine.proj_size == 3 and mine.ops.name == "lstmp"
+    x = torch.randn(5, 3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(mine(x)[0], ref(x)[0], rtol=1e-12, atol=1e-12)
+    d, t = bench.training_step("LSTMP", shape, torch.float64, 1)
+    kern, op = bench.op_overhead("lstmp", shape, torch.float32, 1)
+    skipped = bench.skipped_products("lstmp", shape, "float64", 1)
+    assert min(d, t, kern, op, *skipped.values()) > 0
