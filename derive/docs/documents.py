@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from derive.cell.spec import Cell
 from derive.derivation.jacobian import jacobian, reductions
 from derive.docs.jacobian import LATEX_CONVENTION, jacobian_equations
-from derive.docs.layout import latex_rows
+from derive.docs.layout import COLUMN, latex_rows, latex_width
 from derive.printing import presentation as P
 from derive.printing.latex import latex, latex_delta, latex_time, latex_vector
 from derive.printing.templates import (
@@ -19,6 +19,11 @@ from derive.printing.templates import (
 )
 
 # --- documents ---------------------------------------------------------------------
+
+#: an expanded form with a row wider than this (layout units: a tenth over the column, a
+#: row the layout cannot break, like a long fraction) is named, not printed (lstm_ln's:
+#: the rows of every other shipped cell stay within 81)
+TOO_WIDE = 1.1 * COLUMN
 
 def picture_stem(node: str) -> str:
     """The file name, without suffix, of the picture of δnode's flows: ``flows_c``."""
@@ -91,11 +96,16 @@ def sections(d, expanded: bool = True, pictures: bool = False) -> list[Section]:
         _equations((P.delta_latex(n), P.structured(d, n)) for n in d.deltas)))
     if expanded:
         forms = P.expanded_forms(d)
+        rows = {n: latex_rows(P.delta_latex(n), forms[n]) for n in d.deltas}
+        wide = [n for n in d.deltas if any(latex_width(r) > TOO_WIDE for r in rows[n])]
         out.append(Section(
             "Backward pass, expanded",
             "The same deltas with every delta of step $t$ substituted: forward values, "
-            r"$\Delta^{(t)}$ and the deltas of step $t+1$ only.",
-            _equations((P.delta_latex(n), forms[n]) for n in d.deltas)))
+            r"$\Delta^{(t)}$ and the deltas of step $t+1$ only."
+            + (" Too long for a page, not printed here (derive equations prints them in "
+               "full with its expanded option): "
+               + ", ".join(f"${P.delta_latex(n)}$" for n in wide) + "." if wide else ""),
+            [[_ROW_END.join(rows[n]) for n in d.deltas if n not in wide]]))
         out.append(Section(
             "Flows",
             "Every path from a node to a consumer whose delta is kept, and the term it "

@@ -45,7 +45,7 @@ from derive.printing.code import CythonPrinter, NumpyPrinter, ordered
 from derive.printing.templates import environment, header_lines
 
 #: the support files inlined into every kernel module (templates/support/)
-SUPPORT = ("kernel.pyx", "small_gemm.h")
+SUPPORT = ("kernel.pyx", "small_gemm.h", "row_means.h")
 
 
 def support_text(name: str) -> str:
@@ -143,9 +143,11 @@ def _row_pointer(place: Place) -> str:
 
 
 def _step(p: Plan, f: StepFunction, ctype: str, suffix: str) -> dict:
-    """One step function for one C type: signature, call, row pointers, body."""
+    """One step function for one C type: signature, call, row pointers, the row means it
+    reads (a scalar per row), body."""
     rows = f.rows
     reads = {s: f"{s.name}[_j]" for s, _ in rows}
+    reads.update({s: s.name for s, _ in f.scalars})
     reads.update({s: _element(pl) for s, pl in f.reads.items() if s not in reads})
     printer = CythonPrinter(reads, ctype)
     writes = []
@@ -161,6 +163,7 @@ def _step(p: Plan, f: StepFunction, ctype: str, suffix: str) -> dict:
         "params": [f"{ctype}_rp _{q.name}" for q in f.params],
         "arguments": [f"_{q.name}={_pointer(q.argument, ctype)}" for q in f.params],
         "rows": [(s.name, _row_pointer(pl)) for s, pl in rows],
+        "scalars": [(s.name, f"_{pl.param.name}[_b]") for s, pl in f.scalars],
         "locals": [s.name for s in f.locals],
         "statements": _statements(p, f.program, printer),
         "writes": writes,
@@ -229,6 +232,17 @@ def _sizes_of_call(p: Plan) -> list[str]:
     return ["T", "B", *(w for w, _ in _widths(p)), "N"] + (["P"] if _second(p) else [])
 
 
+def _reduction_scratch(p: Plan, backward: bool) -> list[tuple[str, str, str]]:
+    """The scratch of one pass's reductions: (field, elements, what) per array."""
+    out = []
+    for r in p.reductions:
+        if r.backward == backward:
+            out += [(p.buffer(Storage.REDUCED, r.name).field, f"B * {r.size}",
+                     f"the values {r.mean.name} averages, per row"),
+                    (p.buffer(Storage.MEANS, r.name).field, "B", f"{r.mean.name}, per row")]
+    return out
+
+
 def kernel_context(p: Plan) -> dict:
     """Everything templates/kernel.pyx.j2 lays out, as plain strings and lists."""
     k: Kernel = lower(p)
@@ -255,6 +269,9 @@ def kernel_context(p: Plan) -> dict:
         "forward": _entry(p, "forward"), "backward": _entry(p, "backward"),
         "panels_forward": k.panels_forward, "panels_backward": k.panels_backward,
         "scratch": [(b.field, b.size) for b in p.arrays(Storage.ADJOINT)],
+        "scratch_forward": _reduction_scratch(p, False),
+        "scratch_backward": _reduction_scratch(p, True),
+        "row_means": support_text("row_means.h") if p.reductions else "",
         "second": _second(p),
         "accumulators": [(b.field, "parts" + {0: "", 1: " + N"}.get(b.index, f" + {b.index} * N"))
                          for b in p.arrays(Storage.ACCUMULATOR)],
@@ -263,6 +280,7 @@ def kernel_context(p: Plan) -> dict:
         "finish_wanted": [_wanted(t.gradient) for t in k.finish],
         "carry_check": _carry_check(p), "weights": len(p.operands),
         "max_k": max((o.k for o in p.operands), default=1), "phases": p.phases,
+        "backward_phases": len(p.backward),
         "sizes": _sizes_of_call(p), "widths": _widths(p), "inputs": len(p.inputs),
         "unpack": ", ".join(f"{d} = p.{d}" for d in ["N", *(w for w, _ in _widths(p)),
                                                      "T", "B"] + (["P"] if _second(p) else [])),
@@ -333,6 +351,10 @@ def _numpy_products(p: Plan, phases: tuple[Phase, ...], forward: bool) -> list[l
                 values = (f"_S_{o.name}[t + 1]" if o.name in p.states else f"_A_{o.name}[t]")
                 code = f"np.matmul({values}, _W_{o.name}.T, out=_G_{o.name})"
             lines.append((call.comment, code))
+        for r, call in zip(phase.reductions, phase.calls[len(phase.calls)
+                                                         - len(phase.reductions):]):
+            lines.append((call.comment, f"_R_{r.name} = np.mean(_E_{r.name}, axis=-1, "
+                                        f"keepdims=True)"))
         out.append(lines)
     return out
 

@@ -4,8 +4,9 @@ The plan says what a step computes; lowering says which generated function recei
 which array at which row, once, for both the function's parameter list and its call
 site (`StepFunction.params`: a parameter *is* its argument, so the two cannot drift),
 and which products run before, inside and after the time loop (`Call`s). A step is a
-sequence of `Phase`s: the per-step products that run right before an element-wise
-function, then that function (a single-phase cell: one forward and one backward
+sequence of `Phase`s: the per-step products and row means (`derive_row_means`, of the
+reductions the phase before computed the arguments of) that run right before an
+element-wise function, then that function (a single-phase cell: one forward and one backward
 phase, the state products before them, the carry products after the backward). The
 emitters (`derive.kernel.emit`) only map this to Cython or NumPy syntax.
 
@@ -132,7 +133,15 @@ class StepFunction:
         """The symbols read through a row pointer (their buffer has a batch axis and the
         step does not write it), by name."""
         return sorted(((s, p) for s, p in self.reads.items()
-                       if p.param.buffer.rows and not p.param.written),
+                       if p.param.buffer.rows and not p.param.written
+                       and p.param.buffer.storage is not Storage.MEANS),
+                      key=lambda sp_: sp_[0].name)
+
+    @property
+    def scalars(self) -> list[tuple[sp.Symbol, Place]]:
+        """The row means read (one scalar per batch row), by name."""
+        return sorted(((s, p) for s, p in self.reads.items()
+                       if p.param.buffer.storage is Storage.MEANS),
                       key=lambda sp_: sp_[0].name)
 
 
@@ -141,6 +150,8 @@ def _offset(b: Buffer, step: Step) -> str:
     width = block_width(b.blocks, b.size)
     if b.storage is Storage.ACCUMULATOR:
         return {0: "", 1: "N"}.get(b.index, f"{b.index} * N")
+    if b.storage is Storage.MEANS:
+        return "b0"
     if not b.rows:
         return ""
     if not b.per_step:
@@ -174,6 +185,8 @@ def _place(p: Plan, ref: Ref) -> tuple[Buffer, Step, int]:
         return p.buffer(Storage.CARRY, name), Step.CURRENT, 0
     if kind is Kind.ADJOINT:
         return p.buffer(Storage.ADJOINT, name), Step.CURRENT, 0
+    if kind is Kind.MEAN:
+        return p.buffer(Storage.MEANS, name), Step.CURRENT, 0
     if kind is Kind.VALUE and name in p.states:
         return p.buffer(Storage.STATE, name), Step.CURRENT, 0
     if kind in (Kind.VALUE, Kind.AUX):
@@ -232,12 +245,13 @@ ENTRY_ARRAYS = {
 @dataclass(frozen=True)
 class Phase:
     """One element-wise phase of a step: the per-step products that run right before
-    it (forward: the projections it reads; backward: the adjoints Σ Wᵀ δ it reads), then
-    its function."""
+    it (forward: the projections it reads; backward: the adjoints Σ Wᵀ δ it reads) and
+    the row means it reads that the phase before made, then its function."""
 
     calls: tuple[Call, ...]
     step: StepFunction
-    operands: tuple = ()        # the operand of each call
+    operands: tuple = ()        # the operand of each product (the first calls)
+    reductions: tuple = ()      # the Reduction of each row mean (the calls after them)
 
 
 @dataclass(frozen=True)
@@ -283,10 +297,10 @@ def _values(p: Plan, o) -> tuple[str, str]:
 
 
 def _phases(p: Plan, first_forward: tuple[Call, ...]) -> tuple[tuple[Phase, ...], ...]:
-    """The forward and backward phases: step functions and the node products between."""
+    """The forward and backward phases: step functions, and the node products and row
+    means between them."""
     G = {o.name: p.buffer(Storage.PROJECTION, o.name).field for o in p.operands}
     dG = {g.index: p.buffer(Storage.DELTAS, " ".join(g.nodes)).field for g in p.groups}
-    many = p.phases > 1
     forward, backward = [], []
     for k, program in enumerate(p.forward):
         operands = tuple(o for o in p.operands if o.role is Role.NODE and o.phase == k - 1)
@@ -298,15 +312,27 @@ def _phases(p: Plan, first_forward: tuple[Call, ...]) -> tuple[tuple[Phase, ...]
             for o in operands)
         if k == 0:
             operands = tuple(o for o in p.operands if o.role is Role.STATE)
-        forward.append(Phase(calls, step_function(p, f"forward{k}" if many else "forward",
-                                                   program), operands))
+        means = tuple(r for r in p.reductions if not r.backward and r.phase == k - 1)
+        name = f"forward{k}" if len(p.forward) > 1 else "forward"
+        forward.append(Phase(calls + tuple(_mean_call(p, r) for r in means),
+                             step_function(p, name, program), operands, means))
+    K = len(p.backward) - 1
     for i, program in enumerate(p.backward):
-        k = p.phases - 1 - i
-        operands = tuple(o for o in p.operands if o.role is Role.NODE and o.phase == k)
+        operands = tuple(o for o in p.operands if o.role is Role.NODE and p.adjoints[o.name] == i)
+        means = tuple(r for r in p.reductions if r.backward and r.phase == i - 1)
         calls = tuple(_adjoint_call(p, o, dG[o.group]) for o in operands)
-        backward.append(Phase(calls, step_function(p, f"backward{k}" if many else "backward",
-                                                   program), operands))
+        name = f"backward{K - i}" if K else "backward"
+        backward.append(Phase(calls + tuple(_mean_call(p, r) for r in means),
+                              step_function(p, name, program), operands, means))
     return tuple(forward), tuple(backward)
+
+
+def _mean_call(p: Plan, r) -> Call:
+    """The row means of reduction r for the thread's rows: R[b] = Σⱼ E[b, j] / size."""
+    E, R = p.buffer(Storage.REDUCED, r.name).field, p.buffer(Storage.MEANS, r.name).field
+    return Call("derive_row_means", ("nb", r.size, Pointer(E, f"b0 * {r.size}"), r.size,
+                                     Pointer(R, "b0")),
+                f"{r.mean.name} = the row means of E_{r.name}", True)
 
 
 def _adjoint_call(p: Plan, o, dG: str) -> Call:

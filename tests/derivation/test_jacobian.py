@@ -9,7 +9,8 @@ import derive
 from derive import numeric
 from derive.analyze import evaluate_block
 from derive.cli import main
-from derive.derivation.jacobian import jacobian
+from derive.derivation.jacobian import jacobian, reductions
+from derive.errors import UserError
 
 # two states, a matrix product of a node of step t that depends on a state (an inner
 # diag in the chain), a peephole-like vector parameter and a numeric coefficient
@@ -60,6 +61,11 @@ def numeric_jacobian(cell, h=1e-6, seed=3):
 
 
 def test_every_shipped_cell_matches_central_differences(cell_name):
+    if reductions(derive.load_cell(cell_name)):
+        # a mean couples the units of a row (lstm_ln): a stated limit, refused in one line
+        with pytest.raises(UserError, match=r"reduces over the hidden units \(mean\)"):
+            jacobian(derive.derive(cell_name))
+        return
     symbolic, central, _ = numeric_jacobian(cell_name)
     for key in symbolic:
         err = np.max(np.abs(symbolic[key] - central[key]))

@@ -13,6 +13,7 @@ from agreement import assert_kernel_equals_reference
 from catalog import cell_path
 
 import derive
+from derive.cell import symbols as S
 from derive.check import gradient_check
 from derive.errors import UserError
 from derive.kernel import emit
@@ -22,12 +23,16 @@ from derive.kernel.plan import Kind, Role, Storage
 T, B, M, N = 5, 3, 6, 4
 
 
-def test_a_cell_has_several_phases_exactly_when_it_projects_a_node_of_its_step(cell_name):
+def test_a_cell_has_several_phases_exactly_when_it_projects_a_node_of_its_step_or_averages(
+        cell_name):
     p = kplan.plan(cell_name)
     same_step = any(pr.shift == 0 and pr.operand in p.cell.nodes
                     for n in p.cell.nodes.values() for pr in n.projections)
-    assert (p.phases > 1) == same_step == any(o.role is Role.NODE for o in p.operands)
-    if same_step:
+    averages = any(n.elementwise.has(S.Mean) for n in p.cell.nodes.values())
+    assert same_step == any(o.role is Role.NODE for o in p.operands)
+    assert averages == bool(p.reductions)
+    assert (p.phases > 1) == (same_step or averages)
+    if same_step or averages:
         return
     assert len(p.backward) == 1
     assert not p.arrays(Storage.ADJOINT)

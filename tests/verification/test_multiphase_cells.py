@@ -1,6 +1,6 @@
 """derive verify on the multi-phase cells (a node of the same step multiplied by a
-matrix) and the second node size: correct hand derivations verify equal, a wrong one
-differs with its wrong term named."""
+matrix, or a mean over the hidden units) and the second node size: correct hand
+derivations verify equal, a wrong one differs with its wrong term named."""
 
 import pytest
 
@@ -14,12 +14,17 @@ CORRECT = [
     ("mgu", "df_bar[t] = (ds[t]*y[t-1] + dy[t]*(h[t] - y[t-1]))*f[t]*(1 - f[t])"),
     ("lstmp", "dm[t] = W_rm.T @ dy[t]"),
     ("lstmp", "dc[t] = dm[t]*o[t]*dtanh(c[t]) + dc[t+1]*f[t+1]"),
+    # the layer-normalised LSTM: the adjoint of d = a - mean(a), and of s = sqrt(mean(d²) + ε)
+    ("lstm_ln", "da_z[t] = dd_z[t] - mean(dd_z[t])"),
+    ("lstm_ln", "dd_c[t] = g_c*dc_hat[t]/s_c[t] + d_c[t]*mean(ds_c[t])/s_c[t]"),
 ]
 
 WRONG = [   # (cell, equation, the flow the difference names)
     ("gru_rb", "ds[t] = R_h @ dh_bar[t]", "h_bar[t]"),
     ("mgu", "df_bar[t] = (ds[t]*y[t-1] + dy[t]*(h[t] + y[t-1]))*f[t]*(1 - f[t])", "y[t]"),
     ("lstmp", "dc[t] = dm[t]*dtanh(c[t]) + dc[t+1]*f[t+1]", "m[t]"),
+    ("lstm_ln", "da_z[t] = dd_z[t]", "d_z[t]"),                    # the mean's adjoint missing
+    ("lstm_ln", "dd_c[t] = g_c*dc_hat[t]/s_c[t] - d_c[t]*mean(ds_c[t])/s_c[t]", "s_c[t]"),
 ]
 
 

@@ -11,7 +11,8 @@ the plan out. The passes, in order (one module each):
    element-wise part of δx of an input used element-wise;
 4. `backward` — carries: the element-wise part of δs[t-1], written at step t;
 5. `backward` — accumulators: the vector parameters' gradients over batch and time;
-   then the backward writes split into phases;
+   then the backward phases (`stages`: the writes split, the means of deltas made
+   between phases with `reductions`); the forward's means (`reductions`) likewise;
 6. `storage` — auxiliary values, the values the forward stores, the arrays of a call;
 7. `cse` — every phase's program as CSE'd, dependency-ordered straight-line code.
 
@@ -27,8 +28,7 @@ R_h (r ⊙ y[t-1])) is a phase boundary: the forward computes phase 0, the per-s
 product of the node, phase 1 …; the backward runs the phases in reverse with the
 transposed products between them, and the weight gradients of such products are large
 GEMMs after the time loop (the node's values are stored per step). A row reduction over
-the hidden units (mean(v), layer normalisation) is meant to become the second kind of
-boundary (see `Plan`).
+the hidden units is the second kind of boundary (see **Reductions** below).
 
 **Inputs.** Each input is an array X[k] of its own (dX[k] its gradient). An input
 multiplied by matrices is an operand (its projections of all T steps: one GEMM before
@@ -39,8 +39,12 @@ element-wise part of δx[t] into dX[k][t], to which the GEMM after the loop adds
 input used only element-wise has no GEMM). Several inputs of size M each have their own
 size (M_<input> in the generated code), read from their arrays.
 
-Cells with a reduction over the hidden units (mean) are valid specs that the kernels
-do not support yet: `plan()` raises a UserError naming the node.
+**Reductions.** A mean over the hidden units (layer normalisation) is the second kind
+of phase boundary (`reductions`): the phase that computes its argument writes it into
+a scratch row, the row means are made between that phase and the next, and the later
+phases read one scalar per row. The backward has its own phases (`Backward.stages`):
+a statement's backward phase is one after the deltas an adjoint product it reads
+needs, and one after the argument of each mean of deltas it reads.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ from derive.kernel.plan.model import (
     Operand,
     Plan,
     Program,
+    Reduction,
     Ref,
     Role,
     Statement,
@@ -72,18 +77,21 @@ from derive.kernel.plan.operands import (
     phases,
     unsupported,
 )
+from derive.kernel.plan.reductions import Means
 from derive.kernel.plan.storage import (
     FUNCTIONS,
     all_buffers,
     auxiliaries,
     fixed_buffers,
+    reduction_buffers,
     stored_values,
 )
 from derive.kernel.plan.symbols import Symbols
+from derive.printing.text import text
 
 __all__ = ["FUNCTIONS", "Block", "Buffer", "Group", "Kind", "Operand", "Plan", "Program",
-           "Ref", "Role", "Statement", "Storage", "Stored", "Write", "describe", "expand_powers",
-           "plan"]
+           "Reduction", "Ref", "Role", "Statement", "Storage", "Stored", "Write", "describe",
+           "expand_powers", "plan"]
 
 
 def plan(d: "Derivation | str") -> Plan:
@@ -93,7 +101,6 @@ def plan(d: "Derivation | str") -> Plan:
     cell = d.cell
     check_supported(cell)
     phase = phases(cell)
-    count = max(phase.values()) + 1
     operands, groups = operands_and_groups(cell)
     check_matrix_gradients(d, operands)
     params = {n: p.shape for n, p in cell.parameters.items()}
@@ -107,22 +114,47 @@ def plan(d: "Derivation | str") -> Plan:
     bwd.input_gradients(operands, by_name)
     carried = bwd.carry_writes(operands, by_name)
     bwd.accumulators(vectors, by_name)
-    adjoints = {symbols.of(Ref(Kind.ADJOINT, o.name), f"adjoint_{o.name}"): o.phase
-                for o in operands if o.role is Role.NODE}
-    backward, aux = _with_auxiliaries(bwd, bwd.phases(adjoints, count), symbols)
-    stored = stored_values(cell, alloc.values, aux, backward, symbols,
-                           _kept_across_phases(cell, operands, phase))
-    buffers = all_buffers(fixed, stored, {s.name: _size(cell, symbols.refs, s.expr)
-                                          if s.is_aux else cell.size(s.name) for s in stored})
-    forward, comments = forward_programs(cell, alloc, stored,
-                                         {(b.storage, b.name): b for b in buffers}, phase)
+    aux = auxiliaries(bwd.statements, symbols)
+    staged, statements, bmeans, adjoints = bwd.stages(
+        [Statement(s.target, s.expr.xreplace(aux), s.comment) for s in bwd.statements],
+        operands)
+    reduced = reduction_buffers(bmeans.reductions)
+    for r in bmeans.reductions:
+        staged[r.phase].append(_argument_write(r, reduced))
+    backward = tuple(finish(Program(tuple(statements), tuple(w)), symbols) for w in staged)
+    reads = frozenset().union(*(b.reads for b in backward))
+    value_phase = {alloc.values[n]: phase[n] for n in cell.nodes}
+    fmeans = Means("f", symbols, lambda s: value_phase.get(s, 0),
+                   lambda e: _size(cell, symbols.refs, e))
+    nodes = {n: fmeans.replace(node.elementwise.xreplace(alloc.subs))
+             for n, node in cell.nodes.items()}
+    later = [(fmeans.replace(e), None) for e, sym in aux.items() if sym in reads]
+    later = [(e, fmeans.level(e)) for e, _ in later]
+    later += [(r.expr, r.phase) for r in fmeans.reductions]
+    kept = _kept_across_phases(cell, operands, phase) | {
+        symbols.refs[s].name for e, k in later for s in e.free_symbols
+        if s in value_phase and value_phase[s] < k} - set(cell.states)
+    stored = stored_values(cell, alloc.values, aux, backward, symbols, kept)
+    buffers = all_buffers(fixed + reduced + reduction_buffers(fmeans.reductions), stored,
+                          {s.name: _size(cell, symbols.refs, s.expr)
+                           if s.is_aux else cell.size(s.name) for s in stored})
+    forward, comments = forward_programs(cell, alloc, nodes, stored,
+                                         {(b.storage, b.name): b for b in buffers}, phase,
+                                         fmeans)
     result = Plan(cell, cell.inputs[0], cell.states, cell.outputs, params, vectors,
                   operands, groups, stored, buffers,
                   tuple(finish(f, symbols) for f in forward), backward, symbols.refs,
-                  carried, {**comments, **bwd.comments})
+                  carried, {**comments, **bwd.comments},
+                  fmeans.reductions + bmeans.reductions, adjoints)
     _check_backward_reads(result)
     _check_phase_sizes(result)
     return result
+
+
+def _argument_write(r: Reduction, buffers: tuple[Buffer, ...]) -> Write:
+    """The write of a reduction's argument into its E scratch."""
+    E = next(b for b in buffers if b.storage is Storage.REDUCED and b.name == r.name)
+    return Write(E, r.value, 0, f"E_{r.name} = {text(r.expr)}: {r.mean.name} is its row mean")
 
 
 def _size(cell, refs: dict, expr) -> str:
@@ -149,17 +181,6 @@ def _check_phase_sizes(p: Plan) -> None:
                                       f"a phase works on vectors of one size")
 
 
-def _with_auxiliaries(bwd: Backward, writes: list, symbols: Symbols
-                      ) -> tuple[tuple[Program, ...], dict]:
-    """The finished backward programs (phase K first; `writes`: those of each phase, by
-    phase), reading AUX symbols in place of their function calls, and those symbols
-    (function call -> symbol)."""
-    aux = auxiliaries(bwd.statements, symbols)
-    statements = tuple(Statement(s.target, s.expr.xreplace(aux), s.comment)
-                       for s in bwd.statements)
-    return tuple(finish(Program(statements, w), symbols) for w in reversed(writes)), aux
-
-
 def _kept_across_phases(cell, operands: tuple[Operand, ...], phase: dict) -> set[str]:
     """The nodes (not states) whose values outlive their phase: the node operands (their
     product and weight gradients read them) and those a later phase reads."""
@@ -172,7 +193,7 @@ def _kept_across_phases(cell, operands: tuple[Operand, ...], phase: dict) -> set
 
 def _check_backward_reads(p: Plan) -> None:
     """The backward reads only what the forward stores (no values at t+1), and each
-    phase only the adjoints made before it (backward[k] is phase K - k)."""
+    phase only the adjoints and row means made before it."""
     ok = {Kind.PREVIOUS, Kind.VECTOR, Kind.INCOMING, Kind.CARRY, Kind.AUX, Kind.INPUT}
     stored = {s.symbol for s in p.stored}
     for k, program in enumerate(p.backward):
@@ -181,6 +202,9 @@ def _check_backward_reads(p: Plan) -> None:
             if ref.kind in ok or sym in stored or (ref.kind is Kind.VALUE
                                                    and ref.name in p.states):
                 continue
-            if ref.kind is Kind.ADJOINT and p.operand(ref.name).phase >= p.phases - 1 - k:
+            if ref.kind is Kind.ADJOINT and p.adjoints[ref.name] <= k:
+                continue
+            if ref.kind is Kind.MEAN and p.reduction(sym).backward \
+                    and p.reduction(sym).phase < k:
                 continue
             raise AssertionError(f"backward reads {ref}")  # pragma: no cover

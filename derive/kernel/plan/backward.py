@@ -12,13 +12,17 @@ vector parameters (peepholes, biases) over the batch and time.
 
 In a multi-phase cell the δ of a node operand v holds Σ Wᵀ δu over the blocks of v (the
 nodes u of later phases that project it): one product per step, between backward
-phases, into a scratch array read as the ADJOINT symbol of v. `phases` splits the
-writes: each dG or vector-gradient write goes to the latest backward phase that can
-compute it (the one of the earliest node operand whose adjoint it needs), the carries
-to the last (phase 0: earlier phases read the step-(t+1) carries). Every phase's
-program is the whole statement list pruned to its writes, so a delta that two phases
-need (δy of a reset-before GRU: its dG in phase 1, δu in phase 0) is recomputed from
-the arrays (a few element-wise operations) instead of stored.
+phases, into a scratch array read as the ADJOINT symbol of v. A mean in a backward
+statement (mean(K) of deltas of the step: the adjoint of a forward mean) is a row
+reduction between backward phases (`derive.kernel.plan.reductions`); a mean of
+forward values only is an auxiliary value the forward stores. `stages` splits the
+writes: each dG or vector-gradient write goes to the first backward phase that can
+compute it (its level: one phase after the deltas an adjoint product reads, one after
+the argument of a mean), the carries to the last (earlier phases read the step-(t+1)
+carries). Every phase's program is the whole statement list pruned to its writes, so
+a delta that two phases need (δy of a reset-before GRU: its dG in phase 1, δu in
+phase 0) is recomputed from the arrays (a few element-wise operations) instead of
+stored.
 """
 
 from __future__ import annotations
@@ -27,11 +31,13 @@ import sympy as sp
 
 from derive.cell import symbols as S
 from derive.derivation import Derivation
+from derive.kernel.plan.cse import prune
 from derive.kernel.plan.model import (
     Buffer,
     Group,
     Kind,
     Operand,
+    Program,
     Ref,
     Role,
     Statement,
@@ -39,6 +45,7 @@ from derive.kernel.plan.model import (
     Write,
 )
 from derive.kernel.plan.operands import unsupported
+from derive.kernel.plan.reductions import Means
 from derive.kernel.plan.symbols import Symbols
 from derive.printing import presentation
 from derive.printing.text import text
@@ -137,18 +144,59 @@ class Backward:
             self.writes.append(Write(buffers[Storage.CARRY, s], target, 0, comment))
         return frozenset(carried)
 
-    def phases(self, adjoints: dict[sp.Symbol, int], count: int) -> list[tuple[Write, ...]]:
-        """The writes of each backward phase (index: the phase): see the module
-        docstring. adjoints: ADJOINT symbol -> the phase of its node operand."""
-        limit: dict[sp.Symbol, int] = {}
-        for st in self.statements:
-            free = st.expr.free_symbols
-            limit[st.target] = min([adjoints[s] for s in free if s in adjoints]
-                                   + [limit[s] for s in free if s in limit] + [count - 1])
-        out: list[list[Write]] = [[] for _ in range(count)]
+    def stages(self, statements: list[Statement], operands: tuple[Operand, ...]
+               ) -> tuple[list[list[Write]], list[Statement], Means, dict[str, int]]:
+        """The backward phases, in the order they run (see the module docstring).
+
+        statements: self.statements with the auxiliary values read as their symbols.
+        Returns the writes of each phase, the statements with every mean read as the
+        symbol of its reduction (and, last, the arguments of the reductions), the
+        reductions (the writes of their arguments into E are the caller's: phase
+        r.phase), and the phase each node operand's adjoint product runs before."""
+        adjoint = {self.symbols.of(Ref(Kind.ADJOINT, o.name), f"adjoint_{o.name}"): o
+                   for o in operands if o.role is Role.NODE}
+        stage: dict[sp.Symbol, int] = {}
+        adjoints: dict[str, int] = {}
+
+        def phase_of(sym: sp.Symbol) -> int:
+            if sym in stage:
+                return stage[sym]
+            if sym in adjoint:    # after the phase that writes its nodes' deltas into dG
+                o = adjoint[sym]
+                missing = [n for n in o.nodes if self.delta[n] not in stage]
+                if missing:  # pragma: no cover - deltas come in reverse node order
+                    raise AssertionError(f"adjoint of {o.name} before δ{missing[0]}")
+                adjoints[o.name] = max(stage[self.delta[n]] for n in o.nodes) + 1
+                stage[sym] = adjoints[o.name]
+                return stage[sym]
+            return 0
+
+        means = Means("b", self.symbols, phase_of, self._size)
+        needed = {st.target for st in prune(Program(tuple(statements), tuple(self.writes)))}
+        out = []
+        for st in statements:
+            if st.target not in needed:
+                continue
+            expr = means.replace(st.expr)
+            stage[st.target] = means.level(expr)
+            out.append(Statement(st.target, expr, st.comment))
+        for o in adjoint.values():   # an adjoint no statement needs: made before phase 0
+            adjoints.setdefault(o.name, 0)
+        out += [Statement(r.value, r.expr) for r in means.reductions]
+        count = max([stage[w.value] for w in self.writes]
+                    + [r.phase for r in means.reductions]) + 1
+        phases: list[list[Write]] = [[] for _ in range(count)]
         for w in self.writes:
-            out[0 if w.buffer.storage is Storage.CARRY else limit[w.value]].append(w)
-        return [tuple(ws) for ws in out]
+            phases[count - 1 if w.buffer.storage is Storage.CARRY else stage[w.value]].append(w)
+        return phases, out, means, adjoints
+
+    def _size(self, expr: sp.Expr) -> str:
+        """The size (N or P) of the vectors `expr` reads (its row in a reduction)."""
+        sized = (Kind.VALUE, Kind.PREVIOUS, Kind.DELTA, Kind.INCOMING, Kind.CARRY,
+                 Kind.ADJOINT)
+        return next((self.cell.size(self.symbols.refs[s].name)
+                     for s in sorted(expr.free_symbols, key=str)
+                     if self.symbols.refs[s].kind in sized), "N")
 
     def accumulators(self, vectors: tuple[str, ...], buffers: Buffers) -> None:
         """Pass 5: each vector parameter's gradient term, summed over batch and time."""

@@ -21,6 +21,14 @@ def describe(p: Plan) -> str:
     lines += ["", "buffers (the arrays of a kernel call):"]
     lines += [f"  {b.storage.argument + f'[{b.index}]':<8} {b.field:<14} "
               f"({', '.join(b.shape)}{',' if len(b.shape) == 1 else ''})" for b in p.buffers]
+    if p.reductions:
+        lines += ["", "reductions (row means over the hidden units: E written by a phase, "
+                      "R = its row means, read by the later phases as one scalar per row):"]
+        for r in p.reductions:
+            when = (f"backward phase {len(p.backward) - 1 - r.phase}" if r.backward
+                    else f"forward phase {r.phase}")
+            lines.append(f"  {r.mean.name} = mean({text(r.expr)}) over the {r.size} entries "
+                         f"of a row; argument written by {when}")
     lines += ["", "symbols:"]
     for sym in sorted({s for prog in p.forward + p.backward for s in _symbols(prog)},
                       key=lambda s: s.name):

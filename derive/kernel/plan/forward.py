@@ -4,8 +4,9 @@ Allocation gives every value a step reads or computes its program symbol: the bl
 of the projection results, the states at t-1, the inputs at t (read where a node uses
 one element-wise), the vector parameters and the node values at t. The forward program of each phase computes the nodes of that phase after
 the projections, in spec order, then the auxiliary values the backward reads (in the
-phase of the latest node they read), and writes the new states and the stored values
-it computed. A later phase reads an earlier phase's values from their arrays (the
+phase of the latest node or mean they read), then the arguments of the means made
+after it (written into their E scratch), and writes the new states and the stored
+values it computed. A later phase reads an earlier phase's values from their arrays (the
 plan stores every node a later phase reads).
 """
 
@@ -25,6 +26,7 @@ from derive.kernel.plan.model import (
     Stored,
     Write,
 )
+from derive.kernel.plan.reductions import Means
 from derive.kernel.plan.symbols import Symbols
 from derive.printing.text import text
 
@@ -61,28 +63,50 @@ class Allocation:
                                    if s in self._back}))
 
 
-def forward_programs(cell, alloc: Allocation, stored: tuple[Stored, ...],
-                     buffers: dict[tuple[Storage, str], Buffer],
-                     phase: dict[str, int]) -> tuple[tuple[Program, ...], dict]:
-    """Per phase: its nodes (spec order), then its auxiliary values; writes: its states,
-    its stored values."""
-    count = max(phase.values()) + 1
-    statements: list[list[Statement]] = [[] for _ in range(count)]
-    writes: list[list[Write]] = [[] for _ in range(count)]
+def forward_programs(cell, alloc: Allocation, nodes: dict[str, sp.Expr],
+                     stored: tuple[Stored, ...], buffers: dict[tuple[Storage, str], Buffer],
+                     phase: dict[str, int], means: Means
+                     ) -> tuple[tuple[Program, ...], dict]:
+    """Per phase: its nodes (spec order), then its auxiliary values, then the arguments
+    of the means made after it; writes: its states, its stored values, the arguments
+    into the reductions' E. nodes: each node's element-wise part, its means read as
+    their symbols (`means`: the forward's reductions, all made already)."""
+    entries: list[tuple[int, Statement | None, Write | None]] = []
     comments = {}
     of_value = {alloc.values[n]: phase[n] for n in cell.nodes}
-    for n, node in cell.nodes.items():
-        expr = node.elementwise.xreplace(alloc.subs) + sp.Add(*alloc.projections[n])
-        comments[n] = f"{n}[t] = {node.text}"
-        statements[phase[n]].append(Statement(alloc.values[n], expr, comments[n]))
+    for n in cell.nodes:
+        expr = nodes[n] + sp.Add(*alloc.projections[n])
+        if means.level(nodes[n]) > phase[n]:  # pragma: no cover - phases() counts means
+            raise AssertionError(f"node {n} reads a mean made after its phase")
+        comments[n] = f"{n}[t] = {cell.nodes[n].text}"
+        entries.append((phase[n], Statement(alloc.values[n], expr, comments[n]), None))
     for s in cell.states:
-        writes[phase[s]].append(Write(buffers[Storage.STATE, s], alloc.values[s], 0, f"{s}[t]"))
+        entries.append((phase[s], None, Write(buffers[Storage.STATE, s], alloc.values[s], 0,
+                                              f"{s}[t]")))
     for st in stored:
-        reads = st.expr.free_symbols if st.is_aux else {st.symbol}
-        k = max((of_value[s] for s in reads if s in of_value), default=0)
         if st.is_aux:
-            statements[k].append(Statement(st.symbol, st.expr, f"{st.name} = "
-                                           f"{alloc.notation(st.expr)} (stored for the "
-                                           f"backward pass)"))
-        writes[k].append(Write(buffers[Storage.STORED, st.name], st.symbol, 0, st.name))
+            expr = means.replace(st.expr)
+            k = max([means.level(expr)] + [of_value[s] for s in expr.free_symbols
+                                           if s in of_value])
+            entries.append((k, Statement(st.symbol, expr, f"{st.name} = "
+                                         f"{alloc.notation(st.expr)} (stored for the "
+                                         f"backward pass)"), None))
+        else:
+            k = of_value[st.symbol]
+        entries.append((k, None, Write(buffers[Storage.STORED, st.name], st.symbol, 0,
+                                       st.name)))
+    for r in means.reductions:
+        entries.append((r.phase, Statement(r.value, r.expr, f"{r.value.name} = "
+                                           f"{alloc.notation(r.expr)} (its row mean: "
+                                           f"{r.mean.name})"),
+                        Write(buffers[Storage.REDUCED, r.name], r.value, 0,
+                              f"E_{r.name}")))
+    count = max(k for k, _, _ in entries) + 1
+    statements: list[list[Statement]] = [[] for _ in range(count)]
+    writes: list[list[Write]] = [[] for _ in range(count)]
+    for k, st, w in entries:
+        if st is not None:
+            statements[k].append(st)
+        if w is not None:
+            writes[k].append(w)
     return tuple(Program(tuple(a), tuple(b)) for a, b in zip(statements, writes)), comments

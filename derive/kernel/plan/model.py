@@ -9,6 +9,7 @@ it is, as a `Ref` of a `Kind`; an array of the calling convention is a `Buffer` 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from enum import Enum
 
@@ -40,6 +41,8 @@ class Kind(Enum):
     DELTA = "delta"             # δ of node `name`: a local of the backward step
     ADJOINT = "adjoint"         # Σ Wᵀ δ over the blocks of node operand `name` (a product
                                 # between two backward phases)
+    MEAN = "mean"               # the row mean of reduction `name` (one scalar per batch row,
+                                # made between two phases)
     TEMP = "temp"               # a local: CSE temporary, new carry, parameter-gradient term
 
 
@@ -74,6 +77,9 @@ class Storage(Enum):
     INPUT_GRADIENT = ("dX", ("T", "B", "size"))
     ADJOINT = ("D", ("B", "N"))                        # scratch of the kernel (not an
                                                        # argument): a node operand's Σ Wᵀ δ
+    REDUCED = ("E", ("B", "N"))                        # scratch: the values a reduction
+                                                       # averages (one step)
+    MEANS = ("R", ("B",))                              # scratch: a reduction's row means
 
     @property
     def argument(self) -> str:
@@ -160,6 +166,29 @@ class Group:
 
 
 @dataclass(frozen=True)
+class Reduction:
+    """mean(expr) over the `size` (N or P) entries of each batch row: a row reduction.
+
+    The phase `phase` of its pass computes `value` = expr (inner means already read as
+    their symbols) and writes it into the scratch E_<name> (B, size); between that phase
+    and the next, the row means go into the scratch R_<name> (B,); later phases read
+    `mean`, one scalar per row. name: "f<k>" (forward) or "b<k>" (backward); phase: a
+    forward phase, or for the backward the index in Plan.backward (the order they run).
+    """
+
+    name: str
+    mean: sp.Symbol
+    value: sp.Symbol
+    expr: sp.Expr
+    phase: int
+    size: str = "N"
+
+    @property
+    def backward(self) -> bool:
+        return self.name.startswith("b")
+
+
+@dataclass(frozen=True)
 class Stored:
     """A (T, B, N) array the forward pass writes for the backward pass.
 
@@ -235,11 +264,14 @@ class Plan:
     order they run, phase K first (backward[i] is phase K - i): before phase p run
     the products Σ Wᵀ δ of the node operands of phase p.
 
-    A phase boundary is a product of a node of the same step. A row reduction over the
-    hidden units (mean(v) of layer normalisation) is meant to be the second kind of
-    boundary: the values it reduces computed by one phase, the (B,) sums made between
-    phases like the products here, read by the next phase as a scalar per row (its
-    adjoint, a broadcast, likewise between backward phases).
+    A phase boundary is a product of a node of the same step, or a row reduction over
+    the hidden units (mean(v) of layer normalisation; `reductions`): the values it
+    averages computed by one phase, the (B,) row means made between phases like the
+    products, read by the later phases as a scalar per row. The backward has its own
+    phases (as many as its products and reductions need, not necessarily the forward's
+    count): adjoints[o] is the index in `backward` of the phase that the adjoint
+    product of node operand o runs before; a backward reduction (a mean of deltas, the
+    adjoint of a forward mean) is made after the phase that computes its argument.
     """
 
     cell: object
@@ -257,6 +289,8 @@ class Plan:
     refs: dict[sp.Symbol, Ref]
     carried: frozenset[str]
     equations: dict[str, str]
+    reductions: tuple[Reduction, ...] = ()
+    adjoints: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -276,6 +310,10 @@ class Plan:
         """The size of an input: "M" (M_<input> in a cell with several inputs of size
         M: each its own), or "N" / "P" for an input used element-wise."""
         return self.buffer(Storage.INPUT, name).shape[2]
+
+    def reduction(self, mean: sp.Symbol) -> Reduction:
+        """The reduction whose row mean is the symbol `mean`."""
+        return next(r for r in self.reductions if r.mean == mean)
 
     def operand(self, name: str) -> Operand:
         return next(o for o in self.operands if o.name == name)

@@ -15,8 +15,10 @@ element-wise part of δx[t], to which the GEMM δx += dG · Wcat adds after the 
 
 A node multiplied by a matrix in its own step (a *node operand*) splits the step into
 *phases*: the phase of a node is 0 unless it multiplies a node of the same step (then one
-more than that node's phase) or reads a node of a later phase element-wise (then that
-phase). A node operand's product runs between its phase and the next.
+more than that node's phase), reads a node of a later phase element-wise (then that
+phase) or reads a mean over the hidden units (then at least one more than the level of
+its argument: `derive.kernel.plan.reductions`). A node operand's product runs between
+its phase and the next.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from derive.cell import symbols as S
 from derive.derivation import Derivation
 from derive.errors import UserError
 from derive.kernel.plan.model import Block, Group, Operand, Role
+from derive.kernel.plan.reductions import node_level
 
 
 def unsupported(cell, message: str) -> UserError:
@@ -36,9 +39,9 @@ def unsupported(cell, message: str) -> UserError:
 def check_supported(cell) -> None:
     """The nodes of one phase of one size (N or P), an operand feeding nodes of one size,
     vector parameters of size N; a node of the same step multiplied by a matrix is not
-    also a state multiplied at t-1 (the two would be one operand name); no reduction
-    (mean) over the hidden units. Any number of inputs, each used through matrices,
-    element-wise (then of its node's size, N or P) or both."""
+    also a state multiplied at t-1 (the two would be one operand name). Any number of
+    inputs, each used through matrices, element-wise (then of its node's size, N or P)
+    or both; means over the hidden units."""
     phase = phases(cell)
     for name in cell.nodes:
         if cell.size(name) not in ("N", "P"):  # pragma: no cover - the spec infers N, P
@@ -75,9 +78,6 @@ def check_supported(cell) -> None:
                                         f"{p.operand!r} of the same step while another "
                                         f"node multiplies {p.operand}[t-1] (one operand "
                                         f"per vector)")
-        if node.elementwise.has(S.Mean):
-            raise unsupported(cell, f"node {node.name!r} reduces over the hidden units "
-                                    f"(mean: reductions are not compiled yet)")
 
 
 def phases(cell) -> dict[str, int]:
@@ -85,8 +85,8 @@ def phases(cell) -> dict[str, int]:
     out: dict[str, int] = {}
     for name, node in cell.nodes.items():          # dependency order
         projected = {p.operand for p in node.projections if p.shift == 0}
-        out[name] = max((out[ref] + (ref in projected) for ref, shift in node.references()
-                         if shift == 0 and ref in out), default=0)
+        out[name] = max([out[ref] + (ref in projected) for ref, shift in node.references()
+                         if shift == 0 and ref in out] + [node_level(node, out)])
     return out
 
 

@@ -2,10 +2,11 @@
 backward.
 
 *Auxiliary* values are functions of forward values that the backward needs (like
-tanh(cᵗ)): they are stored by the forward, never recomputed. The forward stores every
-node the backward reads (states live in S anyway), every output that is not a state,
-and in a multi-phase cell every node that outlives its phase (node operands, nodes a
-later phase reads).
+tanh(cᵗ), or a mean of forward values): they are stored by the forward, never
+recomputed. The forward stores every node the backward reads (states live in S
+anyway), every output that is not a state, and in a multi-phase cell every node that
+outlives its phase (node operands, nodes a later phase reads). The reductions' scratch
+(E and R per mean) is the kernel's, not an argument.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from derive.kernel.plan.model import (
     Kind,
     Operand,
     Program,
+    Reduction,
     Ref,
     Role,
     Statement,
@@ -47,15 +49,20 @@ def make_buffer(storage: Storage, name: str, index: int, blocks: int = 1,
 
 
 def auxiliaries(statements: list[Statement], symbols: Symbols) -> dict[sp.Expr, sp.Symbol]:
-    """An AUX symbol for every function call of the backward statements."""
+    """An AUX symbol for every function call of the backward statements, and for every
+    mean of forward values in them (the forward made it: stored, not made again)."""
     aux: dict[sp.Expr, sp.Symbol] = {}
+    forward = (Kind.VALUE, Kind.PREVIOUS, Kind.VECTOR)
     for st in statements:
-        for f in sorted(st.expr.atoms(*FUNCTIONS), key=sp.default_sort_key):
+        means = [m for m in st.expr.atoms(S.Mean)
+                 if all(s in symbols.refs and symbols.refs[s].kind in forward
+                        for s in m.free_symbols)]
+        for f in sorted(st.expr.atoms(*FUNCTIONS) | set(means), key=sp.default_sort_key):
             if f not in aux:
                 ref = symbols.refs.get(f.args[0])
                 of = f"_{f.args[0].name}" if ref and ref.kind in (Kind.VALUE,
                                                                    Kind.PREVIOUS) else "_aux"
-                aux[f] = symbols.new(Ref(Kind.AUX), f"{type(f).__name__}{of}")
+                aux[f] = symbols.new(Ref(Kind.AUX), f"{type(f).__name__.lower()}{of}")
     return aux
 
 
@@ -101,6 +108,14 @@ def fixed_buffers(cell, operands: tuple[Operand, ...], groups: tuple[Group, ...]
     return tuple(out)
 
 
+def reduction_buffers(reductions: tuple[Reduction, ...]) -> tuple[Buffer, ...]:
+    """The scratch of each reduction: E (B, size), the values it averages, and R (B,),
+    their row means."""
+    return tuple(make_buffer(storage, r.name, k, rows=r.size)
+                 for k, r in enumerate(reductions) for storage in (Storage.REDUCED,
+                                                                    Storage.MEANS))
+
+
 def all_buffers(fixed: tuple[Buffer, ...], stored: tuple[Stored, ...],
                 sizes: dict[str, str]) -> tuple[Buffer, ...]:
     """The arrays in the order of the calling convention (by argument, then index);
@@ -108,4 +123,7 @@ def all_buffers(fixed: tuple[Buffer, ...], stored: tuple[Stored, ...],
     order = list(Storage)
     out = list(fixed) + [make_buffer(Storage.STORED, s.name, k, rows=sizes[s.name])
                          for k, s in enumerate(stored)]
-    return tuple(sorted(out, key=lambda b: (order.index(b.storage), b.index)))
+    scratch = (Storage.REDUCED, Storage.MEANS)   # the forward's reductions first
+    return tuple(sorted(out, key=lambda b: (order.index(b.storage),
+                                            b.storage in scratch and b.name[0] != "f",
+                                            b.index)))
