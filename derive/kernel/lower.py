@@ -296,22 +296,15 @@ def _values(p: Plan, o) -> tuple[str, str]:
     return p.buffer(Storage.STATE, o.name).field, _row(o.size, o.role is Role.NODE)
 
 
-def _phases(p: Plan, first_forward: tuple[Call, ...]) -> tuple[tuple[Phase, ...], ...]:
-    """The forward and backward phases: step functions, and the node products and row
-    means between them."""
-    G = {o.name: p.buffer(Storage.PROJECTION, o.name).field for o in p.operands}
+def _phases(p: Plan) -> tuple[tuple[Phase, ...], ...]:
+    """The forward and backward phases: step functions, and the products (the states'
+    before phase 0, the node operands' between phases) and row means before each."""
     dG = {g.index: p.buffer(Storage.DELTAS, " ".join(g.nodes)).field for g in p.groups}
     forward, backward = [], []
     for k, program in enumerate(p.forward):
-        operands = tuple(o for o in p.operands if o.role is Role.NODE and o.phase == k - 1)
-        calls = first_forward if k == 0 else tuple(Call("derive_small_gemm", (
-            "nb", block_width(o.k, o.rows), o.size, Pointer(*_values(p, o)), o.size,
-            Pointer(f"P_{o.name}"), Pointer(G[o.name], f"b0 * {block_width(o.k, o.rows)}"),
-            block_width(o.k, o.rows), "0"),
-            f"{' '.join(o.nodes)} += {' '.join(o.matrices)} @ {o.name}[t]", True)
-            for o in operands)
-        if k == 0:
-            operands = tuple(o for o in p.operands if o.role is Role.STATE)
+        operands = tuple(o for o in p.operands if o.role is Role.STATE) if k == 0 else \
+            tuple(o for o in p.operands if o.role is Role.NODE and o.phase == k - 1)
+        calls = tuple(_projection_call(p, o) for o in operands)
         means = tuple(r for r in p.reductions if not r.backward and r.phase == k - 1)
         name = f"forward{k}" if len(p.forward) > 1 else "forward"
         forward.append(Phase(calls + tuple(_mean_call(p, r) for r in means),
@@ -320,7 +313,7 @@ def _phases(p: Plan, first_forward: tuple[Call, ...]) -> tuple[tuple[Phase, ...]
     for i, program in enumerate(p.backward):
         operands = tuple(o for o in p.operands if o.role is Role.NODE and p.adjoints[o.name] == i)
         means = tuple(r for r in p.reductions if r.backward and r.phase == i - 1)
-        calls = tuple(_adjoint_call(p, o, dG[o.group]) for o in operands)
+        calls = tuple(_transposed_call(p, o, dG[o.group]) for o in operands)
         name = f"backward{K - i}" if K else "backward"
         backward.append(Phase(calls + tuple(_mean_call(p, r) for r in means),
                               step_function(p, name, program), operands, means))
@@ -335,14 +328,33 @@ def _mean_call(p: Plan, r) -> Call:
                 f"{r.mean.name} = the row means of E_{r.name}", True)
 
 
-def _adjoint_call(p: Plan, o, dG: str) -> Call:
-    """The adjoint of node operand o at step t: D_o = dG[t] · W_o (B × size)."""
+def _projection_call(p: Plan, o) -> Call:
+    """The per-step product of state or node operand o for the thread's rows: G_o
+    (B × k·rows) = o · W_oᵀ, o read at t-1 (a state) or at t (a node of the step)."""
     w = block_width(o.k, o.rows)
+    G = p.buffer(Storage.PROJECTION, o.name).field
+    return Call("derive_small_gemm", (
+        "nb", w, o.size, Pointer(*_values(p, o)), o.size, Pointer(f"P_{o.name}"),
+        Pointer(G, f"b0 * {w}"), w, "0"),
+        f"{' '.join(o.nodes)} += {' '.join(o.matrices)} @ "
+        f"{o.name}[{'t' if o.role is Role.NODE else 't-1'}]", True)
+
+
+def _transposed_call(p: Plan, o, dG: str) -> Call:
+    """The transposed per-step product of state or node operand o at step t, Σ Wᵀ δ over
+    its blocks = dG[t] · W_o (B × size): a state's into its carry C_o (added to the
+    element-wise carry the step wrote, if it writes one), a node's into its adjoint D_o."""
+    w = block_width(o.k, o.rows)
+    if o.role is Role.NODE:
+        into, add = p.buffer(Storage.ADJOINT, o.name).field, False
+        what = f"adjoint of {o.name}[t] = Σ Wᵀ δ over"
+    else:
+        into, add = p.buffer(Storage.CARRY, o.name).field, o.name in p.carried
+        what = f"d{o.name}[t-1] {'+' if add else ''}= Σ Rᵀ δ over"
     return Call("derive_small_gemm", (
         "nb", o.size, w, Pointer(dG, f"(t * B + b0) * {w}"), w, Pointer(f"P_{o.name}"),
-        Pointer(p.buffer(Storage.ADJOINT, o.name).field, f"b0 * {o.size}"), o.size, "0"),
-        f"adjoint of {o.name}[t] = Σ Wᵀ δ over {' '.join(o.matrices)}: "
-        f"dG{o.group}[t] · W_{o.name}", True)
+        Pointer(into, f"b0 * {o.size}"), o.size, "1" if add else "0"),
+        f"{what} {' '.join(o.matrices)}: dG{o.group}[t] · W_{o.name}", True)
 
 
 def lower(p: Plan) -> Kernel:
@@ -353,35 +365,21 @@ def lower(p: Plan) -> Kernel:
     G = {o.name: p.buffer(Storage.PROJECTION, o.name).field for o in p.operands}
     W = {o.name: p.buffer(Storage.WEIGHTS, o.name).field for o in p.operands}
     dG = {g.index: p.buffer(Storage.DELTAS, " ".join(g.nodes)).field for g in p.groups}
-    S = {s: p.buffer(Storage.STATE, s).field for s in p.states}
-    C = {s: p.buffer(Storage.CARRY, s).field for s in p.states}
     prepare = tuple(_input_task(p, x, W[x.name], G[x.name]) for x in inputs)
     pack_fwd = tuple(Call("derive_pack", (o.size, block_width(o.k, o.rows), Pointer(W[o.name]),
                                           "1", o.size, Pointer(f"P_{o.name}"), "c", "nt"),
                           f"W_{o.name}ᵀ ({o.size} × {block_width(o.k, o.rows)}) for G_{o.name} = "
                           f"{o.name}[{'t' if o.role is Role.NODE else 't-1'}] · "
                           f"W_{o.name}ᵀ", True) for o in stepped)
-    per_fwd = tuple(Call("derive_small_gemm", (
-        "nb", block_width(o.k, o.rows), o.size, Pointer(S[o.name], _row(o.size)), o.size,
-        Pointer(f"P_{o.name}"), Pointer(G[o.name], f"b0 * {block_width(o.k, o.rows)}"),
-        block_width(o.k, o.rows), "0"),
-        f"{' '.join(o.nodes)} += {' '.join(o.matrices)} @ {o.name}[t-1]", True)
-        for o in states)
     pack_bwd = tuple(Call("derive_pack", (block_width(o.k, o.rows), o.size, Pointer(W[o.name]),
                                           o.size, "1", Pointer(f"P_{o.name}"), "c", "nt"),
                           f"W_{o.name} ({block_width(o.k, o.rows)} × {o.size}) for the "
                           f"{'adjoint' if o.role is Role.NODE else 'carry'} of {o.name}", True)
                      for o in stepped)
-    per_bwd = tuple(Call("derive_small_gemm", (
-        "nb", o.size, block_width(o.k, o.rows),
-        Pointer(dG[o.group], f"(t * B + b0) * {block_width(o.k, o.rows)}"), block_width(o.k, o.rows),
-        Pointer(f"P_{o.name}"), Pointer(C[o.name], f"b0 * {o.size}"), o.size,
-        "1" if o.name in p.carried else "0"),
-        f"d{o.name}[t-1] {'+' if o.name in p.carried else ''}= Σ Rᵀ δ over "
-        f"{' '.join(o.matrices)}: dG{o.group}[t] · W_{o.name}", True) for o in states)
+    per_bwd = tuple(_transposed_call(p, o, dG[o.group]) for o in states)
     finish = (tuple(_weight_task(p, k, o, dG[o.group]) for k, o in enumerate(p.operands))
               + tuple(_input_gradient_task(p, x, W[x.name], dG[x.group]) for x in inputs))
-    forward, backward = _phases(p, per_fwd)
+    forward, backward = _phases(p)
     return Kernel(p, forward, backward, prepare, pack_fwd, pack_bwd, per_bwd, finish,
                   tuple((f"P_{o.name}", o.size, block_width(o.k, o.rows)) for o in stepped),
                   tuple((f"P_{o.name}", block_width(o.k, o.rows), o.size) for o in stepped))

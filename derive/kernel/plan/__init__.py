@@ -125,7 +125,7 @@ def plan(d: "Derivation | str") -> Plan:
     reads = frozenset().union(*(b.reads for b in backward))
     value_phase = {alloc.values[n]: phase[n] for n in cell.nodes}
     fmeans = Means("f", symbols, lambda s: value_phase.get(s, 0),
-                   lambda e: _size(cell, symbols.refs, e))
+                   lambda e: symbols.row_size(cell, e))
     nodes = {n: fmeans.replace(node.elementwise.xreplace(alloc.subs))
              for n, node in cell.nodes.items()}
     later = [(fmeans.replace(e), None) for e, sym in aux.items() if sym in reads]
@@ -136,7 +136,7 @@ def plan(d: "Derivation | str") -> Plan:
         if s in value_phase and value_phase[s] < k} - set(cell.states)
     stored = stored_values(cell, alloc.values, aux, backward, symbols, kept)
     buffers = all_buffers(fixed + reduced + reduction_buffers(fmeans.reductions), stored,
-                          {s.name: _size(cell, symbols.refs, s.expr)
+                          {s.name: symbols.row_size(cell, s.expr)
                            if s.is_aux else cell.size(s.name) for s in stored})
     forward, comments = forward_programs(cell, alloc, nodes, stored,
                                          {(b.storage, b.name): b for b in buffers}, phase,
@@ -155,12 +155,6 @@ def _argument_write(r: Reduction, buffers: tuple[Buffer, ...]) -> Write:
     """The write of a reduction's argument into its E scratch."""
     E = next(b for b in buffers if b.storage is Storage.REDUCED and b.name == r.name)
     return Write(E, r.value, 0, f"E_{r.name} = {text(r.expr)}: {r.mean.name} is its row mean")
-
-
-def _size(cell, refs: dict, expr) -> str:
-    """The size (N or P) of an auxiliary value: that of the values it reads."""
-    return next((cell.size(refs[s].name) for s in sorted(expr.free_symbols, key=str)
-                 if refs[s].kind in (Kind.VALUE, Kind.PREVIOUS)), "N")
 
 
 def _check_phase_sizes(p: Plan) -> None:

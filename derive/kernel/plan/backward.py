@@ -171,7 +171,8 @@ class Backward:
                 return stage[sym]
             return 0
 
-        means = Means("b", self.symbols, phase_of, self._size)
+        means = Means("b", self.symbols, phase_of,
+                      lambda e: self.symbols.row_size(self.cell, e))
         needed = {st.target for st in prune(Program(tuple(statements), tuple(self.writes)))}
         out = []
         for st in statements:
@@ -189,14 +190,6 @@ class Backward:
         for w in self.writes:
             phases[count - 1 if w.buffer.storage is Storage.CARRY else stage[w.value]].append(w)
         return phases, out, means, adjoints
-
-    def _size(self, expr: sp.Expr) -> str:
-        """The size (N or P) of the vectors `expr` reads (its row in a reduction)."""
-        sized = (Kind.VALUE, Kind.PREVIOUS, Kind.DELTA, Kind.INCOMING, Kind.CARRY,
-                 Kind.ADJOINT)
-        return next((self.cell.size(self.symbols.refs[s].name)
-                     for s in sorted(expr.free_symbols, key=str)
-                     if self.symbols.refs[s].kind in sized), "N")
 
     def accumulators(self, vectors: tuple[str, ...], buffers: Buffers) -> None:
         """Pass 5: each vector parameter's gradient term, summed over batch and time."""

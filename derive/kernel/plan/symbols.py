@@ -28,6 +28,9 @@ RESERVED = set(keyword.kwlist) | set(keyword.softkwlist) | {
     "X", "W", "V", "S", "A", "G", "dY", "dG", "C", "acc", "dW", "dX",
 }
 
+#: the kinds of symbols that stand for a row of a node's or state's vector
+_SIZED = (Kind.VALUE, Kind.PREVIOUS, Kind.DELTA, Kind.INCOMING, Kind.CARRY, Kind.ADJOINT)
+
 
 class Symbols:
     """The symbol table of one plan: `new(ref, wanted)` is a fresh symbol whose name is
@@ -61,6 +64,13 @@ class Symbols:
 
     def kind(self, sym: sp.Symbol) -> Kind:
         return self.refs[sym].kind
+
+    def row_size(self, cell, expr: sp.Expr) -> str:
+        """The size (N or P) of the rows `expr` reads: that of its first vector (by name)
+        of a node or state (value, previous value, delta, incoming gradient, carry or
+        adjoint); N when it reads none. An auxiliary value's size, a reduction's row."""
+        return next((cell.size(self.refs[s].name) for s in sorted(expr.free_symbols, key=str)
+                     if self.refs[s].kind in _SIZED), "N")
 
     def cse(self, prefix: str = "_e"):
         """CSE temporaries `_e0`, `_e1` … of one program (a leading underscore: no other
