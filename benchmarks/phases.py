@@ -17,7 +17,10 @@ the parallel regions' wall time, the runtime's own work outside the kernel calls
 in NumPy (bench's floor), all medians over rounds run round-robin.
 
 With several trees, every tree's plain build and its instrumented build are timed
-in the same rounds (A/B). Benchmark with OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE unset in
+in the same rounds (A/B), in a new random order each round. Each timed run follows a
+pause and one untimed run of the same variant, as in bench.interleaved_ms: without them
+the run after the GEMMs alone shares a core with OpenBLAS's spinning thread (that made
+the first variant up to 1.6 times slower at S1). Benchmark with OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE unset in
 that command, and say the load average (printed before and after).
 """
 
@@ -292,23 +295,26 @@ def run(variants: dict, cell: str, shape: tuple, dtype: str, threads: int, round
     keys = [*runs, "GEMMs alone", *others]
     for fn in others.values():
         fn()
-    for rnd in range(rounds):   # the order rotates: each variant follows each other one
-        for key in keys[rnd % len(keys):] + keys[:rnd % len(keys)]:
+    order = np.random.default_rng(1)
+    for rnd in range(rounds):   # a new order each round: no variant always follows another
+        for key in [keys[i] for i in order.permutation(len(keys))]:
             if key in others:     # a peer of bench.py, run as it would be there
                 time.sleep(pause)
                 others[key]()
                 continue
             if key == "GEMMs alone":
                 time.sleep(pause)
+                gemm()      # untimed: wakes its threads (see bench.interleaved_ms)
                 t0 = time.perf_counter()
                 gemm()
                 samples[key].append({"total": time.perf_counter() - t0})
                 continue
             k, timed, params, phases, regions = runs[key]
+            time.sleep(pause)
+            k.backward(k.forward(x, params), dy)    # untimed: wakes this kernel's threads
             if key[1] == "profiled":
                 k.module._module._profile(threads, len(phases), len(regions))
             timed.seconds = 0.0
-            time.sleep(pause)
             faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             t0 = time.perf_counter()
             k.backward(k.forward(x, params), dy)
@@ -392,8 +398,9 @@ def main() -> int:
     parser.add_argument("--dtypes", nargs="*", default=["float32", "float64"])
     parser.add_argument("--threads", nargs="*", type=int, default=[2])
     parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--pause", type=float, default=0.05,
-                        help="seconds of sleep before each timed run")
+    parser.add_argument("--pause", type=float, default=0.15,
+                        help="seconds of sleep before each variant's untimed and timed "
+                             "runs (an idle OpenBLAS thread spins for about 0.1 s)")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="the phases' clock: wall time, or each thread's CPU time")
     parser.add_argument("--plain", action="store_true",
