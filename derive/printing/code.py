@@ -52,7 +52,7 @@ class _Powers:
     def _print_Pow(self, expr, rational=False):
         base, e = expr.args
         if e == -1:
-            return f"1/{self.parenthesize(base, 1000)}"
+            return f"{self._print(sp.S.One)}/{self.parenthesize(base, 1000)}"
         if e == sp.S.Half:
             return f"{self.SQRT}({self._print(base)})"
         return self._power(base, e)
@@ -70,7 +70,9 @@ class CythonPrinter(_Powers, C99CodePrinter):
         return self.reads.get(expr, expr.name)
 
     def _print_Integer(self, expr):
-        return str(int(expr))
+        # cast: Cython writes a bare 1 beside a float as the C double 1.0, and C then
+        # evaluates the whole expression in double precision
+        return f"(<{self.ctype}>{int(expr)})"
 
     def _print_Rational(self, expr):
         return f"(<{self.ctype}>{float(expr.p)!r} / <{self.ctype}>{float(expr.q)!r})"

@@ -62,3 +62,15 @@ def test_kernel_printers_write_the_functions():
     n = NumpyPrinter().doprint(e)
     for code in ("_relu(v)", "np.logaddexp(0, v)", "_step(v)", "np.sqrt(v)"):
         assert code in n, n
+
+
+@pytest.mark.parametrize("ctype", ["float", "double"])
+def test_kernel_numbers_are_cast_to_the_kernels_type(ctype):
+    """A bare 1 beside a float is the C double 1.0 in Cython's output, which turns the
+    whole float32 expression into double arithmetic (conversions and vdivpd)."""
+    import sympy as sp
+    v = sp.Symbol("v")
+    printer = CythonPrinter({}, ctype)
+    assert printer.doprint(1 - v) == f"(<{ctype}>1) - v"
+    assert printer.doprint(1 / v) == f"(<{ctype}>1)/v"
+    assert printer.doprint(2 * v) == f"(<{ctype}>2)*v"
