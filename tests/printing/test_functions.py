@@ -72,5 +72,5 @@ def test_kernel_numbers_are_cast_to_the_kernels_type(ctype):
     v = sp.Symbol("v")
     printer = CythonPrinter({}, ctype)
     assert printer.doprint(1 - v) == f"(<{ctype}>1) - v"
-    assert printer.doprint(1 / v) == f"(<{ctype}>1)/v"
+    assert printer.doprint(1 / v) == f"(<{ctype}>1)/(v)"
     assert printer.doprint(2 * v) == f"(<{ctype}>2)*v"
