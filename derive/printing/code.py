@@ -70,9 +70,9 @@ class CythonPrinter(_Powers, C99CodePrinter):
         return self.reads.get(expr, expr.name)
 
     def _print_Integer(self, expr):
-        # cast: Cython writes a bare 1 beside a float as the C double 1.0, and C then
-        # evaluates the whole expression in double precision
-        return f"(<{self.ctype}>{int(expr)})"
+        # cast in float code: Cython writes a bare 1 beside a float as the C double 1.0,
+        # and C then evaluates the whole expression in double precision
+        return str(int(expr)) if self.ctype == "double" else f"(<{self.ctype}>{int(expr)})"
 
     def _print_Rational(self, expr):
         return f"(<{self.ctype}>{float(expr.p)!r} / <{self.ctype}>{float(expr.q)!r})"

@@ -113,10 +113,12 @@ cdef extern from *:
 
 
 cdef inline floating _sigmoid(floating v) noexcept nogil:
+    # numbers cast to the type: Cython writes a bare 1 beside a float as the C double 1.0,
+    # and C then computes the float32 sigmoid in double precision
     if floating is float:
-        return 1 / (1 + expf(-v))
+        return (<floating>1) / ((<floating>1) + expf(-v))
     else:
-        return 1 / (1 + exp(-v))
+        return (<floating>1) / ((<floating>1) + exp(-v))
 
 
 cdef inline floating _tanh(floating v) noexcept nogil:
@@ -141,21 +143,26 @@ cdef inline floating _log(floating v) noexcept nogil:
 
 
 cdef inline floating _relu(floating v) noexcept nogil:
-    # max(v, 0); NaN stays NaN
-    return 0 if v < 0 else v
+    # max(v, 0); NaN stays NaN (numbers cast: see _sigmoid)
+    return (<floating>0) if v < (<floating>0) else v
 
 
 cdef inline floating _step(floating v) noexcept nogil:
     # [v > 0]: relu' from relu's output (0 at the kink); NaN stays NaN
-    return 1 if v > 0 else (0 if v <= 0 else v)
+    if v > (<floating>0):
+        return (<floating>1)
+    return (<floating>0) if v <= (<floating>0) else v
 
 
 cdef inline floating _softplus(floating v) noexcept nogil:
     # log(1 + e^v) = max(v, 0) + log(1 + e^-|v|): no overflow for large v
+    cdef bint positive = v > (<floating>0)
+    cdef floating m = v if positive else (<floating>0)       # max(v, 0)
+    cdef floating a = -v if positive else v                   # -|v| (NaN stays NaN)
     if floating is float:
-        return (v if v > 0 else 0) + log1pf(expf(-v if v > 0 else v))
+        return m + log1pf(expf(a))
     else:
-        return (v if v > 0 else 0) + log1p(exp(-v if v > 0 else v))
+        return m + log1p(exp(a))
 
 
 cdef inline floating _pow(floating v, floating e) noexcept nogil:
@@ -531,7 +538,7 @@ cdef void _forward_step_f32(Py_ssize_t B, Py_ssize_t N,
             # h[t] = tanh(h_bar)
             h = _tanh(h_bar)
             # y[t] = (1 - u) * h + u * y[t-1]
-            y = (1 - u)*h + u*y_prev[_j]
+            y = ((<float>1) - u)*h + u*y_prev[_j]
             _S_y[_o + _j] = y
             _A_r[_o + _j] = r
             _A_u[_o + _j] = u
@@ -579,9 +586,9 @@ cdef void _backward_step_f32(Py_ssize_t B, Py_ssize_t N,
         for _j in range(N):
             # dy[t] = Delta[t] + R_r.T @ dr_bar[t+1] + R_u.T @ du_bar[t+1] + R_h.T @ dq[t+1] + dy[t+1]*u[t+1]
             dy = Delta[_j] + _C_y[_o + _j]
-            _e0 = 1 - u[_j]
+            _e0 = (<float>1) - u[_j]
             # dh_bar[t] = dy[t]*(1 - u[t])*(1 - h[t]**2)
-            dh_bar = dy*(1 - h[_j]*h[_j])*_e0
+            dh_bar = dy*((<float>1) - h[_j]*h[_j])*_e0
             # dq[t] = dh_bar[t]*r[t]
             dq = dh_bar*r[_j]
             # dy[t-1] gets: R_r.T @ dr_bar[t] + R_u.T @ du_bar[t] + R_h.T @ dq[t] + dy[t]*u[t]
@@ -589,7 +596,7 @@ cdef void _backward_step_f32(Py_ssize_t B, Py_ssize_t N,
             # du_bar[t] = dy[t]*(y[t-1] - h[t])*u[t]*(1 - u[t])
             du_bar = (y_prev[_j] - h[_j])*_e0*_e2
             # dr_bar[t] = dh_bar[t]*q[t]*r[t]*(1 - r[t])
-            dr_bar = q[_j]*(1 - r[_j])*dq
+            dr_bar = q[_j]*((<float>1) - r[_j])*dq
             _dG0[_b * 3 * N + _j] = dr_bar
             _dG0[_b * 3 * N + N + _j] = du_bar
             _dG0[_b * 3 * N + 2 * N + _j] = dh_bar

@@ -118,10 +118,12 @@ cdef extern from *:
 
 
 cdef inline floating _sigmoid(floating v) noexcept nogil:
+    # numbers cast to the type: Cython writes a bare 1 beside a float as the C double 1.0,
+    # and C then computes the float32 sigmoid in double precision
     if floating is float:
-        return 1 / (1 + expf(-v))
+        return (<floating>1) / ((<floating>1) + expf(-v))
     else:
-        return 1 / (1 + exp(-v))
+        return (<floating>1) / ((<floating>1) + exp(-v))
 
 
 cdef inline floating _tanh(floating v) noexcept nogil:
@@ -146,21 +148,26 @@ cdef inline floating _log(floating v) noexcept nogil:
 
 
 cdef inline floating _relu(floating v) noexcept nogil:
-    # max(v, 0); NaN stays NaN
-    return 0 if v < 0 else v
+    # max(v, 0); NaN stays NaN (numbers cast: see _sigmoid)
+    return (<floating>0) if v < (<floating>0) else v
 
 
 cdef inline floating _step(floating v) noexcept nogil:
     # [v > 0]: relu' from relu's output (0 at the kink); NaN stays NaN
-    return 1 if v > 0 else (0 if v <= 0 else v)
+    if v > (<floating>0):
+        return (<floating>1)
+    return (<floating>0) if v <= (<floating>0) else v
 
 
 cdef inline floating _softplus(floating v) noexcept nogil:
     # log(1 + e^v) = max(v, 0) + log(1 + e^-|v|): no overflow for large v
+    cdef bint positive = v > (<floating>0)
+    cdef floating m = v if positive else (<floating>0)       # max(v, 0)
+    cdef floating a = -v if positive else v                   # -|v| (NaN stays NaN)
     if floating is float:
-        return (v if v > 0 else 0) + log1pf(expf(-v if v > 0 else v))
+        return m + log1pf(expf(a))
     else:
-        return (v if v > 0 else 0) + log1p(exp(-v if v > 0 else v))
+        return m + log1p(exp(a))
 
 
 cdef inline floating _pow(floating v, floating e) noexcept nogil:
@@ -563,7 +570,7 @@ cdef void _forward1_step_f32(Py_ssize_t B, Py_ssize_t N,
             # h[t] = tanh(h_bar)
             h = _tanh(h_bar)
             # y[t] = (1 - u) * h + u * y[t-1]
-            y = (1 - u[_j])*h + u[_j]*y_prev[_j]
+            y = ((<float>1) - u[_j])*h + u[_j]*y_prev[_j]
             _S_y[_o + _j] = y
             _A_h[_o + _j] = h
 
@@ -600,9 +607,9 @@ cdef void _backward1_step_f32(Py_ssize_t B, Py_ssize_t N,
         for _j in range(N):
             # dy[t] = Delta[t] + R_r.T @ dr_bar[t+1] + R_u.T @ du_bar[t+1] + ds[t+1]*r[t+1] + dy[t+1]*u[t+1]
             dy = Delta[_j] + carry_y[_j]
-            _e0 = dy*(1 - u[_j])
+            _e0 = dy*((<float>1) - u[_j])
             # dh_bar[t] = dy[t]*(1 - u[t])*(1 - h[t]**2)
-            dh_bar = (1 - h[_j]*h[_j])*_e0
+            dh_bar = ((<float>1) - h[_j]*h[_j])*_e0
             # du_bar[t] = dy[t]*(y[t-1] - h[t])*u[t]*(1 - u[t])
             du_bar = (y_prev[_j] - h[_j])*u[_j]*_e0
             _dG0[_b * 3 * N + N + _j] = du_bar
@@ -649,7 +656,7 @@ cdef void _backward0_step_f32(Py_ssize_t B, Py_ssize_t N,
             ds = adjoint_s[_j]
             _e0 = ds*r[_j]
             # dr_bar[t] = ds[t]*y[t-1]*r[t]*(1 - r[t])
-            dr_bar = y_prev[_j]*(1 - r[_j])*_e0
+            dr_bar = y_prev[_j]*((<float>1) - r[_j])*_e0
             # dy[t-1] gets: R_r.T @ dr_bar[t] + R_u.T @ du_bar[t] + ds[t]*r[t] + dy[t]*u[t]
             carry_y_next = dy*u[_j] + _e0
             _dG0[_b * 3 * N + _j] = dr_bar

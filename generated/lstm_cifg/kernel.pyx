@@ -114,10 +114,12 @@ cdef extern from *:
 
 
 cdef inline floating _sigmoid(floating v) noexcept nogil:
+    # numbers cast to the type: Cython writes a bare 1 beside a float as the C double 1.0,
+    # and C then computes the float32 sigmoid in double precision
     if floating is float:
-        return 1 / (1 + expf(-v))
+        return (<floating>1) / ((<floating>1) + expf(-v))
     else:
-        return 1 / (1 + exp(-v))
+        return (<floating>1) / ((<floating>1) + exp(-v))
 
 
 cdef inline floating _tanh(floating v) noexcept nogil:
@@ -142,21 +144,26 @@ cdef inline floating _log(floating v) noexcept nogil:
 
 
 cdef inline floating _relu(floating v) noexcept nogil:
-    # max(v, 0); NaN stays NaN
-    return 0 if v < 0 else v
+    # max(v, 0); NaN stays NaN (numbers cast: see _sigmoid)
+    return (<floating>0) if v < (<floating>0) else v
 
 
 cdef inline floating _step(floating v) noexcept nogil:
     # [v > 0]: relu' from relu's output (0 at the kink); NaN stays NaN
-    return 1 if v > 0 else (0 if v <= 0 else v)
+    if v > (<floating>0):
+        return (<floating>1)
+    return (<floating>0) if v <= (<floating>0) else v
 
 
 cdef inline floating _softplus(floating v) noexcept nogil:
     # log(1 + e^v) = max(v, 0) + log(1 + e^-|v|): no overflow for large v
+    cdef bint positive = v > (<floating>0)
+    cdef floating m = v if positive else (<floating>0)       # max(v, 0)
+    cdef floating a = -v if positive else v                   # -|v| (NaN stays NaN)
     if floating is float:
-        return (v if v > 0 else 0) + log1pf(expf(-v if v > 0 else v))
+        return m + log1pf(expf(a))
     else:
-        return (v if v > 0 else 0) + log1p(exp(-v if v > 0 else v))
+        return m + log1p(exp(a))
 
 
 cdef inline floating _pow(floating v, floating e) noexcept nogil:
@@ -536,7 +543,7 @@ cdef void _forward_step_f32(Py_ssize_t B, Py_ssize_t N,
             # i[t] = sigmoid(i_bar)
             i = _sigmoid(i_bar)
             # f[t] = 1 - i
-            f = 1 - i
+            f = (<float>1) - i
             # c[t] = z * i + c[t-1] * f
             c = z*i + c_prev[_j]*f
             # o_bar[t] = W_o @ x + R_o @ y[t-1] + p_o * c + b_o
@@ -613,15 +620,15 @@ cdef void _backward_step_f32(Py_ssize_t B, Py_ssize_t N,
             dy = Delta[_j] + carry_y[_j]
             _e0 = dy*o[_j]
             # do_bar[t] = dy[t]*tanh(c[t])*o[t]*(1 - o[t])
-            do_bar = tanh_c[_j]*(1 - o[_j])*_e0
+            do_bar = tanh_c[_j]*((<float>1) - o[_j])*_e0
             # dc[t] = dy[t]*o[t]*(1 - tanh(c[t])**2) + p_o*do_bar[t] + p_i*di_bar[t+1] + dc[t+1]*f[t+1]
-            dc = (1 - tanh_c[_j]*tanh_c[_j])*_e0 + _C_c[_o + _j] + _V_p_o[_j]*do_bar
-            _e1 = 1 - i[_j]
+            dc = ((<float>1) - tanh_c[_j]*tanh_c[_j])*_e0 + _C_c[_o + _j] + _V_p_o[_j]*do_bar
+            _e1 = (<float>1) - i[_j]
             _e2 = dc*i[_j]
             # di_bar[t] = dc[t]*z[t]*i[t]*(1 - i[t]) - dc[t]*c[t-1]*i[t]*(1 - i[t])
             di_bar = dc*z[_j]*i[_j]*_e1 - c_prev[_j]*_e1*_e2
             # dz_bar[t] = dc[t]*i[t]*(1 - z[t]**2)
-            dz_bar = (1 - z[_j]*z[_j])*_e2
+            dz_bar = ((<float>1) - z[_j]*z[_j])*_e2
             # dc[t-1] gets: p_i*di_bar[t] + dc[t]*f[t]
             carry_c_next = dc*f[_j] + _V_p_i[_j]*di_bar
             # dp_i += c[t-1]*di_bar[t]

@@ -119,10 +119,12 @@ cdef extern from *:
 
 
 cdef inline floating _sigmoid(floating v) noexcept nogil:
+    # numbers cast to the type: Cython writes a bare 1 beside a float as the C double 1.0,
+    # and C then computes the float32 sigmoid in double precision
     if floating is float:
-        return 1 / (1 + expf(-v))
+        return (<floating>1) / ((<floating>1) + expf(-v))
     else:
-        return 1 / (1 + exp(-v))
+        return (<floating>1) / ((<floating>1) + exp(-v))
 
 
 cdef inline floating _tanh(floating v) noexcept nogil:
@@ -147,21 +149,26 @@ cdef inline floating _log(floating v) noexcept nogil:
 
 
 cdef inline floating _relu(floating v) noexcept nogil:
-    # max(v, 0); NaN stays NaN
-    return 0 if v < 0 else v
+    # max(v, 0); NaN stays NaN (numbers cast: see _sigmoid)
+    return (<floating>0) if v < (<floating>0) else v
 
 
 cdef inline floating _step(floating v) noexcept nogil:
     # [v > 0]: relu' from relu's output (0 at the kink); NaN stays NaN
-    return 1 if v > 0 else (0 if v <= 0 else v)
+    if v > (<floating>0):
+        return (<floating>1)
+    return (<floating>0) if v <= (<floating>0) else v
 
 
 cdef inline floating _softplus(floating v) noexcept nogil:
     # log(1 + e^v) = max(v, 0) + log(1 + e^-|v|): no overflow for large v
+    cdef bint positive = v > (<floating>0)
+    cdef floating m = v if positive else (<floating>0)       # max(v, 0)
+    cdef floating a = -v if positive else v                   # -|v| (NaN stays NaN)
     if floating is float:
-        return (v if v > 0 else 0) + log1pf(expf(-v if v > 0 else v))
+        return m + log1pf(expf(a))
     else:
-        return (v if v > 0 else 0) + log1p(exp(-v if v > 0 else v))
+        return m + log1p(exp(a))
 
 
 cdef inline floating _pow(floating v, floating e) noexcept nogil:
@@ -715,19 +722,19 @@ cdef void _backward_step_f32(Py_ssize_t B, Py_ssize_t N,
             # do[t] = dy[t]*tanh(c[t]) + R_io.T @ di_bar[t+1] + R_fo.T @ df_bar[t+1] + R_oo.T @ do_bar[t+1]
             do_ = dy*tanh_c[_j] + carry_o[_j]
             # do_bar[t] = do[t]*o[t]*(1 - o[t])
-            do_bar = do_*o[_j]*(1 - o[_j])
+            do_bar = do_*o[_j]*((<float>1) - o[_j])
             # dc[t] = dy[t]*o[t]*(1 - tanh(c[t])**2) + p_o*do_bar[t] + p_i*di_bar[t+1] + p_f*df_bar[t+1] + dc[t+1]*f[t+1]
-            dc = dy*o[_j]*(1 - tanh_c[_j]*tanh_c[_j]) + _C_c[_o + _j] + _V_p_o[_j]*do_bar
+            dc = dy*o[_j]*((<float>1) - tanh_c[_j]*tanh_c[_j]) + _C_c[_o + _j] + _V_p_o[_j]*do_bar
             # df[t] = dc[t]*c[t-1] + R_if.T @ di_bar[t+1] + R_ff.T @ df_bar[t+1] + R_of.T @ do_bar[t+1]
             df = dc*c_prev[_j] + carry_f[_j]
             # df_bar[t] = df[t]*f[t]*(1 - f[t])
-            df_bar = df*f[_j]*(1 - f[_j])
+            df_bar = df*f[_j]*((<float>1) - f[_j])
             # di[t] = dc[t]*z[t] + R_ii.T @ di_bar[t+1] + R_fi.T @ df_bar[t+1] + R_oi.T @ do_bar[t+1]
             di = dc*z[_j] + carry_i[_j]
             # di_bar[t] = di[t]*i[t]*(1 - i[t])
-            di_bar = di*i[_j]*(1 - i[_j])
+            di_bar = di*i[_j]*((<float>1) - i[_j])
             # dz_bar[t] = dc[t]*i[t]*(1 - z[t]**2)
-            dz_bar = dc*i[_j]*(1 - z[_j]*z[_j])
+            dz_bar = dc*i[_j]*((<float>1) - z[_j]*z[_j])
             # dc[t-1] gets: p_i*di_bar[t] + p_f*df_bar[t] + dc[t]*f[t]
             carry_c_next = dc*f[_j] + _V_p_i[_j]*di_bar + _V_p_f[_j]*df_bar
             # dp_i += c[t-1]*di_bar[t]

@@ -153,10 +153,12 @@ cdef extern from *:
 
 
 cdef inline floating _sigmoid(floating v) noexcept nogil:
+    # numbers cast to the type: Cython writes a bare 1 beside a float as the C double 1.0,
+    # and C then computes the float32 sigmoid in double precision
     if floating is float:
-        return 1 / (1 + expf(-v))
+        return (<floating>1) / ((<floating>1) + expf(-v))
     else:
-        return 1 / (1 + exp(-v))
+        return (<floating>1) / ((<floating>1) + exp(-v))
 
 
 cdef inline floating _tanh(floating v) noexcept nogil:
@@ -181,21 +183,26 @@ cdef inline floating _log(floating v) noexcept nogil:
 
 
 cdef inline floating _relu(floating v) noexcept nogil:
-    # max(v, 0); NaN stays NaN
-    return 0 if v < 0 else v
+    # max(v, 0); NaN stays NaN (numbers cast: see _sigmoid)
+    return (<floating>0) if v < (<floating>0) else v
 
 
 cdef inline floating _step(floating v) noexcept nogil:
     # [v > 0]: relu' from relu's output (0 at the kink); NaN stays NaN
-    return 1 if v > 0 else (0 if v <= 0 else v)
+    if v > (<floating>0):
+        return (<floating>1)
+    return (<floating>0) if v <= (<floating>0) else v
 
 
 cdef inline floating _softplus(floating v) noexcept nogil:
     # log(1 + e^v) = max(v, 0) + log(1 + e^-|v|): no overflow for large v
+    cdef bint positive = v > (<floating>0)
+    cdef floating m = v if positive else (<floating>0)       # max(v, 0)
+    cdef floating a = -v if positive else v                   # -|v| (NaN stays NaN)
     if floating is float:
-        return (v if v > 0 else 0) + log1pf(expf(-v if v > 0 else v))
+        return m + log1pf(expf(a))
     else:
-        return (v if v > 0 else 0) + log1p(exp(-v if v > 0 else v))
+        return m + log1p(exp(a))
 
 
 cdef inline floating _pow(floating v, floating e) noexcept nogil:
@@ -970,12 +977,12 @@ cdef void _backward4_step_f32(Py_ssize_t B, Py_ssize_t N,
             dy = Delta[_j] + carry_y[_j]
             _e0 = dy*o[_j]
             # dc_hat[t] = dy[t]*o[t]*(1 - tanh(c_hat[t])**2)
-            dc_hat = (1 - tanh_c_hat[_j]*tanh_c_hat[_j])*_e0
+            dc_hat = ((<float>1) - tanh_c_hat[_j]*tanh_c_hat[_j])*_e0
             _e1 = d_c[_j]*dc_hat
             # ds_c[t] = -g_c*dc_hat[t]*d_c[t]/s_c[t]**2
             ds_c = -_V_g_c[_j]*_e1/(s_c[_j]*s_c[_j])
             # do_bar[t] = dy[t]*tanh(c_hat[t])*o[t]*(1 - o[t])
-            do_bar = tanh_c_hat[_j]*(1 - o[_j])*_e0
+            do_bar = tanh_c_hat[_j]*((<float>1) - o[_j])*_e0
             _e2 = d_o[_j]*do_bar
             # ds_o[t] = -g_o*do_bar[t]*d_o[t]/s_o[t]**2
             ds_o = -_V_g_o[_j]*_e2/(s_o[_j]*s_o[_j])
@@ -1043,13 +1050,13 @@ cdef void _backward3_step_f32(Py_ssize_t B, Py_ssize_t N,
             dy = Delta[_j] + carry_y[_j]
             _e0 = dy*o[_j]
             # dc_hat[t] = dy[t]*o[t]*(1 - tanh(c_hat[t])**2)
-            dc_hat = (1 - tanh_c_hat[_j]*tanh_c_hat[_j])*_e0
-            _e1 = 1/(s_c[_j])
+            dc_hat = ((<float>1) - tanh_c_hat[_j]*tanh_c_hat[_j])*_e0
+            _e1 = (<float>1)/(s_c[_j])
             # dd_c[t] = d_c[t]*mean(ds_c[t])/s_c[t] + g_c*dc_hat[t]/s_c[t]
             dd_c = d_c[_j]*_e1*mean_b0 + _V_g_c[_j]*dc_hat*_e1
             # do_bar[t] = dy[t]*tanh(c_hat[t])*o[t]*(1 - o[t])
-            do_bar = tanh_c_hat[_j]*(1 - o[_j])*_e0
-            _e2 = 1/(s_o[_j])
+            do_bar = tanh_c_hat[_j]*((<float>1) - o[_j])*_e0
+            _e2 = (<float>1)/(s_o[_j])
             # dd_o[t] = d_o[t]*mean(ds_o[t])/s_o[t] + g_o*do_bar[t]/s_o[t]
             dd_o = d_o[_j]*_e2*mean_b1 + _V_g_o[_j]*do_bar*_e2
             _E_b2[_o + _j] = dd_o
@@ -1173,13 +1180,13 @@ cdef void _backward2_step_f32(Py_ssize_t B, Py_ssize_t N,
             dy = Delta[_j] + carry_y[_j]
             _e0 = dy*o[_j]
             # dc_hat[t] = dy[t]*o[t]*(1 - tanh(c_hat[t])**2)
-            dc_hat = (1 - tanh_c_hat[_j]*tanh_c_hat[_j])*_e0
-            _e1 = 1/(s_c[_j])
+            dc_hat = ((<float>1) - tanh_c_hat[_j]*tanh_c_hat[_j])*_e0
+            _e1 = (<float>1)/(s_c[_j])
             # dd_c[t] = d_c[t]*mean(ds_c[t])/s_c[t] + g_c*dc_hat[t]/s_c[t]
             dd_c = d_c[_j]*_e1*mean_b0 + _V_g_c[_j]*dc_hat*_e1
             # do_bar[t] = dy[t]*tanh(c_hat[t])*o[t]*(1 - o[t])
-            do_bar = tanh_c_hat[_j]*(1 - o[_j])*_e0
-            _e2 = 1/(s_o[_j])
+            do_bar = tanh_c_hat[_j]*((<float>1) - o[_j])*_e0
+            _e2 = (<float>1)/(s_o[_j])
             # dd_o[t] = d_o[t]*mean(ds_o[t])/s_o[t] + g_o*do_bar[t]/s_o[t]
             dd_o = d_o[_j]*_e2*mean_b1 + _V_g_o[_j]*do_bar*_e2
             # da_o[t] = dd_o[t] - mean(dd_o[t])
@@ -1187,18 +1194,18 @@ cdef void _backward2_step_f32(Py_ssize_t B, Py_ssize_t N,
             # dc[t] = dd_c[t] - mean(dd_c[t]) + dc[t+1]*f[t+1]
             dc = dd_c + carry_c[_j] - mean_b3
             # df_bar[t] = dc[t]*c[t-1]*f[t]*(1 - f[t])
-            df_bar = dc*c_prev[_j]*f[_j]*(1 - f[_j])
+            df_bar = dc*c_prev[_j]*f[_j]*((<float>1) - f[_j])
             _e3 = d_f[_j]*df_bar
             # ds_f[t] = -g_f*df_bar[t]*d_f[t]/s_f[t]**2
             ds_f = -_V_g_f[_j]*_e3/(s_f[_j]*s_f[_j])
             _e4 = dc*i[_j]
             # di_bar[t] = dc[t]*z[t]*i[t]*(1 - i[t])
-            di_bar = z[_j]*(1 - i[_j])*_e4
+            di_bar = z[_j]*((<float>1) - i[_j])*_e4
             _e5 = d_i[_j]*di_bar
             # ds_i[t] = -g_i*di_bar[t]*d_i[t]/s_i[t]**2
             ds_i = -_V_g_i[_j]*_e5/(s_i[_j]*s_i[_j])
             # dz_bar[t] = dc[t]*i[t]*(1 - z[t]**2)
-            dz_bar = (1 - z[_j]*z[_j])*_e4
+            dz_bar = ((<float>1) - z[_j]*z[_j])*_e4
             _e6 = d_z[_j]*dz_bar
             # ds_z[t] = -g_z*dz_bar[t]*d_z[t]/s_z[t]**2
             ds_z = -_V_g_z[_j]*_e6/(s_z[_j]*s_z[_j])
@@ -1317,26 +1324,26 @@ cdef void _backward1_step_f32(Py_ssize_t B, Py_ssize_t N,
             # dy[t] = Delta[t] + R_z.T @ da_z[t+1] + R_i.T @ da_i[t+1] + R_f.T @ da_f[t+1] + R_o.T @ da_o[t+1]
             dy = Delta[_j] + carry_y[_j]
             # dc_hat[t] = dy[t]*o[t]*(1 - tanh(c_hat[t])**2)
-            dc_hat = dy*o[_j]*(1 - tanh_c_hat[_j]*tanh_c_hat[_j])
-            _e0 = 1/(s_c[_j])
+            dc_hat = dy*o[_j]*((<float>1) - tanh_c_hat[_j]*tanh_c_hat[_j])
+            _e0 = (<float>1)/(s_c[_j])
             # dd_c[t] = d_c[t]*mean(ds_c[t])/s_c[t] + g_c*dc_hat[t]/s_c[t]
             dd_c = d_c[_j]*_e0*mean_b0 + _V_g_c[_j]*dc_hat*_e0
             # dc[t] = dd_c[t] - mean(dd_c[t]) + dc[t+1]*f[t+1]
             dc = dd_c + carry_c[_j] - mean_b3
             # df_bar[t] = dc[t]*c[t-1]*f[t]*(1 - f[t])
-            df_bar = dc*c_prev[_j]*f[_j]*(1 - f[_j])
-            _e1 = 1/(s_f[_j])
+            df_bar = dc*c_prev[_j]*f[_j]*((<float>1) - f[_j])
+            _e1 = (<float>1)/(s_f[_j])
             # dd_f[t] = d_f[t]*mean(ds_f[t])/s_f[t] + g_f*df_bar[t]/s_f[t]
             dd_f = d_f[_j]*_e1*mean_b4 + _V_g_f[_j]*df_bar*_e1
             _e2 = dc*i[_j]
             # di_bar[t] = dc[t]*z[t]*i[t]*(1 - i[t])
-            di_bar = z[_j]*(1 - i[_j])*_e2
-            _e3 = 1/(s_i[_j])
+            di_bar = z[_j]*((<float>1) - i[_j])*_e2
+            _e3 = (<float>1)/(s_i[_j])
             # dd_i[t] = d_i[t]*mean(ds_i[t])/s_i[t] + g_i*di_bar[t]/s_i[t]
             dd_i = d_i[_j]*_e3*mean_b6 + _V_g_i[_j]*di_bar*_e3
             # dz_bar[t] = dc[t]*i[t]*(1 - z[t]**2)
-            dz_bar = (1 - z[_j]*z[_j])*_e2
-            _e4 = 1/(s_z[_j])
+            dz_bar = ((<float>1) - z[_j]*z[_j])*_e2
+            _e4 = (<float>1)/(s_z[_j])
             # dd_z[t] = d_z[t]*mean(ds_z[t])/s_z[t] + g_z*dz_bar[t]/s_z[t]
             dd_z = d_z[_j]*_e4*mean_b8 + _V_g_z[_j]*dz_bar*_e4
             _E_b5[_o + _j] = dd_f
@@ -1450,8 +1457,8 @@ cdef void _backward0_step_f32(Py_ssize_t B, Py_ssize_t N,
             # dy[t] = Delta[t] + R_z.T @ da_z[t+1] + R_i.T @ da_i[t+1] + R_f.T @ da_f[t+1] + R_o.T @ da_o[t+1]
             dy = Delta[_j] + carry_y[_j]
             # dc_hat[t] = dy[t]*o[t]*(1 - tanh(c_hat[t])**2)
-            dc_hat = dy*o[_j]*(1 - tanh_c_hat[_j]*tanh_c_hat[_j])
-            _e0 = 1/(s_c[_j])
+            dc_hat = dy*o[_j]*((<float>1) - tanh_c_hat[_j]*tanh_c_hat[_j])
+            _e0 = (<float>1)/(s_c[_j])
             # dd_c[t] = d_c[t]*mean(ds_c[t])/s_c[t] + g_c*dc_hat[t]/s_c[t]
             dd_c = d_c[_j]*_e0*mean_b0 + _V_g_c[_j]*dc_hat*_e0
             # dc[t] = dd_c[t] - mean(dd_c[t]) + dc[t+1]*f[t+1]
@@ -1459,23 +1466,23 @@ cdef void _backward0_step_f32(Py_ssize_t B, Py_ssize_t N,
             # dc[t-1] gets: dc[t]*f[t]
             _e1 = dc*f[_j]
             # df_bar[t] = dc[t]*c[t-1]*f[t]*(1 - f[t])
-            df_bar = c_prev[_j]*(1 - f[_j])*_e1
-            _e2 = 1/(s_f[_j])
+            df_bar = c_prev[_j]*((<float>1) - f[_j])*_e1
+            _e2 = (<float>1)/(s_f[_j])
             # dd_f[t] = d_f[t]*mean(ds_f[t])/s_f[t] + g_f*df_bar[t]/s_f[t]
             dd_f = d_f[_j]*_e2*mean_b4 + _V_g_f[_j]*df_bar*_e2
             # da_f[t] = dd_f[t] - mean(dd_f[t])
             da_f = dd_f - mean_b5
             _e3 = dc*i[_j]
             # di_bar[t] = dc[t]*z[t]*i[t]*(1 - i[t])
-            di_bar = z[_j]*(1 - i[_j])*_e3
-            _e4 = 1/(s_i[_j])
+            di_bar = z[_j]*((<float>1) - i[_j])*_e3
+            _e4 = (<float>1)/(s_i[_j])
             # dd_i[t] = d_i[t]*mean(ds_i[t])/s_i[t] + g_i*di_bar[t]/s_i[t]
             dd_i = d_i[_j]*_e4*mean_b6 + _V_g_i[_j]*di_bar*_e4
             # da_i[t] = dd_i[t] - mean(dd_i[t])
             da_i = dd_i - mean_b7
             # dz_bar[t] = dc[t]*i[t]*(1 - z[t]**2)
-            dz_bar = (1 - z[_j]*z[_j])*_e3
-            _e5 = 1/(s_z[_j])
+            dz_bar = ((<float>1) - z[_j]*z[_j])*_e3
+            _e5 = (<float>1)/(s_z[_j])
             # dd_z[t] = d_z[t]*mean(ds_z[t])/s_z[t] + g_z*dz_bar[t]/s_z[t]
             dd_z = d_z[_j]*_e5*mean_b8 + _V_g_z[_j]*dz_bar*_e5
             # da_z[t] = dd_z[t] - mean(dd_z[t])

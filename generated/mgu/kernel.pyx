@@ -115,10 +115,12 @@ cdef extern from *:
 
 
 cdef inline floating _sigmoid(floating v) noexcept nogil:
+    # numbers cast to the type: Cython writes a bare 1 beside a float as the C double 1.0,
+    # and C then computes the float32 sigmoid in double precision
     if floating is float:
-        return 1 / (1 + expf(-v))
+        return (<floating>1) / ((<floating>1) + expf(-v))
     else:
-        return 1 / (1 + exp(-v))
+        return (<floating>1) / ((<floating>1) + exp(-v))
 
 
 cdef inline floating _tanh(floating v) noexcept nogil:
@@ -143,21 +145,26 @@ cdef inline floating _log(floating v) noexcept nogil:
 
 
 cdef inline floating _relu(floating v) noexcept nogil:
-    # max(v, 0); NaN stays NaN
-    return 0 if v < 0 else v
+    # max(v, 0); NaN stays NaN (numbers cast: see _sigmoid)
+    return (<floating>0) if v < (<floating>0) else v
 
 
 cdef inline floating _step(floating v) noexcept nogil:
     # [v > 0]: relu' from relu's output (0 at the kink); NaN stays NaN
-    return 1 if v > 0 else (0 if v <= 0 else v)
+    if v > (<floating>0):
+        return (<floating>1)
+    return (<floating>0) if v <= (<floating>0) else v
 
 
 cdef inline floating _softplus(floating v) noexcept nogil:
     # log(1 + e^v) = max(v, 0) + log(1 + e^-|v|): no overflow for large v
+    cdef bint positive = v > (<floating>0)
+    cdef floating m = v if positive else (<floating>0)       # max(v, 0)
+    cdef floating a = -v if positive else v                   # -|v| (NaN stays NaN)
     if floating is float:
-        return (v if v > 0 else 0) + log1pf(expf(-v if v > 0 else v))
+        return m + log1pf(expf(a))
     else:
-        return (v if v > 0 else 0) + log1p(exp(-v if v > 0 else v))
+        return m + log1p(exp(a))
 
 
 cdef inline floating _pow(floating v, floating e) noexcept nogil:
@@ -540,7 +547,7 @@ cdef void _forward1_step_f32(Py_ssize_t B, Py_ssize_t N,
             # h[t] = tanh(h_bar)
             h = _tanh(h_bar)
             # y[t] = (1 - f) * y[t-1] + f * h
-            y = f[_j]*h + (1 - f[_j])*y_prev[_j]
+            y = f[_j]*h + ((<float>1) - f[_j])*y_prev[_j]
             _S_y[_o + _j] = y
             _A_h[_o + _j] = h
 
@@ -571,7 +578,7 @@ cdef void _backward1_step_f32(Py_ssize_t B, Py_ssize_t N,
             # dy[t] = Delta[t] + R_f.T @ df_bar[t+1] + ds[t+1]*f[t+1] + dy[t+1]*(1 - f[t+1])
             dy = Delta[_j] + carry_y[_j]
             # dh_bar[t] = dy[t]*f[t]*(1 - h[t]**2)
-            dh_bar = dy*f[_j]*(1 - h[_j]*h[_j])
+            dh_bar = dy*f[_j]*((<float>1) - h[_j]*h[_j])
             _dG0[_b * 2 * N + N + _j] = dh_bar
             _dG2[_o + _j] = dh_bar
             _acc_b_h[_j] += dh_bar
@@ -613,7 +620,7 @@ cdef void _backward0_step_f32(Py_ssize_t B, Py_ssize_t N,
             dy = Delta[_j] + _C_y[_o + _j]
             # ds[t] = R_h.T @ dh_bar[t]
             ds = adjoint_s[_j]
-            _e0 = 1 - f[_j]
+            _e0 = (<float>1) - f[_j]
             _e1 = ds*f[_j]
             _e2 = dy*f[_j]
             # df_bar[t] = dy[t]*(h[t] - y[t-1])*f[t]*(1 - f[t]) + ds[t]*y[t-1]*f[t]*(1 - f[t])

@@ -104,10 +104,12 @@ cdef extern from *:
 
 
 cdef inline floating _sigmoid(floating v) noexcept nogil:
+    # numbers cast to the type: Cython writes a bare 1 beside a float as the C double 1.0,
+    # and C then computes the float32 sigmoid in double precision
     if floating is float:
-        return 1 / (1 + expf(-v))
+        return (<floating>1) / ((<floating>1) + expf(-v))
     else:
-        return 1 / (1 + exp(-v))
+        return (<floating>1) / ((<floating>1) + exp(-v))
 
 
 cdef inline floating _tanh(floating v) noexcept nogil:
@@ -132,21 +134,26 @@ cdef inline floating _log(floating v) noexcept nogil:
 
 
 cdef inline floating _relu(floating v) noexcept nogil:
-    # max(v, 0); NaN stays NaN
-    return 0 if v < 0 else v
+    # max(v, 0); NaN stays NaN (numbers cast: see _sigmoid)
+    return (<floating>0) if v < (<floating>0) else v
 
 
 cdef inline floating _step(floating v) noexcept nogil:
     # [v > 0]: relu' from relu's output (0 at the kink); NaN stays NaN
-    return 1 if v > 0 else (0 if v <= 0 else v)
+    if v > (<floating>0):
+        return (<floating>1)
+    return (<floating>0) if v <= (<floating>0) else v
 
 
 cdef inline floating _softplus(floating v) noexcept nogil:
     # log(1 + e^v) = max(v, 0) + log(1 + e^-|v|): no overflow for large v
+    cdef bint positive = v > (<floating>0)
+    cdef floating m = v if positive else (<floating>0)       # max(v, 0)
+    cdef floating a = -v if positive else v                   # -|v| (NaN stays NaN)
     if floating is float:
-        return (v if v > 0 else 0) + log1pf(expf(-v if v > 0 else v))
+        return m + log1pf(expf(a))
     else:
-        return (v if v > 0 else 0) + log1p(exp(-v if v > 0 else v))
+        return m + log1p(exp(a))
 
 
 cdef inline floating _pow(floating v, floating e) noexcept nogil:
@@ -488,7 +495,7 @@ cdef void _backward_step_f32(Py_ssize_t B, Py_ssize_t N,
             # dy[t] = Delta[t] + R.T @ da[t+1]
             dy = Delta[_j] + carry_y[_j]
             # da[t] = dy[t]*(1 - y[t]**2)
-            da = dy*(1 - y[_j]*y[_j])
+            da = dy*((<float>1) - y[_j]*y[_j])
             _dG0[_o + _j] = da
             _acc_b[_j] += da
 
