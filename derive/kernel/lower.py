@@ -43,26 +43,33 @@ class Tile:
     panels of two vectors of columns, `rows` rows at a time (2·rows accumulators: 16 of
     AVX-512's 32 registers, 8 of the 16 of AVX2 and SSE2; then blocks of 4 rows and
     single rows). `macro` is the compiler's macro for the level ("" for the portable
-    one, 128-bit SSE2 vectors)."""
+    one, 128-bit SSE2 vectors). `ahead`: how many rows of k ahead the loop prefetches
+    the packed weights (0: no software prefetch)."""
 
     ctype: str
     suffix: str
     lanes: int
     macro: str
     rows: int = 4
+    ahead: int = 0
 
 
 #: the lanes of one vector register per C type and level (bytes: 16, 32, 64)
 LANES = {"portable": {"float": 4, "double": 2}, "avx2": {"float": 8, "double": 4},
          "avx512": {"float": 16, "double": 8}}
 #: the rows of one register block per level: 8 where 32 vector registers hold 16
-#: accumulators besides the two panel vectors and the broadcast (AVX-512: 8 rows ran
-#: 5-20 % faster than 4 on an Intel Xeon family 6 model 207, in a standalone A/B of the
-#: S1 and S2 shapes, float32 and float64)
+#: accumulators besides the two panel vectors and the broadcast (AVX-512, on an Intel
+#: Xeon family 6 model 207: lstm_np fwd+bwd in 0.83-0.98 of the time of 4 rows at S1,
+#: S2 and S3, float32 and float64; benchmarks/results.md)
 ROWS = {"portable": 4, "avx2": 4, "avx512": 8}
+#: the software prefetch distance per level, in rows of k (0: none). AVX-512, same
+#: machine: lstm_np fwd+bwd in 0.87-0.99 of the time without it (S2's weights do not fit
+#: its L2); at the avx2 level there it changed nothing beyond the noise, so it stays off
+AHEAD = {"portable": 0, "avx2": 0, "avx512": 16}
 #: the tiles of the small product: per C type of a kernel module, one per level, widest
 #: first (the source instantiates the first whose macro the compiler defines)
-TILES = tuple(tuple(Tile(ct, sx, LANES[lv.name][ct], lv.macro, ROWS[lv.name])
+TILES = tuple(tuple(Tile(ct, sx, LANES[lv.name][ct], lv.macro, ROWS[lv.name],
+                         AHEAD[lv.name])
                     for lv in reversed(LEVELS))
               for ct, sx in (("float", "f32"), ("double", "f64")))
 

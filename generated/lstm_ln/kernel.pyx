@@ -357,9 +357,10 @@ cdef extern from *:
        columns, Bp[(p*k + kk)*PW + j] = B[kk][p*PW + j] (zero past n), so that every step streams it
        contiguously; a block of ROWS rows x 2 vectors of C stays in registers over the whole k loop
        (ROWS per level: 2*ROWS accumulators out of the level's 16 or 32 vector registers), then
-       blocks of 4 rows and single rows take the remainder. */
+       blocks of 4 rows and single rows take the remainder. AHEAD > 0: the k loop prefetches the
+       panel AHEAD rows of k ahead of the loads (a level's choice, derive.kernel.lower.AHEAD). */
     #include <string.h>
-    #define DERIVE_SMALL_GEMM(T, S, VL, ROWS)                                                            \
+    #define DERIVE_SMALL_GEMM(T, S, VL, ROWS, AHEAD)                                                     \
     typedef T derive_vec_##S __attribute__((vector_size((VL) * sizeof(T)), aligned(sizeof(T))));   \
     static Py_ssize_t derive_panels_##S(Py_ssize_t n) { return (n + 2 * (VL) - 1) / (2 * (VL)); } \
     /* elements of the panels of a k x n matrix */                                                    \
@@ -406,6 +407,10 @@ cdef extern from *:
         for (Py_ssize_t kk = 0; kk < k; kk++) {                                         \
             derive_vec_##S lo = *(const derive_vec_##S*)(b + kk * 2 * (VL));            \
             derive_vec_##S hi = *(const derive_vec_##S*)(b + kk * 2 * (VL) + (VL));     \
+            if (AHEAD) {                                                                  \
+                __builtin_prefetch(b + (kk + (AHEAD)) * 2 * (VL));                        \
+                __builtin_prefetch(b + (kk + (AHEAD)) * 2 * (VL) + (VL));                 \
+            }                                                                             \
             _Pragma("GCC unroll 16")                                                    \
             for (int i = 0; i < rows; i++) {                                            \
                 T a = A[i * lda + kk];                                                  \
@@ -431,20 +436,20 @@ cdef extern from *:
         }                                                                                           \
     }
     /* instantiated once per C type by the kernel template, with the lanes of the level the
-       compiler targets (derive.kernel.lower.TILES): DERIVE_SMALL_GEMM(float, f32, 16, 8) … */
+       compiler targets (derive.kernel.lower.TILES): DERIVE_SMALL_GEMM(float, f32, 16, 8, 16) … */
     #if defined(__AVX512F__)
-    DERIVE_SMALL_GEMM(float, f32, 16, 8)
+    DERIVE_SMALL_GEMM(float, f32, 16, 8, 16)
     #elif defined(__AVX2__)
-    DERIVE_SMALL_GEMM(float, f32, 8, 4)
+    DERIVE_SMALL_GEMM(float, f32, 8, 4, 0)
     #else
-    DERIVE_SMALL_GEMM(float, f32, 4, 4)
+    DERIVE_SMALL_GEMM(float, f32, 4, 4, 0)
     #endif
     #if defined(__AVX512F__)
-    DERIVE_SMALL_GEMM(double, f64, 8, 8)
+    DERIVE_SMALL_GEMM(double, f64, 8, 8, 16)
     #elif defined(__AVX2__)
-    DERIVE_SMALL_GEMM(double, f64, 4, 4)
+    DERIVE_SMALL_GEMM(double, f64, 4, 4, 0)
     #else
-    DERIVE_SMALL_GEMM(double, f64, 2, 4)
+    DERIVE_SMALL_GEMM(double, f64, 2, 4, 0)
     #endif
     /* derive (templates/support/row_means.h): the row reductions of layer normalisation,
        out[i] = (a[i][0] + ... + a[i][n-1]) / n for the m rows of a (leading dimension lda): a

@@ -14,6 +14,9 @@ import derive
 from derive.check import gradient_check
 from derive.errors import UserError
 from derive.kernel import build, isa
+from derive.cell.spec import load_cell
+from derive.derivation import derive as derive_cell
+from derive.kernel.emit import kernel_source
 from derive.kernel.lower import TILES
 
 # B rows split over 2 threads give 13-14 rows each: a block of the level's rows (8 at
@@ -32,6 +35,15 @@ def test_tiles_fill_one_vector_register_per_level():
         assert widths == {"__AVX512F__": 64, "__AVX2__": 32, "": 16}
         assert [t.macro for t in per_type] == [lv.macro for lv in reversed(isa.LEVELS)]
         assert {t.macro: t.rows for t in per_type} == {"__AVX512F__": 8, "__AVX2__": 4, "": 4}
+        assert {t.macro: t.ahead for t in per_type} == {"__AVX512F__": 16, "__AVX2__": 0, "": 0}
+
+
+def test_the_kernel_source_instantiates_each_levels_tile():
+    source = kernel_source(derive_cell(load_cell("rnn")))
+    for per_type in TILES:
+        for t in per_type:
+            assert (f"DERIVE_SMALL_GEMM({t.ctype}, {t.suffix}, {t.lanes}, {t.rows}, {t.ahead})"
+                    in source)
 
 
 def test_the_selected_level_is_the_best_unless_forced(monkeypatch):
