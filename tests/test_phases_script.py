@@ -13,7 +13,7 @@ from derive.cell.spec import load_cell
 from derive.derivation import derive
 from derive.kernel import isa
 from derive.kernel.emit import kernel_source
-from derive.kernel.runtime import Kernel
+from derive.kernel.runtime import Kernel, load_kernel
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,3 +82,50 @@ def test_the_instrumented_kernel_computes_what_the_plain_one_does(tmp_path):
     assert sum(busy[0]) <= sum(wall) + 1e-4
     assert all(0 <= late <= w for late, w in zip(lag, wall))
     assert timed._profile(1, len(labels), len(regions))[0][0] == [0.0] * len(labels)
+
+
+def test_each_timed_run_follows_a_pause_and_an_untimed_run_in_a_new_order(monkeypatch):
+    """Without them, the run after the GEMMs alone shares a core with OpenBLAS's spinning
+    thread: a rotation made one variant always follow them (1.6 times slower at S1)."""
+    phases = _script()
+    log = []
+
+    class Logged:
+        def __init__(self, module, name):
+            self._module, self._name, self.__file__ = module, name, module.__file__
+
+        def __getattr__(self, attr):
+            value = getattr(self._module, attr)
+            if attr not in ("forward", "backward"):
+                return value
+
+            def call(*args):
+                log.append((self._name, attr))
+                return value(*args)
+            return call
+
+    module = load_kernel("lstm_np", "float64").module
+    variants = {v: (Logged(module, v), None, [], []) for v in ("a", "b")}
+    monkeypatch.setattr(phases.time, "sleep", lambda seconds: log.append(("pause",)))
+    monkeypatch.setattr(phases.bench, "_gemm_peer",
+                        lambda *args: (None, lambda: log.append(("gemm", "run"))))
+    rounds = 6
+    phases.run(variants, "lstm_np", (3, 2, 5, 4), "float64", 1, rounds=rounds, pause=0.0)
+
+    warmup = [("a", "forward"), ("a", "backward"), ("b", "forward"), ("b", "backward"),
+              ("gemm", "run")]
+    assert log[:5] == warmup
+    runs = {v: [(v, "forward"), (v, "backward")] for v in ("a", "b")}
+    runs["gemm"] = [("gemm", "run")]
+    order, at = [], 5
+    while at < len(log):           # each: a pause, the untimed run, the timed run
+        assert log[at] == ("pause",), log[at:at + 5]
+        who = log[at + 1][0]
+        calls = runs[who]
+        assert log[at + 1:at + 1 + 2 * len(calls)] == calls + calls, log[at:at + 5]
+        order.append(who)
+        at += 1 + 2 * len(calls)
+    per_round = [order[r * 3:(r + 1) * 3] for r in range(rounds)]
+    assert len(order) == 3 * rounds and all(sorted(r) == ["a", "b", "gemm"] for r in per_round)
+    after_gemm = {r[r.index("gemm") + 1] for r in per_round if r.index("gemm") < 2}
+    assert after_gemm == {"a", "b"}, per_round     # no variant always follows the GEMMs
