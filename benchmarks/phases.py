@@ -20,8 +20,9 @@ With several trees, every tree's plain build and its instrumented build are time
 in the same rounds (A/B), in a new random order each round. Each timed run follows a
 pause and one untimed run of the same variant, as in bench.interleaved_ms: without them
 the run after the GEMMs alone shares a core with OpenBLAS's spinning thread (that made
-the first variant up to 1.6 times slower at S1). Benchmark with OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE unset in
-that command, and say the load average (printed before and after).
+the first variant up to 1.6 times slower at S1). Benchmark with OPENBLAS_CORETYPE /
+OPENBLAS_L2_SIZE unset in that command, and say the load average (printed before and
+after).
 """
 
 from __future__ import annotations

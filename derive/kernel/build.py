@@ -316,6 +316,19 @@ def _run(command: list[str], what: str, cwd: Path) -> None:
                          (proc.stdout + proc.stderr)[-20000:])
 
 
+def cythonize(source: str, modname: str, outdir: Path) -> Path:
+    """Write `source` as `outdir`/`modname`.pyx and translate it to C with Cython
+    (language level 3). Returns the C file's path; raises BuildError with the command
+    and Cython's output when it fails."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    pyx = outdir / f"{modname}.pyx"
+    pyx.write_text(source, "utf-8")
+    c_file = outdir / f"{modname}.c"
+    _run([sys.executable, "-m", "cython", "-3", "-o", str(c_file), str(pyx)], "cython",
+         outdir)
+    return c_file
+
+
 def compile_extension(source: str, modname: str, outdir: Path, portable: bool = False,
                       level: isa.Level | None = None) -> Path:
     """Cythonize, compile and link `source` as module `modname` in `outdir`.
@@ -323,12 +336,7 @@ def compile_extension(source: str, modname: str, outdir: Path, portable: bool = 
     Returns the path of the extension file; raises BuildError with the command and the
     compiler output of the step that failed.
     """
-    outdir.mkdir(parents=True, exist_ok=True)
-    pyx = outdir / f"{modname}.pyx"
-    pyx.write_text(source, "utf-8")
-    c_file = outdir / f"{modname}.c"
-    _run([sys.executable, "-m", "cython", "-3", "-o", str(c_file), str(pyx)], "cython",
-         outdir)
+    c_file = cythonize(source, modname, outdir)
     flags = compile_flags(portable, level)
     blas = blas_dirs()
     cc = _cc()

@@ -8,6 +8,7 @@ from catalog import cell_path
 
 import derive
 from derive.errors import UserError
+from derive.kernel import build
 from derive.kernel import emit as codegen
 from derive.kernel import plan as rewrite
 
@@ -110,15 +111,8 @@ def test_cells_with_several_inputs_or_an_element_wise_input_get_a_kernel(name):
 
 @pytest.mark.parametrize("name", ["weird", "leaky", "shared"])
 def test_unusual_cells_cythonize_and_their_reference_is_right(tmp_path, name):
-    import subprocess
-    import sys
     path = cell_path(name)
-    src = codegen.kernel_source(path)
-    pyx = tmp_path / "k.pyx"
-    pyx.write_text(src)
-    run = subprocess.run([sys.executable, "-m", "cython", "-3", str(pyx)],
-                         capture_output=True, text=True)
-    assert run.returncode == 0, run.stdout + run.stderr
+    assert build.cythonize(codegen.kernel_source(path), "k", tmp_path).stat().st_size > 0
     from derive.check import gradient_check
     assert gradient_check(path, backend="numpy").passed
 

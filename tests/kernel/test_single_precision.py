@@ -4,14 +4,12 @@ as 1.0, a C double, and C then evaluates the expression in double precision: con
 and double divisions in every float32 sigmoid and derivative)."""
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from derive.cell.spec import load_cell
 from derive.derivation import derive
+from derive.kernel import build
 from derive.kernel.emit import kernel_source
 
 #: a C floating literal not cast to float: 1.0, 0.5, 2., 1e-3 (not inside identifiers)
@@ -28,13 +26,9 @@ def _functions(c_source: str, pattern: str) -> dict[str, str]:
     return out
 
 
-def _c_source(cell, folder: Path) -> str:
+def _c_source(cell, folder) -> str:
     """The C that Cython writes for the cell's kernel source (as the build runs it)."""
-    pyx = folder / f"{cell}.pyx"
-    pyx.write_text(kernel_source(derive(load_cell(cell))), "utf-8")
-    subprocess.run([sys.executable, "-m", "cython", "-3", "-o", str(pyx.with_suffix(".c")),
-                    str(pyx)], check=True, capture_output=True)
-    return pyx.with_suffix(".c").read_text()
+    return build.cythonize(kernel_source(derive(load_cell(cell))), cell, folder).read_text()
 
 
 @pytest.mark.parametrize("cell", ["lstm_np", "gru", "indrnn", "lstm_ln"])
@@ -45,8 +39,7 @@ def test_float32_loop_bodies_hold_no_double_constant(cell, tmp_path):
     assert any("forward" in name and "_step_f32" in name for name in bodies)
     assert any("sigmoid" in name or "relu" in name for name in bodies)
     code = {name: re.sub(r"/\*.*?\*/", "", body, flags=re.S) for name, body in bodies.items()}
-    found = {name: DOUBLE.findall(body) and DOUBLE.search(body).group(0)
-             for name, body in code.items() if DOUBLE.search(body)}
+    found = {name: m.group(0) for name, body in code.items() if (m := DOUBLE.search(body))}
     assert not found, found
 
 
