@@ -28,6 +28,8 @@ from derive.files import template_dir
 from derive.kernel.abi import KERNEL_API
 from derive.kernel.lower import (
     ENTRY_ARRAYS,
+    FINISH_PARTS,
+    FINISH_ROWS,
     TILES,
     Call,
     Kernel,
@@ -277,7 +279,8 @@ def kernel_context(p: Plan) -> dict:
                          for b in p.arrays(Storage.ACCUMULATOR)],
         "carries": [b.field for b in p.arrays(Storage.CARRY)],
         "vectors": len(p.vectors), "finish_tasks": len(k.finish),
-        "finish_wanted": [_wanted(t.gradient) for t in k.finish],
+        "finish_parts": FINISH_PARTS, "finish_rows": FINISH_ROWS,
+        "finish_wanted": [(_wanted(t.gradient), t.rows) for t in k.finish],
         "carry_check": _carry_check(p), "weights": len(p.operands),
         "max_k": max((o.k for o in p.operands), default=1), "phases": p.phases,
         "backward_phases": len(p.backward),

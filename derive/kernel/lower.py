@@ -66,6 +66,15 @@ ROWS = {"portable": 4, "avx2": 4, "avx512": 8}
 #: machine: lstm_np fwd+bwd in 0.87-0.99 of the time without it (S2's weights do not fit
 #: its L2); at the avx2 level there it changed nothing beyond the noise, so it stays off
 AHEAD = {"portable": 0, "avx2": 0, "avx512": 16}
+#: the products after the backward loop (dW, dX) are split by rows into parts that the
+#: threads claim one at a time (a thread the machine slows down takes fewer): one part per
+#: thread, and up to FINISH_PARTS per thread while each keeps FINISH_ROWS rows or more.
+#: lstm_np fwd+bwd on the AVX-512 Xeon of benchmarks/results.md, against one static part
+#: per thread: 4 parts per thread whatever their rows took 0.94-0.98 of the time at S2
+#: float32 but 1.03-1.10 at S3 (parts of 64 rows, whose BLAS calls each pack the
+#: 3200-row other operand again)
+FINISH_PARTS = 4
+FINISH_ROWS = 256
 #: the tiles of the small product: per C type of a kernel module, one per level, widest
 #: first (the source instantiates the first whose macro the compiler defines)
 TILES = tuple(tuple(Tile(ct, sx, LANES[lv.name][ct], lv.macro, ROWS[lv.name],

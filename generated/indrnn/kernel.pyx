@@ -41,7 +41,8 @@ operand and the summing of a vector's gradient, leaving that dX / dW / acc untou
 Threads: OpenMP owns them, BLAS runs single-threaded inside each. Batch rows are
 independent, so each thread runs the whole time loop on its own rows (its recurrent
 products, then its element-wise step) with no synchronisation between steps; the large
-GEMMs before and after the time loop are split by rows between the threads. Each entry
+GEMMs before the time loop are split by rows between the threads, those after it into
+parts of rows that each thread claims as it becomes free (_finish_parts). Each entry
 point is one parallel region whose phases are separated by barriers (a region's start
 wakes the threads: one wake-up per call instead of one per phase).
 """
@@ -63,7 +64,9 @@ from cython.parallel cimport parallel, threadid
 # scheduler wake-up per region (milliseconds on a loaded machine), while a barrier
 # between running threads costs microseconds. derive_team() is the size of the team
 # OpenMP actually started (at most the threads asked for); every thread of it reaches
-# every barrier. Without OpenMP (the fallback build) the region runs once, serially.
+# every barrier. derive_claim(&next) returns *next and increments it, atomically: the
+# team's threads claim the parts of shared work one at a time, each as soon as it is
+# free. Without OpenMP (the fallback build) the region runs once, serially.
 
 cdef extern from *:
     """
@@ -71,13 +74,21 @@ cdef extern from *:
     #include <omp.h>
     static void derive_barrier(void) { _Pragma("omp barrier") }
     static Py_ssize_t derive_team(void) { return omp_get_num_threads(); }
+    static Py_ssize_t derive_claim(Py_ssize_t* next) {
+        Py_ssize_t v;
+        _Pragma("omp atomic capture")
+        v = (*next)++;
+        return v;
+    }
     #else
     static void derive_barrier(void) {}
     static Py_ssize_t derive_team(void) { return 1; }
+    static Py_ssize_t derive_claim(Py_ssize_t* next) { return (*next)++; }
     #endif
     """
     void derive_barrier() nogil
     Py_ssize_t derive_team() nogil
+    Py_ssize_t derive_claim(Py_ssize_t* next) nogil
 
 
 # --- element-wise functions -------------------------------------------------------------
@@ -234,6 +245,16 @@ cdef void* _packed(Py_ssize_t k, Py_ssize_t n, floating zero) noexcept nogil:
         return calloc(derive_packed_f32(k, n), sizeof(float))
     else:
         return calloc(derive_packed_f64(k, n), sizeof(double))
+
+
+cdef inline Py_ssize_t _finish_parts(Py_ssize_t rows, Py_ssize_t team, Py_ssize_t most,
+                                     Py_ssize_t least) noexcept nogil:
+    # the parts of a product of `rows` rows after the loop: one per thread, and up to `most`
+    # per thread while each part keeps at least `least` rows (BLAS packs the other operand
+    # once per call: thin parts pay that again and again)
+    if team <= 1:
+        return 1
+    return max(team, min(most * team, rows // least))
 
 
 cdef void _sum_parts(floating* parts, Py_ssize_t stride, Py_ssize_t nt, Py_ssize_t N,
@@ -560,16 +581,19 @@ cdef void _backward_rows_f32(_Buffers* p, Py_ssize_t b0, Py_ssize_t b1,
         )
 
 
-cdef void _finish_f32(_Buffers* p, Py_ssize_t task, Py_ssize_t nt) noexcept nogil:
-    # after the backward loop: part task % nt of product task // nt
-    cdef Py_ssize_t N = p.N, M = p.M, T = p.T, B = p.B, c = task % nt, which = task // nt
+cdef void _finish_f32(_Buffers* p, Py_ssize_t which, Py_ssize_t c,
+                        Py_ssize_t nparts) noexcept nogil:
+    # after the backward loop: part c of nparts of product `which` (its rows r0 … r1-1)
+    cdef Py_ssize_t N = p.N, M = p.M, T = p.T, B = p.B
     cdef Py_ssize_t r0, r1
     if which == 0:    # d[W] = dG0ᵀ · x
-        r0, r1 = N * c // nt, N * (c + 1) // nt
-        _gemm(True, False, r1 - r0, M, T * B, 1, <float*>p.dG0 + r0, N, <float*>p.X_x, M, 0, <float*>p.dW_x + r0 * M, M)
+        r0, r1 = N * c // nparts, N * (c + 1) // nparts
+        if r1 > r0:
+            _gemm(True, False, r1 - r0, M, T * B, 1, <float*>p.dG0 + r0, N, <float*>p.X_x, M, 0, <float*>p.dW_x + r0 * M, M)
     if which == 1:    # dX_x = dG0 · W_x
-        r0, r1 = T * B * c // nt, T * B * (c + 1) // nt
-        _gemm(False, False, r1 - r0, M, N, 1, <float*>p.dG0 + r0 * N, N, <float*>p.W_x, M, 0, <float*>p.dX_x + r0 * M, M)
+        r0, r1 = T * B * c // nparts, T * B * (c + 1) // nparts
+        if r1 > r0:
+            _gemm(False, False, r1 - r0, M, N, 1, <float*>p.dG0 + r0 * N, N, <float*>p.W_x, M, 0, <float*>p.dX_x + r0 * M, M)
 
 
 cdef void _forward_step_f64(Py_ssize_t B, Py_ssize_t N,
@@ -684,16 +708,19 @@ cdef void _backward_rows_f64(_Buffers* p, Py_ssize_t b0, Py_ssize_t b1,
         )
 
 
-cdef void _finish_f64(_Buffers* p, Py_ssize_t task, Py_ssize_t nt) noexcept nogil:
-    # after the backward loop: part task % nt of product task // nt
-    cdef Py_ssize_t N = p.N, M = p.M, T = p.T, B = p.B, c = task % nt, which = task // nt
+cdef void _finish_f64(_Buffers* p, Py_ssize_t which, Py_ssize_t c,
+                        Py_ssize_t nparts) noexcept nogil:
+    # after the backward loop: part c of nparts of product `which` (its rows r0 … r1-1)
+    cdef Py_ssize_t N = p.N, M = p.M, T = p.T, B = p.B
     cdef Py_ssize_t r0, r1
     if which == 0:    # d[W] = dG0ᵀ · x
-        r0, r1 = N * c // nt, N * (c + 1) // nt
-        _gemm(True, False, r1 - r0, M, T * B, 1, <double*>p.dG0 + r0, N, <double*>p.X_x, M, 0, <double*>p.dW_x + r0 * M, M)
+        r0, r1 = N * c // nparts, N * (c + 1) // nparts
+        if r1 > r0:
+            _gemm(True, False, r1 - r0, M, T * B, 1, <double*>p.dG0 + r0, N, <double*>p.X_x, M, 0, <double*>p.dW_x + r0 * M, M)
     if which == 1:    # dX_x = dG0 · W_x
-        r0, r1 = T * B * c // nt, T * B * (c + 1) // nt
-        _gemm(False, False, r1 - r0, M, N, 1, <double*>p.dG0 + r0 * N, N, <double*>p.W_x, M, 0, <double*>p.dX_x + r0 * M, M)
+        r0, r1 = T * B * c // nparts, T * B * (c + 1) // nparts
+        if r1 > r0:
+            _gemm(False, False, r1 - r0, M, N, 1, <double*>p.dG0 + r0 * N, N, <double*>p.W_x, M, 0, <double*>p.dX_x + r0 * M, M)
 
 
 # --- the whole sequence -----------------------------------------------------------------
@@ -797,8 +824,10 @@ def _backward(const floating[:, :, ::1] X0, tuple X, tuple W, tuple V, tuple S, 
     cdef floating[:, ::1] _dW_x = dW[0]    # x
     cdef floating[:, :, ::1] _dX_x = dX[0]    # x
     cdef int nt = max(1, min(threads, B))
-    cdef Py_ssize_t c, n, task, nvec = 2, ntasks
+    cdef Py_ssize_t c, n, task, nvec = 2, ntasks, w, first, nparts
+    cdef Py_ssize_t claimed = 0    # the next part of the products after the loop (shared)
     cdef Py_ssize_t tasks[2]
+    cdef Py_ssize_t rows[2]
     cdef const floating[:, ::1] _final
     cdef bint sum_0 = want_acc is None or want_acc[0]
     cdef bint sum_1 = want_acc is None or want_acc[1]
@@ -830,10 +859,10 @@ def _backward(const floating[:, :, ::1] X0, tuple X, tuple W, tuple V, tuple S, 
         # the wanted products after the loop (the ids of _finish)
         ntasks = 0
         if want_dW is None or want_dW[0]:
-            tasks[ntasks] = 0
+            tasks[ntasks], rows[ntasks] = 0, N
             ntasks += 1
         if want_dX is None or want_dX[0]:
-            tasks[ntasks] = 1
+            tasks[ntasks], rows[ntasks] = 1, T * B
             ntasks += 1
         with nogil, parallel(num_threads=nt):    # thread c of a team of n
             c = threadid()
@@ -853,12 +882,23 @@ def _backward(const floating[:, :, ::1] X0, tuple X, tuple W, tuple V, tuple S, 
                     _sum_parts(parts, nvec * N, nt, N, &_acc_u[0])
                 if sum_1:
                     _sum_parts(parts + N, nvec * N, nt, N, &_acc_b[0])
-            task = c                             # part c of each wanted product after the loop
-            while task < ntasks * n:
+            # the wanted products after the loop, each in parts of its rows (_finish_parts);
+            # the first free thread claims the next part, so a slowed thread takes fewer
+            task = derive_claim(&claimed)
+            while True:
+                w, first = 0, 0                  # product w's parts are first … first+nparts-1
+                nparts = _finish_parts(rows[0], n, 4, 256) if ntasks else 0
+                while w < ntasks and task >= first + nparts:
+                    first = first + nparts
+                    w = w + 1
+                    if w < ntasks:
+                        nparts = _finish_parts(rows[w], n, 4, 256)
+                if w == ntasks:
+                    break
                 if floating is float:
-                    _finish_f32(&p, tasks[task // n] * n + task % n, n)
+                    _finish_f32(&p, tasks[w], task - first, nparts)
                 else:
-                    _finish_f64(&p, tasks[task // n] * n + task % n, n)
-                task = task + n
+                    _finish_f64(&p, tasks[w], task - first, nparts)
+                task = derive_claim(&claimed)
     finally:
         free(parts)

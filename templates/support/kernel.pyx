@@ -15,7 +15,9 @@ from cython.parallel cimport parallel, threadid
 # scheduler wake-up per region (milliseconds on a loaded machine), while a barrier
 # between running threads costs microseconds. derive_team() is the size of the team
 # OpenMP actually started (at most the threads asked for); every thread of it reaches
-# every barrier. Without OpenMP (the fallback build) the region runs once, serially.
+# every barrier. derive_claim(&next) returns *next and increments it, atomically: the
+# team's threads claim the parts of shared work one at a time, each as soon as it is
+# free. Without OpenMP (the fallback build) the region runs once, serially.
 
 cdef extern from *:
     """
@@ -23,13 +25,21 @@ cdef extern from *:
     #include <omp.h>
     static void derive_barrier(void) { _Pragma("omp barrier") }
     static Py_ssize_t derive_team(void) { return omp_get_num_threads(); }
+    static Py_ssize_t derive_claim(Py_ssize_t* next) {
+        Py_ssize_t v;
+        _Pragma("omp atomic capture")
+        v = (*next)++;
+        return v;
+    }
     #else
     static void derive_barrier(void) {}
     static Py_ssize_t derive_team(void) { return 1; }
+    static Py_ssize_t derive_claim(Py_ssize_t* next) { return (*next)++; }
     #endif
     """
     void derive_barrier() nogil
     Py_ssize_t derive_team() nogil
+    Py_ssize_t derive_claim(Py_ssize_t* next) nogil
 
 
 # --- element-wise functions -------------------------------------------------------------
@@ -186,6 +196,16 @@ cdef void* _packed(Py_ssize_t k, Py_ssize_t n, floating zero) noexcept nogil:
         return calloc(derive_packed_f32(k, n), sizeof(float))
     else:
         return calloc(derive_packed_f64(k, n), sizeof(double))
+
+
+cdef inline Py_ssize_t _finish_parts(Py_ssize_t rows, Py_ssize_t team, Py_ssize_t most,
+                                     Py_ssize_t least) noexcept nogil:
+    # the parts of a product of `rows` rows after the loop: one per thread, and up to `most`
+    # per thread while each part keeps at least `least` rows (BLAS packs the other operand
+    # once per call: thin parts pay that again and again)
+    if team <= 1:
+        return 1
+    return max(team, min(most * team, rows // least))
 
 
 cdef void _sum_parts(floating* parts, Py_ssize_t stride, Py_ssize_t nt, Py_ssize_t N,

@@ -52,6 +52,9 @@ def test_each_pass_is_one_parallel_region():
     backward = source[source.index("\ndef backward("):]
     assert forward.count("derive_barrier()") == 1       # input GEMM | time loop
     assert backward.count("derive_barrier()") == 2      # panels | time loop | products
+    # the products after the loop: parts claimed one at a time by whichever thread is free
+    assert backward.count("derive_claim(&claimed)") == 2
+    assert "task = c " not in backward
 
 
 def test_a_cell_without_vector_parameters_compiles_and_is_right(rng):
@@ -79,3 +82,30 @@ def test_a_cell_without_vector_parameters_compiles_and_is_right(rng):
         np.testing.assert_allclose(gk[name], gr[name], rtol=1e-12, atol=1e-12)
     report = gradient_check(cell, backend="cython", dtype="float64")
     assert report.passed, report.table()
+
+
+def test_products_after_the_loop_in_more_parts_than_threads(rng, monkeypatch):
+    """dX has T·B = 1030 rows: 4 parts of at least 256 rows, more than the 2 or 3
+    threads, which claim them one at a time. Every part is computed once (dX is
+    written, not added to: a part left out would leave np.empty's garbage, a part done
+    twice is harmless here, so the NumPy reference checks every entry), for any team."""
+    import numpy as np
+
+    import derive
+    import derive.kernel.runtime
+    monkeypatch.setattr(derive.kernel.runtime, "SERIAL_BELOW", 0)   # small shapes, real threads
+    k = derive.load_kernel("lstm_np", "float64", backend="cython")
+    r = derive.load_kernel("lstm_np", "float64", backend="numpy")
+    T, B, M, N = 206, 5, 3, 4
+    params = k.init_params(M, N, seed=3)
+    x = rng.standard_normal((T, B, M))
+    state0 = {s: 0.5 * rng.standard_normal((B, N)) for s in k.states}
+    dy = rng.standard_normal((T, B, N))
+    want = r.backward(r.forward(x, params, state0), dy)
+    for threads in (1, 2, 3):
+        k.threads = threads
+        got = k.backward(k.forward(x, params, state0), dy)
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-10, atol=1e-12,
+                                       err_msg=f"{name}, {threads} threads")
+    k.threads = derive.kernel.runtime.default_threads()
