@@ -70,9 +70,10 @@ AHEAD = {"portable": 0, "avx2": 0, "avx512": 16}
 #: threads claim one at a time (a thread the machine slows down takes fewer): one part per
 #: thread, and up to FINISH_PARTS per thread while each keeps FINISH_ROWS rows or more.
 #: lstm_np fwd+bwd on the AVX-512 Xeon of benchmarks/results.md, against one static part
-#: per thread: 4 parts per thread whatever their rows took 0.94-0.98 of the time at S2
-#: float32 but 1.03-1.10 at S3 (parts of 64 rows, whose BLAS calls each pack the
-#: 3200-row other operand again)
+#: per thread: 0.92-1.05 of the time in three A/Bs, the noise of a quiet machine; with a
+#: busy loop on one of its two cores, 0.89-0.97 in five shapes and dtypes of six. Four
+#: parts per thread whatever their rows took 1.03-1.10 at S3 (parts of 64 rows, whose
+#: BLAS calls each pack the 3200-row other operand again)
 FINISH_PARTS = 4
 FINISH_ROWS = 256
 #: the tiles of the small product: per C type of a kernel module, one per level, widest
