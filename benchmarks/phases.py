@@ -275,7 +275,7 @@ def run(variants: dict, cell: str, shape: tuple, dtype: str, threads: int, round
     T, B, M, N = shape
     rng = np.random.default_rng(0)
     x = rng.standard_normal((T, B, M)).astype(dtype)
-    dy = rng.standard_normal((T, B, N)).astype(dtype)
+    dy = None       # (T, B, the output's size: N, or lstmp's P = N // 2)
     runs = {}
     for name, (plain, profiled, phases, regions) in variants.items():
         for kind, module in (("plain", plain), ("profiled", profiled)):
@@ -284,7 +284,10 @@ def run(variants: dict, cell: str, shape: tuple, dtype: str, threads: int, round
             timed = Timed(module)
             k = Kernel(timed, "cython", dtype, Path(module.__file__))
             k.threads = threads
-            params = k.init_params(input_size=M, hidden_size=N, seed=0)
+            params = bench._params(k, shape)
+            if dy is None:
+                size = bench.sizes(cell, shape)[k.size(k.outputs[0])]
+                dy = rng.standard_normal((T, B, size)).astype(dtype)
             runs[name, kind] = (k, timed, params, phases, regions)
     gemm = bench._gemm_peer(cell, dtype, shape, rng)[1]
     others = {name: maker(cell, dtype, shape, rng)[1] for name, maker in peers.items()}

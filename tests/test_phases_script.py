@@ -129,3 +129,32 @@ def test_each_timed_run_follows_a_pause_and_an_untimed_run_in_a_new_order(monkey
     assert len(order) == 3 * rounds and all(sorted(r) == ["a", "b", "gemm"] for r in per_round)
     after_gemm = {r[r.index("gemm") + 1] for r in per_round if r.index("gemm") < 2}
     assert after_gemm == {"a", "b"}, per_round     # no variant always follows the GEMMs
+
+
+def test_a_cell_with_a_projection_runs_with_p_half_of_n(monkeypatch):
+    """lstmp needs proj_size: the run gives it P = N // 2, as bench.py does, and the
+    output gradient dy has P columns (the run failed on init_params before)."""
+    phases = _script()
+    module = load_kernel("lstmp", "float64").module
+    seen = []
+
+    class Logged:
+        def __init__(self, module):
+            self._module, self.__file__ = module, module.__file__
+
+        def __getattr__(self, attr):
+            value = getattr(self._module, attr)
+            if attr != "backward":
+                return value
+
+            def call(*args):
+                seen.append(args[5][0].shape)       # dY: one (T, B, P) array
+                return value(*args)
+            return call
+
+    monkeypatch.setattr(phases.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(phases.bench, "_gemm_peer", lambda *args: (None, lambda: None))
+    result = phases.run({"a": (Logged(module), None, [], [])}, "lstmp", (3, 2, 5, 8),
+                        "float64", 1, rounds=2, pause=0.0)
+    assert seen and set(seen) == {(3, 2, 4)}
+    assert result["a", "plain"]["total"] > 0
