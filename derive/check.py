@@ -135,6 +135,12 @@ def random_problem(subject: Subject, sizes: dict | None = None, seed: int = 0) -
     return Problem(params, inputs, initial, projection, sizes, seed)
 
 
+def _used_sizes(subject: Subject, sizes: dict) -> dict:
+    """The sizes a report prints: a problem's sizes without M when no input of the cell
+    has it (an input used only element-wise has the size of its node, N or P)."""
+    return {k: v for k, v in sizes.items() if k != "M" or "M" in subject.inputs.values()}
+
+
 def uses_proj_size(subject: Subject) -> bool:
     """Whether the subject's cell has the second node size P (a parameter or vector of
     that size)."""
@@ -284,7 +290,8 @@ class CheckReport:
     def table(self) -> str:
         s = self.sizes
         P = f" P={s['P']}" if "P" in s else ""
-        lines = [f"{self.method}; T={s['T']} B={s['B']} M={s['M']} N={s['N']}{P}, "
+        M = f" M={s['M']}" if "M" in s else ""
+        lines = [f"{self.method}; T={s['T']} B={s['B']}{M} N={s['N']}{P}, "
                  f"non-zero initial state, seed {self.seed}",
                  f"{'gradient':<12} {'shape':<12} {'max rel err':>12} {'max abs err':>12} "
                  f"{'max |g|':>9}  status"]
@@ -353,8 +360,8 @@ def finite_difference_check(subject: Subject, *, seed: int = 0,
     problem = screened_problem(subject, sizes, seed)
     report = CheckReport(subject.cell, subject.backend, "float64",
                          f"fourth-order central differences (h={STEP:g}) of L = sum(D * "
-                         f"outputs), D ~ N(0, 1)", TOLERANCE["float64"], FLOOR, problem.sizes,
-                         problem.seed)
+                         f"outputs), D ~ N(0, 1)", TOLERANCE["float64"], FLOOR,
+                         _used_sizes(subject, problem.sizes), problem.seed)
     grads = subject.gradients(problem)
     for name, array in problem.targets():
         report.rows.append(_row(name, grads.get(name),
@@ -372,7 +379,7 @@ def rounding_check(k32: Subject, k64: Subject, *, seed: int = 0,
     report = CheckReport(k32.cell, k32.backend, "float32",
                          f"float32 kernel vs float64 kernel ({k64.backend}) on the same "
                          f"float32 inputs, error relative to each gradient's largest entry",
-                         tol, None, problem.sizes, seed)
+                         tol, None, _used_sizes(k64, problem.sizes), seed)
     o32, o64 = k32.outputs(problem), k64.outputs(problem)
     outputs = [_row(o, o32[o], o64[o], None, tol) for o in k64.output_names]
     report.output_error = max(r.max_rel_error for r in outputs)

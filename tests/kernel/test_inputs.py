@@ -281,3 +281,14 @@ def test_derive_analyze_refuses_these_cells_in_one_line(name, sizes):
     with pytest.raises(UserError, match=f"derive analyze takes cells with one input used "
                                         f"through matrices only; .* has {sizes}"):
         analyze_cell(cell_path(name), Settings(steps=5))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_the_report_names_only_the_sizes_the_cell_has(dtype):
+    """A cell whose input is used only element-wise has no size M: the report's sizes
+    line says T, B and N (it printed an M=5 that nothing had); lstm's says M too."""
+    first = gradient_check(cell_path("input_only_elementwise"), dtype=dtype).table()
+    first = first.split("\n")[0]
+    assert " T=4 B=3 N=4," in first and "M=" not in first, first
+    lstm = gradient_check("lstm", backend="numpy").table().split("\n")[0]
+    assert " T=4 B=3 M=5 N=4," in lstm, lstm
