@@ -72,8 +72,8 @@ AHEAD = {"portable": 0, "avx2": 0, "avx512": 16}
 #: lstm_np fwd+bwd on the AVX-512 Xeon of benchmarks/results.md, against one static part
 #: per thread: 0.92-1.05 of the time in three A/Bs, the noise of a quiet machine; with a
 #: busy loop on one of its two cores, 0.89-0.97 in five shapes and dtypes of six. Four
-#: parts per thread whatever their rows took 1.03-1.10 at S3 (parts of 64 rows, whose
-#: BLAS calls each pack the 3200-row other operand again)
+#: parts per thread whatever their rows took 1.07-1.10 at S3 float32 in three A/Bs of
+#: four (parts of 64 rows, whose BLAS calls each pack the 3200-row other operand again)
 FINISH_PARTS = 4
 FINISH_ROWS = 256
 #: the tiles of the small product: per C type of a kernel module, one per level, widest
