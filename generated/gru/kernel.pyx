@@ -266,6 +266,23 @@ cdef inline Py_ssize_t _finish_parts(Py_ssize_t rows, Py_ssize_t team, Py_ssize_
     return max(team, min(most * team, rows // least))
 
 
+cdef inline Py_ssize_t _claimed_part(Py_ssize_t task, const Py_ssize_t* rows,
+                                     Py_ssize_t products, Py_ssize_t team, Py_ssize_t most,
+                                     Py_ssize_t least, Py_ssize_t* part,
+                                     Py_ssize_t* nparts) noexcept nogil:
+    # part `task` of the products' parts, counted product after product (each in
+    # _finish_parts of its `rows`): returns its product w and puts its index among w's
+    # parts in *part and their number in *nparts; returns `products` past the last part
+    cdef Py_ssize_t w
+    for w in range(products):
+        nparts[0] = _finish_parts(rows[w], team, most, least)
+        if task < nparts[0]:
+            part[0] = task
+            return w
+        task -= nparts[0]
+    return products
+
+
 cdef void _sum_parts(floating* parts, Py_ssize_t stride, Py_ssize_t nt, Py_ssize_t N,
                      floating* out) noexcept nogil:
     # the vector gradients: the sum of the threads' partial sums
@@ -1066,7 +1083,7 @@ def _backward(const floating[:, :, ::1] X0, tuple X, tuple W, tuple V, tuple S, 
     cdef floating[:, ::1] _dW_y = dW[1]    # y
     cdef floating[:, :, ::1] _dX_x = dX[0]    # x
     cdef int nt = max(1, min(threads, B))
-    cdef Py_ssize_t c, n, task, nvec = 4, ntasks, w, first, nparts
+    cdef Py_ssize_t c, n, nvec = 4, ntasks, w, part, nparts
     cdef Py_ssize_t claimed = 0    # the next part of the products after the loop (shared)
     cdef Py_ssize_t tasks[3]
     cdef Py_ssize_t rows[3]
@@ -1147,22 +1164,15 @@ def _backward(const floating[:, :, ::1] X0, tuple X, tuple W, tuple V, tuple S, 
                     _sum_parts(parts + 3 * N, nvec * N, nt, N, &_acc_b_hr[0])
             # the wanted products after the loop, each in parts of its rows (_finish_parts);
             # the first free thread claims the next part, so a slowed thread takes fewer
-            task = derive_claim(&claimed)
             while True:
-                w, first = 0, 0                  # product w's parts are first … first+nparts-1
-                nparts = _finish_parts(rows[0], n, 4, 256) if ntasks else 0
-                while w < ntasks and task >= first + nparts:
-                    first = first + nparts
-                    w = w + 1
-                    if w < ntasks:
-                        nparts = _finish_parts(rows[w], n, 4, 256)
-                if w == ntasks:
+                w = _claimed_part(derive_claim(&claimed), rows, ntasks, n, 4,
+                                  256, &part, &nparts)
+                if w == ntasks:                  # every part claimed
                     break
                 if floating is float:
-                    _finish_f32(&p, tasks[w], task - first, nparts)
+                    _finish_f32(&p, tasks[w], part, nparts)
                 else:
-                    _finish_f64(&p, tasks[w], task - first, nparts)
-                task = derive_claim(&claimed)
+                    _finish_f64(&p, tasks[w], part, nparts)
     finally:
         free(parts)
         free(p.P_y)

@@ -208,6 +208,23 @@ cdef inline Py_ssize_t _finish_parts(Py_ssize_t rows, Py_ssize_t team, Py_ssize_
     return max(team, min(most * team, rows // least))
 
 
+cdef inline Py_ssize_t _claimed_part(Py_ssize_t task, const Py_ssize_t* rows,
+                                     Py_ssize_t products, Py_ssize_t team, Py_ssize_t most,
+                                     Py_ssize_t least, Py_ssize_t* part,
+                                     Py_ssize_t* nparts) noexcept nogil:
+    # part `task` of the products' parts, counted product after product (each in
+    # _finish_parts of its `rows`): returns its product w and puts its index among w's
+    # parts in *part and their number in *nparts; returns `products` past the last part
+    cdef Py_ssize_t w
+    for w in range(products):
+        nparts[0] = _finish_parts(rows[w], team, most, least)
+        if task < nparts[0]:
+            part[0] = task
+            return w
+        task -= nparts[0]
+    return products
+
+
 cdef void _sum_parts(floating* parts, Py_ssize_t stride, Py_ssize_t nt, Py_ssize_t N,
                      floating* out) noexcept nogil:
     # the vector gradients: the sum of the threads' partial sums
