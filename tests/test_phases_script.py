@@ -26,6 +26,23 @@ def _script():
     return module
 
 
+class _Logged:
+    """A kernel module whose forward and backward calls first call on_call(name, args)."""
+
+    def __init__(self, module, on_call):
+        self._module, self._on_call, self.__file__ = module, on_call, module.__file__
+
+    def __getattr__(self, attr):
+        value = getattr(self._module, attr)
+        if attr not in ("forward", "backward"):
+            return value
+
+        def call(*args):
+            self._on_call(attr, args)
+            return value(*args)
+        return call
+
+
 def test_every_call_of_the_time_loops_and_every_region_is_timed():
     phases = _script()
     source = kernel_source(derive(load_cell("lstm_np")))
@@ -89,23 +106,9 @@ def test_each_timed_run_follows_a_pause_and_an_untimed_run_in_a_new_order(monkey
     thread: a rotation made one variant always follow them (1.6 times slower at S1)."""
     phases = _script()
     log = []
-
-    class Logged:
-        def __init__(self, module, name):
-            self._module, self._name, self.__file__ = module, name, module.__file__
-
-        def __getattr__(self, attr):
-            value = getattr(self._module, attr)
-            if attr not in ("forward", "backward"):
-                return value
-
-            def call(*args):
-                log.append((self._name, attr))
-                return value(*args)
-            return call
-
     module = load_kernel("lstm_np", "float64").module
-    variants = {v: (Logged(module, v), None, [], []) for v in ("a", "b")}
+    variants = {v: (_Logged(module, lambda attr, args, v=v: log.append((v, attr))), None,
+                    [], []) for v in ("a", "b")}
     monkeypatch.setattr(phases.time, "sleep", lambda seconds: log.append(("pause",)))
     monkeypatch.setattr(phases.bench, "_gemm_peer",
                         lambda *args: (None, lambda: log.append(("gemm", "run"))))
@@ -138,23 +141,13 @@ def test_a_cell_with_a_projection_runs_with_p_half_of_n(monkeypatch):
     module = load_kernel("lstmp", "float64").module
     seen = []
 
-    class Logged:
-        def __init__(self, module):
-            self._module, self.__file__ = module, module.__file__
-
-        def __getattr__(self, attr):
-            value = getattr(self._module, attr)
-            if attr != "backward":
-                return value
-
-            def call(*args):
-                seen.append(args[5][0].shape)       # dY: one (T, B, P) array
-                return value(*args)
-            return call
+    def dy_shape(attr, args):
+        if attr == "backward":
+            seen.append(args[5][0].shape)           # dY: one (T, B, P) array
 
     monkeypatch.setattr(phases.time, "sleep", lambda seconds: None)
     monkeypatch.setattr(phases.bench, "_gemm_peer", lambda *args: (None, lambda: None))
-    result = phases.run({"a": (Logged(module), None, [], [])}, "lstmp", (3, 2, 5, 8),
-                        "float64", 1, rounds=2, pause=0.0)
+    result = phases.run({"a": (_Logged(module, dy_shape), None, [], [])}, "lstmp",
+                        (3, 2, 5, 8), "float64", 1, rounds=2, pause=0.0)
     assert seen and set(seen) == {(3, 2, 4)}
     assert result["a", "plain"]["total"] > 0
